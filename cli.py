@@ -1,0 +1,227 @@
+"""The `layerflow-data` command: thin typer commands, each calling one library function."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="layerflow-data",
+    help="Build layered-video training data (foreground RGBA, background, blended) and inspect it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+console = Console(stderr=True)
+DEBUG_ENV = "LAYERFLOW_DEBUG"
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
+@app.command("demo-source")
+def demo_source(
+    out: Annotated[Path, typer.Argument(help="Folder to create (must not exist or be empty).")],
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same files.")] = 0,
+) -> None:
+    """Write an offline demo source built from pictures scikit-image ships.
+
+    Foreground videos with ground-truth alpha (DAVIS layout), background videos and layered images.
+
+    Example: `layerflow-data demo-source ./demo_src`
+    """
+    from datagen.demo import make_demo_source
+
+    made = make_demo_source(out, seed=seed)
+    console.print(f"demo source written to {out}: {made.describe()}")
+
+
+@app.command()
+def build(
+    source: Annotated[str, typer.Option(help="A folder (recursive), a glob, or a list file (.txt/.csv/.parquet "
+                                             "with a `uri` column).")],
+    out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
+    backgrounds: Annotated[str | None, typer.Option(help="A separate pool of background videos/images.")] = None,
+    frames: Annotated[int, typer.Option(help="Frames per layer clip.")] = 16,
+    fps: Annotated[float, typer.Option(help="Frame rate the frames are sampled at.")] = 8.0,
+    size: Annotated[str, typer.Option(help="HEIGHTxWIDTH (or one number), resize + centre-crop.")] = "256x256",
+    matting: Annotated[str, typer.Option(help="auto | given | bgsub | chroma")] = "auto",
+    captioner: Annotated[str, typer.Option(help="sidecar | none")] = "sidecar",
+    seed: Annotated[int, typer.Option(help="Seed for frame spans, pairings and placements.")] = 0,
+    backgrounds_per_foreground: Annotated[int, typer.Option(help="Samples made from each foreground.")] = 2,
+    val_fraction: Annotated[float, typer.Option(help="Share of foregrounds whose samples go to `val`.")] = 0.1,
+    crf: Annotated[int, typer.Option(help="H.264 quality of the RGB layers (lower is better).")] = 18,
+    frame_folder_fps: Annotated[float, typer.Option(help="Frame rate assumed for frame folders.")] = 24.0,
+    max_megapixels: Annotated[float, typer.Option(help="Refuse images larger than this.")] = 50.0,
+    ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster (default: a local Ray).")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
+    concurrency: Annotated[int, typer.Option(help="Copies of each CPU stage that run at once.")] = 2,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Run the stages in this process, without Ray.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a dataset already at --out.")] = False,
+    keep_work: Annotated[bool, typer.Option(help="Keep the decoded clips in OUT/_work.")] = False,
+) -> None:
+    """Turn a source folder into a layered-video dataset (Parquet manifest + media).
+
+    Example: `layerflow-data build --source ./demo_src --out ./ds`
+
+    Example: `layerflow-data build --source clips.csv --backgrounds ./plates --out ./ds --size 320x512 --frames 16`
+    """
+    from datagen.build import build as run_build
+    from datagen.config import BuildConfig, parse_size
+
+    config = BuildConfig(
+        frames=frames, fps=fps, size=parse_size(size), matting=matting, captioner=captioner, seed=seed,
+        backgrounds_per_foreground=backgrounds_per_foreground, val_fraction=val_fraction, crf=crf,
+        frame_folder_fps=frame_folder_fps, max_pixels=int(max_megapixels * 1e6),
+    )
+    _check_backends(config)
+    runner = _runner(no_ray, ray_address, num_cpus)
+    try:
+        summary = run_build(source, out, config, runner, backgrounds=backgrounds, overwrite=overwrite,
+                            keep_work=keep_work, concurrency=concurrency)
+    finally:
+        if hasattr(runner, "close"):
+            runner.close()
+    _print_summary(summary)
+
+
+def _check_backends(config) -> None:
+    """Refuse unknown backends before any work starts."""
+    from datagen.captioning import load_captioner
+    from datagen.matting import load_matting
+
+    load_matting(config.matting)
+    load_captioner(config.captioner)
+
+
+def _runner(no_ray: bool, ray_address: str | None, num_cpus: int | None):
+    if no_ray:
+        from datagen.pipeline import LocalRunner
+
+        return LocalRunner()
+    from datagen.ray_runner import RayRunner
+
+    return RayRunner(address=ray_address, num_cpus=num_cpus)
+
+
+def _print_summary(summary: dict) -> None:
+    inputs, samples, seconds = summary["inputs"], summary["samples"], summary["seconds"]
+    table = Table(title=f"layerflow-data build -> {summary['out']}", show_header=False)
+    table.add_row("inputs", ", ".join(f"{k} {v}" for k, v in inputs.items()))
+    table.add_row("samples", f"{samples['total']} ({samples['kept']} kept, {samples['rejected']} rejected)")
+    table.add_row("by kind", ", ".join(f"{k} {v}" for k, v in samples["by_kind"].items()) or "-")
+    table.add_row("by split", ", ".join(f"{k} {v}" for k, v in samples["by_split"].items()) or "-")
+    table.add_row("reject reasons", ", ".join(f"{k} {v}" for k, v in summary["reject_reasons"].items()) or "-")
+    table.add_row("failures", ", ".join(f"{k} {v}" for k, v in summary["failures"]["by_stage"].items()) or "-")
+    matting = summary["backends"]["matting"]
+    table.add_row("matting", f"requested {matting['requested']}; used "
+                  + (", ".join(f"{k} {v}" for k, v in matting["used"].items()) or "-"))
+    table.add_row("captioner", summary["backends"]["captioner"])
+    table.add_row("time", f"{seconds['wall']:.1f} s wall; " + ", ".join(
+        f"{k} {v:.1f} s" for k, v in seconds.items() if k != "wall"))
+    Console().print(table)
+
+
+@app.command()
+def inspect(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder written by `build`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    examples: Annotated[int, typer.Option(help="Sample rows to show.")] = 3,
+) -> None:
+    """What was built, what was rejected, what failed.
+
+    Example: `layerflow-data inspect ./ds`
+    """
+    from manifests.inspect import inspect_dataset
+
+    info = inspect_dataset(dataset, examples=examples)
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    out = Console()
+    counts = Table(title=f"{dataset}: {info['samples']} samples", show_header=False)
+    for key in ("by_kind", "by_split", "by_keep", "reject_reasons", "inputs", "inputs_by_kind"):
+        counts.add_row(key.replace("_", " "), ", ".join(f"{k} {v}" for k, v in info[key].items()) or "-")
+    out.print(counts)
+    if info["failures"]:
+        failures = Table("stage", "input", "error", title=f"{len(info['failures'])} failures")
+        for failure in info["failures"]:
+            failures.add_row(failure["stage"], failure["uri"], failure["error"])
+        out.print(failures)
+    if info["examples"]:
+        rows = Table(*info["examples"][0].keys(), title="examples")
+        for example in info["examples"]:
+            rows.add_row(*(str(v) for v in example.values()))
+        out.print(rows)
+
+
+@app.command()
+def validate(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder written by `build`.")],
+) -> None:
+    """Check the schema, that every referenced file exists and decodes, frame counts, and recomposition.
+
+    Exits non-zero on any problem.
+
+    Example: `layerflow-data validate ./ds`
+    """
+    from manifests.validate import validate as run_validate
+
+    report = run_validate(dataset, progress=True)
+    for problem in report.problems:
+        console.print(f"[red]problem[/red] {problem}")
+    status = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+    console.print(f"validate {dataset}: {report.samples} samples, {report.files} files decoded: {status}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("eval-matting")
+def eval_matting(
+    videos: Annotated[str, typer.Option(help="Folder (or glob) of videos / frame folders.")],
+    masks: Annotated[Path, typer.Option(help="Ground truth: MASKS/<video name>/<frame>.png (DAVIS layout).")],
+    matting: Annotated[str, typer.Option(help="Backend to score: bgsub | chroma | given | auto")] = "bgsub",
+    frames: Annotated[int, typer.Option(help="Frames per clip, as in `build`.")] = 16,
+    fps: Annotated[float, typer.Option(help="Sampling rate, as in `build`.")] = 8.0,
+    size: Annotated[str, typer.Option(help="HEIGHTxWIDTH, as in `build`.")] = "256x256",
+    frame_folder_fps: Annotated[float, typer.Option(help="Frame rate assumed for frame folders.")] = 24.0,
+) -> None:
+    """Score a matting backend against ground-truth masks; prints one JSON line.
+
+    Example: `layerflow-data eval-matting --videos demo_src/foreground --masks demo_src/ground_truth --matting bgsub`
+    """
+    from datagen.config import BuildConfig, parse_size
+    from datagen.eval_matting import evaluate_matting
+
+    config = BuildConfig(frames=frames, fps=fps, size=parse_size(size), frame_folder_fps=frame_folder_fps)
+    print(json.dumps(evaluate_matting(videos, str(masks), matting, config), sort_keys=True))
+
+
+def main() -> None:
+    """Entry point: known errors become one clear line (exit 2); `--debug` shows the traceback."""
+    from datagen.errors import LayerflowError
+    from manifests.io import DatasetError
+
+    try:
+        app()
+    except (LayerflowError, DatasetError) as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

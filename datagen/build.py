@@ -1,0 +1,236 @@
+"""`build`: sources -> decode -> matte -> plan -> compose -> caption -> score -> manifest, failures, inputs, summary.
+
+The recipe is the two stage lists below; a `Runner` (plain Python or Ray Data) executes them.
+Every discovered input ends in exactly one state, and `_summary.json` shows the states add up.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from datagen.config import BuildConfig
+from datagen.errors import ConfigError
+from datagen.plan import plan_samples
+from datagen.sources import SourceItem, discover
+from datagen.stages import FAILED, OK, CaptionStage, ComposeStage, DecodeStage, MatteStage, ScoreStage
+from manifests import io
+from manifests.layers import InputState, Layer, Role, Stage
+from manifests.schema import MANIFEST_DIR, MEDIA_DIR, SAMPLE_SCHEMA, SCHEMA_VERSION, media_uri, uri_column
+
+WORK_DIR = "_work"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage class, its constructor arguments, and how many copies may run at once."""
+
+    cls: type
+    kwargs: dict = field(default_factory=dict)
+    concurrency: int = 2
+    num_cpus: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return self.cls.stage.value
+
+
+class Runner(Protocol):
+    name: str
+
+    def run(self, rows: list[dict], stages: list[StageSpec], desc: str) -> Iterator[list[dict]]:
+        """Push `rows` through `stages`; yield the output rows batch by batch, in any order."""
+        ...
+
+
+def input_stages(config: BuildConfig, work_dir: Path, concurrency: int) -> list[StageSpec]:
+    return [
+        StageSpec(DecodeStage, {"config": config, "work_dir": str(work_dir)}, concurrency),
+        StageSpec(MatteStage, {"config": config}, concurrency),
+    ]
+
+
+def sample_stages(config: BuildConfig, out: Path, concurrency: int) -> list[StageSpec]:
+    return [
+        StageSpec(ComposeStage, {"config": config, "out_dir": str(out)}, concurrency),
+        StageSpec(CaptionStage, {"config": config}, 1),
+        StageSpec(ScoreStage, {"config": config, "out_dir": str(out)}, concurrency),
+    ]
+
+
+def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, backgrounds: str | None = None,
+          overwrite: bool = False, keep_work: bool = False, concurrency: int = 2) -> dict:
+    """Build a dataset at `out`; returns the summary (also written to `_summary.json`)."""
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    wall = time.perf_counter()
+    seconds: Counter[str] = Counter()
+
+    start = time.perf_counter()
+    items = discover(source)
+    if backgrounds:
+        items += discover(backgrounds, pool="backgrounds", role=Role.BACKGROUND)
+    if not items:
+        raise ConfigError(f"--source: no inputs found in {source!r}")
+    seconds[Stage.DISCOVER.value] = time.perf_counter() - start
+
+    work_dir = out / WORK_DIR
+    work_dir.mkdir(parents=True, exist_ok=True)
+    rows = [_input_row(item) for item in items]
+    pending = [row for row in rows if row["status"] == OK]
+    done = {row["input_id"]: row for row in rows if row["status"] != OK}
+    start = time.perf_counter()
+    for batch in runner.run(pending, input_stages(config, work_dir, concurrency), "decode + matte"):
+        done.update((row["input_id"], row) for row in batch)
+    seconds["phase_inputs_wall"] = time.perf_counter() - start
+    inputs = [done[row["input_id"]] for row in rows]
+
+    start = time.perf_counter()
+    plans = plan_samples(inputs, config)
+    seconds[Stage.PLAN.value] = time.perf_counter() - start
+
+    samples: list[dict] = []
+    sample_failures: list[dict] = []
+    start = time.perf_counter()
+    for batch in runner.run(plans, sample_stages(config, out, concurrency), "compose + caption + score"):
+        finished = [sample_row(row, config) for row in batch if row["status"] == OK]
+        if finished:
+            io.write_manifest_part(out, finished)
+        samples.extend(finished)
+        sample_failures.extend(row for row in batch if row["status"] != OK)
+        for row in batch:
+            seconds.update(row["seconds"])
+    seconds["phase_samples_wall"] = time.perf_counter() - start
+    for row in inputs:
+        seconds.update(row["seconds"])
+
+    failures = [_input_failure(row) for row in inputs if row["status"] != OK]
+    failures += [_sample_failure(row) for row in sample_failures]
+    input_rows = input_states(inputs, samples, sample_failures)
+    io.write_failures(out, failures)
+    io.write_inputs(out, input_rows)
+    if not keep_work:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    seconds["wall"] = time.perf_counter() - wall
+    summary = make_summary(source, backgrounds, out, config, runner.name, input_rows, samples, failures, seconds)
+    io.write_json_atomic(summary, out / io.SUMMARY_FILE)
+    return summary
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    existing = [p for p in (out / MANIFEST_DIR, out / io.SUMMARY_FILE, out / MEDIA_DIR) if p.exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"--out: {out} already holds a dataset; choose a new --out or pass --overwrite")
+    for path in existing + [out / WORK_DIR, out / io.FAILURES_FILE, out / io.INPUTS_FILE]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _input_row(item: SourceItem) -> dict:
+    row = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(item).items()}
+    row.update(key=item.input_id, status=OK if item.error is None else FAILED, seconds={})
+    if item.error is not None:
+        row.update(stage=Stage.DISCOVER.value, error_class="InputError", message=item.error)
+    return row
+
+
+def sample_row(row: dict, config: BuildConfig) -> dict:
+    """Project a finished pipeline row onto the manifest schema."""
+    fg, bg = row["fg"], row["bg"]
+    out = {name: row.get(name) for name in SAMPLE_SCHEMA.names}
+    out.update({uri_column(layer): media_uri(row["sample_id"], layer) for layer in Layer})
+    out.update(
+        fps=config.fps, input_id_foreground=fg["input_id"], input_id_background=bg["input_id"],
+        source_foreground=fg["uri"], source_background=bg["uri"], matting_backend=fg["matting_backend"],
+        matting_model=fg["matting_model"], matting_weights_sha256=fg["matting_weights_sha256"],
+        seed=config.seed, config_fingerprint=config.fingerprint(),
+    )
+    return out
+
+
+def _input_failure(row: dict) -> dict:
+    return {"input_id": row["input_id"], "uri": row["uri"], "stage": row["stage"],
+            "error_class": row["error_class"], "message": row["message"], "sample_id": None, "related_uris": []}
+
+
+def _sample_failure(row: dict) -> dict:
+    return {"input_id": row["fg"]["input_id"], "uri": row["fg"]["uri"], "stage": row["stage"],
+            "error_class": row["error_class"], "message": row["message"], "sample_id": row["sample_id"],
+            "related_uris": [row["bg"]["uri"]] if row["bg"]["uri"] != row["fg"]["uri"] else []}
+
+
+def input_states(inputs: list[dict], samples: list[dict], sample_failures: list[dict]) -> list[dict]:
+    """One end state per input: used > rejected > failed > unused (see `InputState`)."""
+    kept: dict[str, list[str]] = {}
+    rejected: dict[str, list[str]] = {}
+    for sample in samples:
+        target = kept if sample["keep"] else rejected
+        for input_id in {sample["input_id_foreground"], sample["input_id_background"]}:
+            target.setdefault(input_id, []).append(sample["sample_id"])
+    failed_samples = {row["fg"]["input_id"]: row for row in sample_failures}
+    out = []
+    for row in inputs:
+        input_id = row["input_id"]
+        state, stage, message = InputState.UNUSED, None, None
+        if row["status"] != OK:
+            state, stage, message = InputState.FAILED, row["stage"], row["message"]
+        elif input_id in kept:
+            state = InputState.USED
+        elif input_id in rejected:
+            state = InputState.REJECTED
+        elif input_id in failed_samples:
+            failure = failed_samples[input_id]
+            state, stage, message = InputState.FAILED, failure["stage"], failure["message"]
+        elif row.get("matte_error"):
+            state, stage, message = InputState.FAILED, Stage.MATTE.value, row["matte_error"]
+        out.append({
+            "input_id": input_id, "uri": row["uri"], "kind": row["kind"], "role": row["role"], "pool": row["pool"],
+            "state": state.value, "stage": stage, "message": message,
+            "sample_ids": sorted(kept.get(input_id, []) + rejected.get(input_id, [])),
+            "source_frames": row.get("source_frames"), "source_height": row.get("source_height"),
+            "source_width": row.get("source_width"), "matting_backend": row.get("matting_backend"),
+        })
+    return out
+
+
+def make_summary(source: str, backgrounds: str | None, out: Path, config: BuildConfig, runner: str,
+                 inputs: list[dict], samples: list[dict], failures: list[dict], seconds: Counter) -> dict:
+    states = Counter(row["state"] for row in inputs)
+    input_counts = {"discovered": len(inputs), **{s.value: states.get(s.value, 0) for s in InputState}}
+    input_counts["accounted"] = sum(states.values())
+    matting_used = Counter(s["matting_backend"] for s in samples)
+    models = sorted({(s["matting_backend"], s["matting_model"], s["matting_weights_sha256"]) for s in samples},
+                    key=str)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "source": source,
+        "backgrounds": backgrounds,
+        "out": str(out),
+        "runner": runner,
+        "config": config.to_dict(),
+        "config_fingerprint": config.fingerprint(),
+        "inputs": input_counts,
+        "samples": {
+            "total": len(samples),
+            "kept": sum(1 for s in samples if s["keep"]),
+            "rejected": sum(1 for s in samples if not s["keep"]),
+            "by_kind": dict(Counter(s["kind"] for s in samples)),
+            "by_split": dict(Counter(s["split"] for s in samples)),
+        },
+        "reject_reasons": dict(Counter(r for s in samples for r in s["reject_reasons"])),
+        "failures": {"total": len(failures), "by_stage": dict(Counter(f["stage"] for f in failures))},
+        "backends": {
+            "matting": {"requested": config.matting, "used": dict(matting_used),
+                        "models": [{"backend": b, "model_id": m, "weights_sha256": w} for b, m, w in models]},
+            "captioner": config.captioner,
+        },
+        "seconds": {k: round(v, 3) for k, v in sorted(seconds.items())},
+    }

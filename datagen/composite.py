@@ -1,0 +1,120 @@
+"""Make the four layers of a sample: paste a matted foreground onto a background, or freeze a layered image.
+
+The invariant every sample satisfies: `blended = alpha * foreground + (1 - alpha) * background`,
+computed in float from the alpha exactly as it is stored (8 bit), then quantised once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+from datagen.video_io import quantise
+from manifests.layers import Layer
+
+OBJECT_THRESHOLD = 0.05  # alpha above this counts as "object" when keeping it inside the frame
+MAX_UPSCALE = 1.5  # never blow a small object up by more than this
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Foreground placement on the canvas: `x' = scale * x + dx`, `y' = scale * y + dy` (pixels)."""
+
+    scale: float = 1.0
+    dx: float = 0.0
+    dy: float = 0.0
+
+    def matrix(self) -> np.ndarray:
+        return np.array([[self.scale, 0.0, self.dx], [0.0, self.scale, self.dy]], dtype=np.float64)
+
+    def to_json(self) -> str:
+        return json.dumps({k: round(v, 4) for k, v in asdict(self).items()})
+
+
+@dataclass
+class LayeredClip:
+    """The four layers of a sample, as stored: RGB layers (T, H, W, 3) uint8, alpha (T, H, W) uint8."""
+
+    foreground: np.ndarray
+    alpha: np.ndarray
+    background: np.ndarray
+    blended: np.ndarray
+
+    def layer(self, layer: Layer) -> np.ndarray:
+        return getattr(self, layer.value)
+
+
+def object_box(alpha: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1), exclusive ends, of where alpha > OBJECT_THRESHOLD in any frame; None if nowhere."""
+    union = (alpha > OBJECT_THRESHOLD).any(axis=0) if alpha.ndim == 3 else alpha > OBJECT_THRESHOLD
+    ys, xs = np.nonzero(union)
+    if len(xs) == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def choose_placement(alpha: np.ndarray, canvas: tuple[int, int], rng: np.random.Generator,
+                     scale_range: tuple[float, float]) -> Placement:
+    """A random scale and position that keep the whole object (over all frames) inside the canvas."""
+    box = object_box(alpha)
+    if box is None:
+        return Placement()
+    x0, y0, x1, y1 = box
+    height, width = canvas
+    largest = min(width / (x1 - x0), height / (y1 - y0), MAX_UPSCALE)
+    scale = largest * float(rng.uniform(*scale_range))
+    # Choose where the scaled box's top-left lands, then solve for the translation.
+    left = rng.uniform(0.0, max(0.0, width - scale * (x1 - x0)))
+    top = rng.uniform(0.0, max(0.0, height - scale * (y1 - y0)))
+    return Placement(scale=scale, dx=float(left - scale * x0), dy=float(top - scale * y0))
+
+
+def place(frames: np.ndarray, alpha: np.ndarray, placement: Placement, canvas: tuple[int, int]):
+    """Warp foreground frames and alpha onto a canvas of `canvas` (H, W)."""
+    height, width = canvas
+    matrix = placement.matrix()
+    if placement == Placement() and frames.shape[1:3] == (height, width):
+        return frames, alpha
+    warped = np.stack([
+        cv2.warpAffine(f, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        for f in frames
+    ])
+    warped_alpha = np.stack([
+        cv2.warpAffine(a, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=0.0)
+        for a in alpha.astype(np.float32)
+    ])
+    return warped, np.clip(warped_alpha, 0.0, 1.0)
+
+
+def blend(foreground: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> LayeredClip:
+    """Quantise alpha as stored, then `blended = a * fg + (1 - a) * bg` in float, quantised once."""
+    alpha_u8 = alpha if alpha.dtype == np.uint8 else quantise(alpha)
+    a = alpha_u8.astype(np.float32)[..., None] / 255.0
+    blended = np.clip(np.rint(a * foreground + (1.0 - a) * background), 0, 255).astype(np.uint8)
+    return LayeredClip(foreground=foreground, alpha=alpha_u8, background=background, blended=blended)
+
+
+def copy_paste(fg_frames: np.ndarray, fg_alpha: np.ndarray, bg_frames: np.ndarray,
+               placement: Placement) -> LayeredClip:
+    """A `video_copy_paste` sample: the foreground clip placed on the background clip, frame by frame."""
+    if len(fg_frames) != len(bg_frames):
+        raise ValueError(f"foreground has {len(fg_frames)} frames, background {len(bg_frames)}")
+    frames, alpha = place(fg_frames, fg_alpha, placement, bg_frames.shape[1:3])
+    return blend(frames, alpha, bg_frames)
+
+
+def freeze(fg_frame: np.ndarray, fg_alpha: np.ndarray, bg_frame: np.ndarray, placement: Placement,
+           num_frames: int) -> LayeredClip:
+    """An `image_frozen` sample: one layered image repeated over `num_frames` frames."""
+    frames, alpha = place(fg_frame[None], fg_alpha[None], placement, bg_frame.shape[:2])
+    single = blend(frames, alpha, bg_frame[None])
+
+    def repeat(array: np.ndarray) -> np.ndarray:
+        return np.repeat(array, num_frames, axis=0)
+
+    return LayeredClip(repeat(single.foreground), repeat(single.alpha), repeat(single.background),
+                       repeat(single.blended))

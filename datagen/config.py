@@ -1,0 +1,69 @@
+"""The build configuration: one frozen dataclass whose fields are the `build` options."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from datagen.errors import ConfigError
+
+
+def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
+    """`256` -> (256, 256); `320x512` -> (320, 512) as (height, width)."""
+    if isinstance(text, tuple):
+        size = text
+    elif isinstance(text, int):
+        size = (text, text)
+    else:
+        parts = str(text).lower().replace("*", "x").split("x")
+        try:
+            size = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else ()
+        except ValueError:
+            size = ()
+        if len(size) != 2:
+            raise ConfigError(f"--size must look like 256 or 320x512 (height x width), got {text!r}")
+    return int(size[0]), int(size[1])
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that decides what a build produces (and so goes into `_summary.json`)."""
+
+    frames: int = 16  # frames per layer clip
+    fps: float = 8.0  # frames are sampled from the source at this rate
+    size: tuple[int, int] = (256, 256)  # (height, width): resize, then centre-crop
+    matting: str = "auto"  # auto | given | bgsub | chroma
+    captioner: str = "sidecar"  # sidecar | none
+    seed: int = 0
+    backgrounds_per_foreground: int = 2  # copy-paste samples made from each foreground clip
+    val_fraction: float = 0.1  # share of foreground inputs whose samples go to the `val` split
+    scale_range: tuple[float, float] = (0.6, 1.0)  # foreground scale relative to the largest that fits
+    crf: int = 18  # H.264 quality of the RGB layers (alpha is lossless)
+    frame_folder_fps: float = 24.0  # frame rate assumed for frame folders (sidecar "fps" overrides)
+    max_pixels: int = 50_000_000  # larger images are refused before they are decoded
+
+    def __post_init__(self) -> None:
+        h, w = self.size
+        if h < 16 or w < 16 or h % 2 or w % 2:
+            raise ConfigError(f"size: height and width must be even and >= 16 (H.264 needs even sizes), got {h}x{w}")
+        if self.frames < 1:
+            raise ConfigError(f"frames: must be >= 1, got {self.frames}")
+        if self.fps <= 0:
+            raise ConfigError(f"fps: must be > 0, got {self.fps}")
+        if self.backgrounds_per_foreground < 1:
+            raise ConfigError(f"backgrounds_per_foreground: must be >= 1, got {self.backgrounds_per_foreground}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
+        lo, hi = self.scale_range
+        if not 0.05 <= lo <= hi <= 1.0:
+            raise ConfigError(f"scale_range: need 0.05 <= low <= high <= 1, got {self.scale_range}")
+        if not 0 <= self.crf <= 51:
+            raise ConfigError(f"crf: must be in 0..51, got {self.crf}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that changes the samples (goes into sample ids)."""
+        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,233 @@
+"""Decode one input into a `Clip` at the build size: decord for videos, PyAV where decord cannot read.
+
+Frames are sampled at `--fps` (exact source indices are kept), then resized and centre-cropped to
+`--size`. Still images become one-frame clips; RGBA images are fitted whole (letterboxed with
+alpha 0) so that the object they hold is never cut.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from datagen import video_io
+from datagen.clip import Clip
+from datagen.config import BuildConfig
+from datagen.errors import InputError, one_line
+from datagen.sources import IMAGE_EXTENSIONS, LAYERED_NAMES, SourceItem
+from manifests.layers import InputKind, Layer
+
+Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, before decoding, against --max-pixels
+
+
+@dataclass
+class Decoded:
+    """A decoded input: its clip, its refined kind and, for a layered-image folder, the background."""
+
+    clip: Clip
+    kind: InputKind
+    background: Clip | None = None
+    source_frames: int = 1  # frames in the source (1 for an image)
+
+
+def decode(item: SourceItem, config: BuildConfig) -> Decoded:
+    """Decode `item` once; raises `InputError` with a one-line reason when it cannot be used."""
+    path = Path(item.uri)
+    if item.kind == InputKind.LAYERED_IMAGE:
+        return _decode_layered(path, config)
+    if item.kind == InputKind.IMAGE:
+        frame, alpha = _load_image(path, config)
+        kind = InputKind.IMAGE if alpha is None else InputKind.RGBA_IMAGE
+        fit = _contain if alpha is not None else cover
+        frames, alphas = fit(frame[None], None if alpha is None else alpha[None], config.size)
+        clip = Clip(frames, alphas, fps=config.fps, frame_indices=[0], source_size=frame.shape[:2])
+        return Decoded(clip, kind)
+    if item.kind == InputKind.FRAME_FOLDER:
+        return _decode_frame_folder(path, item, config)
+    if item.kind == InputKind.VIDEO:
+        return _decode_video(path, item, config)
+    raise InputError(f"cannot decode an input of kind {item.kind.value}")
+
+
+def sample_indices(total: int, native_fps: float, config: BuildConfig, key: str) -> list[int]:
+    """`config.frames` source indices at `config.fps`, starting at an offset seeded by `key`."""
+    step = native_fps / config.fps if native_fps > 0 else 1.0
+    span = math.floor((config.frames - 1) * step) + 1
+    if total < span:
+        raise InputError(
+            f"too short: {total} frames at {native_fps:g} fps; --frames {config.frames} at --fps {config.fps:g} "
+            f"needs {span}"
+        )
+    rng = np.random.default_rng([config.seed, int(key[:8], 16)])
+    start = int(rng.integers(0, total - span + 1))
+    return [min(total - 1, start + int(math.floor(i * step + 1e-6))) for i in range(config.frames)]
+
+
+def _decode_video(path: Path, item: SourceItem, config: BuildConfig) -> Decoded:
+    _check_not_empty(path)
+    try:
+        total, fps, height, width = video_io.video_info(path)
+        with_alpha = video_io.has_alpha(path)
+    except Exception as exc:  # PyAV raises many error types for unreadable files
+        raise InputError(f"not a readable video: {one_line(exc)}") from exc
+    if total <= 0 or height <= 0 or width <= 0:
+        raise InputError("not a readable video: no frames or no size in the container")
+    indices = sample_indices(total, fps, config, item.input_id)
+    if with_alpha:
+        rgba = _read_pyav(path, "rgba", indices)
+        frames, alpha = rgba[..., :3], rgba[..., 3].astype(np.float32) / 255.0
+        kind = InputKind.ALPHA_VIDEO
+    else:
+        frames, alpha, kind = _read_decord(path, indices), None, InputKind.VIDEO
+        mask_alpha = _read_masks(item, [str(i).zfill(5) for i in indices]) if item.mask_dir else None
+        alpha = mask_alpha if mask_alpha is not None else alpha
+    frames, alpha = cover(frames, alpha, config.size)
+    clip = Clip(frames, alpha, fps=config.fps, frame_indices=indices, source_size=(height, width))
+    return Decoded(clip, kind, source_frames=total)
+
+
+def _read_decord(path: Path, indices: list[int]) -> np.ndarray:
+    """decord first (fast seeking); PyAV for what decord cannot read (tiny widths, odd containers, truncation)."""
+    try:
+        import decord
+
+        reader = decord.VideoReader(str(path), num_threads=1)
+        return reader.get_batch(indices).asnumpy()
+    except Exception:  # decord raises its own error types (and RuntimeError) on files it cannot handle
+        return _read_pyav(path, "rgb24", indices)
+
+
+def _read_pyav(path: Path, fmt: str, indices: list[int]) -> np.ndarray:
+    try:
+        return video_io.read_video(path, fmt, indices)
+    except Exception as exc:
+        raise InputError(f"cannot decode the video: {one_line(exc)}") from exc
+
+
+def _decode_frame_folder(path: Path, item: SourceItem, config: BuildConfig) -> Decoded:
+    files = frame_files(path)
+    fps = item.fps or config.frame_folder_fps
+    indices = sample_indices(len(files), fps, config, item.input_id)
+    loaded = [_load_image(files[i], config) for i in indices]
+    shapes = {frame.shape for frame, _ in loaded}
+    if len(shapes) > 1:
+        raise InputError(f"frames differ in size: {sorted(shapes)[:2]}")
+    frames = np.stack([frame for frame, _ in loaded])
+    alpha = None
+    kind = InputKind.FRAME_FOLDER
+    if all(a is not None for _, a in loaded):
+        alpha, kind = np.stack([a for _, a in loaded]), InputKind.ALPHA_FRAME_FOLDER
+    elif item.mask_dir:
+        alpha = _read_masks(item, [files[i].stem for i in indices])
+    frames, alpha = cover(frames, alpha, config.size)
+    clip = Clip(frames, alpha, fps=config.fps, frame_indices=indices, source_size=loaded[0][0].shape[:2])
+    return Decoded(clip, kind, source_frames=len(files))
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The image files of a frame folder in frame order (numeric stems sort numerically)."""
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: (int("".join(c for c in p.stem if c.isdigit()) or 0), p.name))
+
+
+def _read_masks(item: SourceItem, stems: list[str]) -> np.ndarray | None:
+    """DAVIS-layout masks for the chosen frames, or None when the folder does not cover them all."""
+    masks = {p.stem: p for p in Path(item.mask_dir).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
+    if not all(stem in masks for stem in stems):
+        return None
+    return np.stack([load_mask(masks[stem]) for stem in stems])
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """A mask image as float alpha: palette / binary masks -> {0, 1}; 8-bit grey -> value / 255."""
+    with Image.open(path) as image:
+        if image.mode in ("P", "1"):
+            return (np.asarray(image) > 0).astype(np.float32)
+        grey = np.asarray(image.convert("L") if image.mode != "L" else image)
+    return grey.astype(np.float32) / 255.0
+
+
+def _decode_layered(path: Path, config: BuildConfig) -> Decoded:
+    files = {p.stem.lower(): p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
+    fg, alpha = _load_image(files[LAYERED_NAMES[Layer.FOREGROUND]], config)
+    bg, _ = _load_image(files[LAYERED_NAMES[Layer.BACKGROUND]], config)
+    if alpha is None:
+        raise InputError("foreground image has no alpha channel (a layered folder needs an RGBA foreground)")
+    if fg.shape[:2] == bg.shape[:2]:
+        # Aligned layers: crop both the same way so the object stays where the artist put it.
+        frames, alphas = cover(fg[None], alpha[None], config.size)
+    else:
+        frames, alphas = _contain(fg[None], alpha[None], config.size)
+    bg_frames, _ = cover(bg[None], None, config.size)
+    clip = Clip(frames, alphas, fps=config.fps, frame_indices=[0], source_size=fg.shape[:2])
+    background = Clip(bg_frames, None, fps=config.fps, frame_indices=[0], source_size=bg.shape[:2])
+    return Decoded(clip, InputKind.LAYERED_IMAGE, background=background)
+
+
+def _load_image(path: Path, config: BuildConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, 3) uint8 and (H, W) float alpha or None; the size is checked before pixels are decoded."""
+    _check_not_empty(path)
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > config.max_pixels:
+                raise InputError(
+                    f"image too large: {width}x{height} = {width * height / 1e6:.0f} MP > --max-pixels "
+                    f"{config.max_pixels / 1e6:.0f} MP"
+                )
+            image = ImageOps.exif_transpose(image)
+            has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+            rgba = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
+    except InputError:
+        raise
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+        raise InputError(f"not a readable image: {one_line(exc)}") from exc
+    if has_alpha:
+        return np.ascontiguousarray(rgba[..., :3]), rgba[..., 3].astype(np.float32) / 255.0
+    return rgba, None
+
+
+def _check_not_empty(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise InputError("empty file (0 bytes)")
+
+
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    shrinking = width < image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def cover(frames: np.ndarray, alpha: np.ndarray | None, size: tuple[int, int]):
+    """Resize so the frame covers `size`, then centre-crop (frames (T,H,W,3), alpha (T,H,W))."""
+    out_h, out_w = size
+    src_h, src_w = frames.shape[1:3]
+    scale = max(out_h / src_h, out_w / src_w)
+    new_h, new_w = max(out_h, round(src_h * scale)), max(out_w, round(src_w * scale))
+    top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+
+    def fit(image: np.ndarray) -> np.ndarray:
+        return _resize(image, new_w, new_h)[top : top + out_h, left : left + out_w]
+
+    frames = np.stack([fit(f) for f in frames])
+    alpha = None if alpha is None else np.clip(np.stack([fit(a) for a in alpha]), 0.0, 1.0)
+    return frames, alpha
+
+
+def _contain(frames: np.ndarray, alpha: np.ndarray, size: tuple[int, int]):
+    """Resize so the whole frame fits inside `size`, then pad (alpha 0 in the padding)."""
+    out_h, out_w = size
+    src_h, src_w = frames.shape[1:3]
+    scale = min(out_h / src_h, out_w / src_w)
+    new_h, new_w = max(1, min(out_h, round(src_h * scale))), max(1, min(out_w, round(src_w * scale)))
+    top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
+    out_frames = np.zeros((len(frames), out_h, out_w, 3), np.uint8)
+    out_alpha = np.zeros((len(frames), out_h, out_w), np.float32)
+    for i, (frame, a) in enumerate(zip(frames, alpha)):
+        out_frames[i, top : top + new_h, left : left + new_w] = _resize(frame, new_w, new_h)
+        out_alpha[i, top : top + new_h, left : left + new_w] = np.clip(_resize(a, new_w, new_h), 0.0, 1.0)
+    return out_frames, out_alpha

@@ -1,0 +1,36 @@
+"""The matting protocol: a backend turns a clip into a soft alpha matte, one float per pixel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from datagen.clip import Clip
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What the run summary and the manifest record about a backend."""
+
+    name: str  # e.g. "bgsub", "given", "rembg:u2net"
+    model_id: str | None = None
+    weights_sha256: str | None = None
+    device: str = "cpu"
+
+
+@dataclass
+class Matte:
+    """The result of matting one clip: (T, H, W) float32 alpha in [0, 1] and who made it."""
+
+    alpha: np.ndarray
+    backend: BackendInfo
+
+
+class MattingBackend(Protocol):
+    """Loaded once per worker; `__call__` mattes one clip. Raises `InputError` for clips it cannot matte."""
+
+    name: str
+
+    def __call__(self, clip: Clip) -> Matte: ...

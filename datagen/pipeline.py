@@ -1,0 +1,33 @@
+"""The plain-Python runner: the same stage classes, one process, a loop (tests, benchmarks, debugging)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from tqdm.auto import tqdm
+
+from datagen.build import StageSpec
+from datagen.stages import from_batch, to_batch
+
+
+class LocalRunner:
+    """Runs each stage once per process, batch by batch, with a progress bar."""
+
+    name = "local"
+
+    def __init__(self, batch_size: int = 1, progress: bool = True) -> None:
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def run(self, rows: list[dict], stages: list[StageSpec], desc: str) -> Iterator[list[dict]]:
+        if not rows:
+            return
+        instances = [spec.cls(**spec.kwargs) for spec in stages]
+        with tqdm(total=len(rows), desc=desc, unit="row", disable=not self.progress) as bar:
+            for start in range(0, len(rows), self.batch_size):
+                batch = to_batch(rows[start : start + self.batch_size])
+                for stage in instances:
+                    batch = stage(batch)
+                out = from_batch(batch)
+                bar.update(len(out))
+                yield out

@@ -1,0 +1,122 @@
+"""Encoding and reading back the media files of a dataset (PyAV).
+
+RGB layers are H.264 mp4 (yuv420p, `crf`); alpha is lossless FFV1 (gray, 8 bit) in Matroska.
+Videos with alpha for sources and tests: VP9 with alpha (WebM) and ProRes 4444.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+def _rate(fps: float) -> Fraction:
+    return Fraction(fps).limit_denominator(1001)
+
+
+def write_rgb_video(path: Path, frames: np.ndarray, fps: float, crf: int = 18) -> None:
+    """Write (T, H, W, 3) uint8 frames as H.264 mp4. H and W must be even."""
+    _encode(path, frames, fps, "libx264", "yuv420p", "rgb24", {"crf": str(crf), "preset": "medium"})
+
+
+def write_alpha_video(path: Path, alpha: np.ndarray, fps: float) -> None:
+    """Write (T, H, W) alpha (uint8, or float in [0, 1]) losslessly as FFV1 gray in .mkv."""
+    if alpha.dtype != np.uint8:
+        alpha = quantise(alpha)
+    _encode(path, alpha, fps, "ffv1", "gray", "gray", {})
+
+
+def write_rgba_video(path: Path, rgba: np.ndarray, fps: float) -> None:
+    """Write (T, H, W, 4) uint8 straight RGBA: VP9 with alpha for .webm, ProRes 4444 for .mov."""
+    if path.suffix.lower() == ".webm":
+        _encode(path, rgba, fps, "libvpx-vp9", "yuva420p", "rgba", {"lossless": "1", "auto-alt-ref": "0"})
+    elif path.suffix.lower() == ".mov":
+        _encode(path, rgba, fps, "prores_ks", "yuva444p10le", "rgba", {"profile": "4444"})
+    else:
+        raise ValueError(f"RGBA video must be .webm (VP9 alpha) or .mov (ProRes 4444), got {path.name}")
+
+
+def quantise(values: np.ndarray) -> np.ndarray:
+    """Float in [0, 1] (or 0..255 floats already rounded) to uint8, rounding once."""
+    return np.clip(np.rint(np.asarray(values, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _encode(path: Path, frames: np.ndarray, fps: float, codec: str, pix_fmt: str, src_fmt: str,
+            options: dict[str, str]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial{path.suffix}")
+    height, width = frames.shape[1:3]
+    with av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream(codec, rate=_rate(fps), options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        for frame in frames:
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=src_fmt)
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode(None))
+    tmp.replace(path)
+
+
+def _decoder_for(stream: av.video.stream.VideoStream) -> av.CodecContext | None:
+    """VP9 keeps alpha in side data that only libvpx decodes; ffmpeg's own vp9 decoder drops it."""
+    alpha_mode = (stream.metadata or {}).get("alpha_mode") or (stream.metadata or {}).get("ALPHA_MODE")
+    if stream.codec_context.name == "vp9" and alpha_mode == "1":
+        return av.CodecContext.create("libvpx-vp9", "r")
+    return None
+
+
+def has_alpha(path: Path) -> bool:
+    """Whether the first video stream of a file carries an alpha channel."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        if _decoder_for(stream) is not None:
+            return True
+        fmt = stream.codec_context.pix_fmt or ""
+        return fmt.startswith(("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya"))
+
+
+def read_video(path: Path, fmt: str = "rgb24", indices: list[int] | None = None) -> np.ndarray:
+    """Decode a video with PyAV: (T, H, W, 3) for rgb24, (T, H, W, 4) for rgba, (T, H, W) for gray.
+
+    With `indices`, only those frames (in decode order) are kept; decoding stops after the last.
+    """
+    wanted = None if indices is None else set(indices)
+    last = None if indices is None else max(indices, default=-1)
+    out: dict[int, np.ndarray] = {}
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        decoder = _decoder_for(stream)
+        if decoder is not None:
+            decoder.extradata = stream.codec_context.extradata
+        for index, frame in enumerate(_frames(container, stream, decoder)):
+            if wanted is None or index in wanted:
+                out[index] = frame.to_ndarray(format=fmt)
+            if last is not None and index >= last:
+                break
+    order = sorted(out) if indices is None else indices
+    missing = [i for i in order if i not in out]
+    if missing:
+        raise ValueError(f"{Path(path).name}: frame {missing[0]} not in the video ({len(out)} decoded)")
+    if not order:
+        raise ValueError(f"{Path(path).name}: no frames decoded")
+    return np.stack([out[i] for i in order])
+
+
+def _frames(container, stream, decoder):
+    if decoder is None:
+        yield from container.decode(stream)
+        return
+    for packet in container.demux(stream):
+        yield from decoder.decode(packet)
+
+
+def video_info(path: Path) -> tuple[int, float, int, int]:
+    """(frame count, fps, height, width) from the container; counts frames by demuxing if unset."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.base_rate or 0) or 0.0
+        count = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+        return int(count), fps, int(stream.codec_context.height), int(stream.codec_context.width)

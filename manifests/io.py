@@ -1,0 +1,95 @@
+"""Write and read a dataset's tables: atomic, deterministically named part files; safe relative media paths."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path, PurePosixPath
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from manifests.schema import (
+    FAILURE_SCHEMA,
+    FAILURES_FILE,
+    INPUT_SCHEMA,
+    INPUTS_FILE,
+    MANIFEST_DIR,
+    SAMPLE_SCHEMA,
+    SUMMARY_FILE,
+    to_table,
+)
+
+
+class DatasetError(Exception):
+    """The dataset on disk is missing, unreadable or does not follow the contract."""
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(data: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_manifest_part(root: Path, rows: list[dict]) -> Path:
+    """One part of the manifest, named by the hash of its sample ids (the same rows give the same name)."""
+    ids = sorted(row["sample_id"] for row in rows)
+    digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
+    path = root / MANIFEST_DIR / f"part-{digest}.parquet"
+    write_parquet_atomic(to_table(sorted(rows, key=lambda r: r["sample_id"]), SAMPLE_SCHEMA), path)
+    return path
+
+
+def write_failures(root: Path, rows: list[dict]) -> None:
+    write_parquet_atomic(to_table(rows, FAILURE_SCHEMA), root / FAILURES_FILE)
+
+
+def write_inputs(root: Path, rows: list[dict]) -> None:
+    write_parquet_atomic(to_table(rows, INPUT_SCHEMA), root / INPUTS_FILE)
+
+
+def read_manifest(root: Path) -> pa.Table:
+    """All samples, with the declared schema (not one inferred from the first file)."""
+    folder = Path(root) / MANIFEST_DIR
+    files = sorted(str(p) for p in folder.glob("part-*.parquet")) if folder.is_dir() else []
+    if not files:
+        if not (Path(root) / SUMMARY_FILE).exists():
+            raise DatasetError(f"{root} is not a layerflow dataset (no {MANIFEST_DIR}/ and no {SUMMARY_FILE})")
+        return SAMPLE_SCHEMA.empty_table()
+    return ds.dataset(files, schema=SAMPLE_SCHEMA, format="parquet").to_table()
+
+
+def read_failures(root: Path) -> pa.Table:
+    path = Path(root) / FAILURES_FILE
+    return pq.read_table(path, schema=FAILURE_SCHEMA) if path.exists() else FAILURE_SCHEMA.empty_table()
+
+
+def read_inputs(root: Path) -> pa.Table:
+    path = Path(root) / INPUTS_FILE
+    return pq.read_table(path, schema=INPUT_SCHEMA) if path.exists() else INPUT_SCHEMA.empty_table()
+
+
+def read_summary(root: Path) -> dict:
+    path = Path(root) / SUMMARY_FILE
+    if not path.exists():
+        raise DatasetError(f"{root}: no {SUMMARY_FILE} (was the build interrupted?)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def resolve_media(root: Path, uri: str) -> Path:
+    """A media path from the manifest, refused if it is absolute or escapes the dataset root."""
+    pure = PurePosixPath(uri)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in uri or not uri:
+        raise DatasetError(f"media path {uri!r} is not a relative path inside the dataset")
+    return Path(root).joinpath(*pure.parts)

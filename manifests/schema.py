@@ -1,0 +1,117 @@
+"""The dataset contract: explicit Arrow schemas of the manifest, failures and inputs tables, and the file layout.
+
+Readable as-is by pyarrow, DuckDB, Polars and Hugging Face `datasets`:
+`<root>/manifest/part-*.parquet` (one row per sample), `<root>/failures.parquet`,
+`<root>/inputs.parquet`, `<root>/_summary.json`, media under `<root>/media/<sample_id>/`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from manifests.layers import Layer
+
+SCHEMA_VERSION = "1"
+SCHEMA_METADATA = {b"layerflow.schema_version": SCHEMA_VERSION.encode(), b"layerflow.table": b""}
+
+MANIFEST_DIR = "manifest"
+FAILURES_FILE = "failures.parquet"
+INPUTS_FILE = "inputs.parquet"
+SUMMARY_FILE = "_summary.json"
+MEDIA_DIR = "media"
+# One file per layer: RGB layers lossy H.264, alpha lossless FFV1 (8-bit grey).
+MEDIA_FILES: dict[Layer, str] = {
+    Layer.FOREGROUND: "foreground.mp4",
+    Layer.ALPHA: "alpha.mkv",
+    Layer.BACKGROUND: "background.mp4",
+    Layer.BLENDED: "blended.mp4",
+}
+
+
+def uri_column(layer: Layer) -> str:
+    return f"uri_{layer.value}"
+
+
+def caption_column(layer: Layer) -> str:
+    return f"caption_{layer.value}"
+
+
+def media_uri(sample_id: str, layer: Layer) -> str:
+    """The media file of one layer, relative to the dataset root (posix separators)."""
+    return f"{MEDIA_DIR}/{sample_id}/{MEDIA_FILES[layer]}"
+
+
+def _with_metadata(schema: pa.Schema, table: str) -> pa.Schema:
+    return schema.with_metadata({**SCHEMA_METADATA, b"layerflow.table": table.encode()})
+
+
+SAMPLE_SCHEMA = _with_metadata(pa.schema([
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),  # SampleKind
+    pa.field("split", pa.string(), nullable=False),  # train | val
+    *[pa.field(uri_column(layer), pa.string(), nullable=False) for layer in Layer],
+    *[pa.field(caption_column(layer), pa.string()) for layer in (Layer.FOREGROUND, Layer.BACKGROUND, Layer.BLENDED)],
+    pa.field("num_frames", pa.int32(), nullable=False),
+    pa.field("fps", pa.float32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    # provenance
+    pa.field("input_id_foreground", pa.string(), nullable=False),
+    pa.field("input_id_background", pa.string(), nullable=False),
+    pa.field("source_foreground", pa.string(), nullable=False),
+    pa.field("source_background", pa.string(), nullable=False),
+    pa.field("frames_foreground", pa.list_(pa.int32()), nullable=False),  # exact source frame indices
+    pa.field("frames_background", pa.list_(pa.int32()), nullable=False),
+    pa.field("placement", pa.string(), nullable=False),  # JSON {"scale", "dx", "dy"}
+    pa.field("matting_backend", pa.string(), nullable=False),
+    pa.field("matting_model", pa.string()),
+    pa.field("matting_weights_sha256", pa.string()),
+    pa.field("captioner", pa.string(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("config_fingerprint", pa.string(), nullable=False),
+    # scores (null when they could not be computed)
+    pa.field("recompose_psnr", pa.float32()),  # dB, blended vs alpha*fg+(1-alpha)*bg read back from the files
+    pa.field("alpha_coverage_mean", pa.float32()),
+    pa.field("alpha_coverage_min", pa.float32()),
+    pa.field("alpha_coverage_max", pa.float32()),
+    # policy
+    pa.field("keep", pa.bool_(), nullable=False),
+    pa.field("reject_reasons", pa.list_(pa.string()), nullable=False),
+]), "manifest")
+
+FAILURE_SCHEMA = _with_metadata(pa.schema([
+    pa.field("input_id", pa.string(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("stage", pa.string(), nullable=False),  # Stage
+    pa.field("error_class", pa.string(), nullable=False),
+    pa.field("message", pa.string(), nullable=False),  # one line
+    pa.field("sample_id", pa.string()),  # set when a planned sample failed
+    pa.field("related_uris", pa.list_(pa.string()), nullable=False),
+]), "failures")
+
+INPUT_SCHEMA = _with_metadata(pa.schema([
+    pa.field("input_id", pa.string(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),  # InputKind
+    pa.field("role", pa.string(), nullable=False),  # Role
+    pa.field("pool", pa.string(), nullable=False),  # source | backgrounds
+    pa.field("state", pa.string(), nullable=False),  # InputState
+    pa.field("stage", pa.string()),  # where it failed
+    pa.field("message", pa.string()),  # why it failed
+    pa.field("sample_ids", pa.list_(pa.string()), nullable=False),
+    pa.field("source_frames", pa.int32()),
+    pa.field("source_height", pa.int32()),
+    pa.field("source_width", pa.int32()),
+    pa.field("matting_backend", pa.string()),
+]), "inputs")
+
+
+def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows -> table with exactly `schema`; unknown or missing columns are errors, not silent nulls."""
+    names = set(schema.names)
+    for row in rows:
+        if set(row) != names:
+            extra, missing = sorted(set(row) - names), sorted(names - set(row))
+            raise ValueError(f"row does not match the {schema.metadata[b'layerflow.table'].decode()} schema: "
+                             f"unknown {extra}, missing {missing}")
+    return pa.Table.from_pylist(rows, schema=schema)

@@ -1,0 +1,116 @@
+"""`validate`: the schema, every referenced file (exists, decodes, frame count, size) and recomposition."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from datagen import video_io
+from filters.policy import Policy
+from filters.recomposition import recomposition_psnr
+from manifests import io
+from manifests.layers import Layer
+from manifests.schema import (
+    FAILURE_SCHEMA,
+    INPUT_SCHEMA,
+    MANIFEST_DIR,
+    SAMPLE_SCHEMA,
+    SCHEMA_VERSION,
+    uri_column,
+)
+
+PSNR_TOLERANCE_DB = 0.5  # stored vs recomputed recomposition PSNR
+
+
+@dataclass
+class Report:
+    samples: int = 0
+    files: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def validate(root: Path, policy: Policy | None = None, progress: bool = False) -> Report:
+    root = Path(root)
+    policy = policy or Policy()
+    report = Report()
+    try:
+        summary = io.read_summary(root)
+        table = io.read_manifest(root)
+    except (io.DatasetError, OSError, ValueError) as exc:
+        report.problems.append(str(exc))
+        return report
+    _check_schemas(root, report)
+    rows = table.to_pylist()
+    report.samples = len(rows)
+    duplicates = [sid for sid, n in Counter(r["sample_id"] for r in rows).items() if n > 1]
+    report.problems += [f"sample {sid}: appears more than once" for sid in duplicates]
+    for row in tqdm(rows, desc="validate", unit="sample", disable=not progress):
+        report.problems += _check_sample(root, row, policy, report)
+    _check_accounting(root, summary, len(rows), report)
+    return report
+
+
+def _check_schemas(root: Path, report: Report) -> None:
+    files = sorted((root / MANIFEST_DIR).glob("part-*.parquet"))
+    files += [p for p in (root / io.FAILURES_FILE, root / io.INPUTS_FILE) if p.exists()]
+    expected = {"manifest": SAMPLE_SCHEMA, "failures": FAILURE_SCHEMA, "inputs": INPUT_SCHEMA}
+    for path in files:
+        schema = pq.read_schema(path)
+        meta = schema.metadata or {}
+        table = meta.get(b"layerflow.table", b"").decode()
+        if meta.get(b"layerflow.schema_version", b"").decode() != SCHEMA_VERSION:
+            report.problems.append(f"{path.name}: schema version is not {SCHEMA_VERSION}")
+        if table not in expected or not schema.remove_metadata().equals(expected[table].remove_metadata()):
+            report.problems.append(f"{path.relative_to(root)}: columns or types differ from the {table or '?'} schema")
+
+
+def _check_sample(root: Path, row: dict, policy: Policy, report: Report) -> list[str]:
+    sid = row["sample_id"]
+    layers = {}
+    for layer in Layer:
+        try:
+            path = io.resolve_media(root, row[uri_column(layer)])
+        except io.DatasetError as exc:
+            return [f"sample {sid}: {exc}"]
+        if not path.is_file():
+            return [f"sample {sid}: {layer.value} file missing: {row[uri_column(layer)]}"]
+        try:
+            layers[layer] = video_io.read_video(path, "gray" if layer == Layer.ALPHA else "rgb24")
+        except Exception as exc:  # any decoder error is a problem to report, not a crash
+            return [f"sample {sid}: {layer.value} does not decode: {str(exc).splitlines()[0] if str(exc) else exc}"]
+        report.files += 1
+    problems = []
+    for layer, frames in layers.items():
+        if frames.shape[0] != row["num_frames"] or frames.shape[1:3] != (row["height"], row["width"]):
+            problems.append(f"sample {sid}: {layer.value} is {frames.shape[0]}x{frames.shape[1]}x{frames.shape[2]}, "
+                            f"manifest says {row['num_frames']}x{row['height']}x{row['width']}")
+    if problems:
+        return problems
+    value = recomposition_psnr(layers[Layer.FOREGROUND], layers[Layer.ALPHA], layers[Layer.BACKGROUND],
+                               layers[Layer.BLENDED])
+    stored = row["recompose_psnr"]
+    if stored is not None and abs(value - stored) > PSNR_TOLERANCE_DB:
+        problems.append(f"sample {sid}: recomposition PSNR {value:.2f} dB differs from the stored {stored:.2f} dB")
+    if row["keep"] and value < policy.recompose_psnr_min:
+        problems.append(f"sample {sid}: kept, but recomposes at {value:.2f} dB < {policy.recompose_psnr_min:g} dB")
+    return problems
+
+
+def _check_accounting(root: Path, summary: dict, samples: int, report: Report) -> None:
+    inputs = io.read_inputs(root)
+    counts = summary.get("inputs", {})
+    if inputs.num_rows != counts.get("discovered"):
+        report.problems.append(f"inputs table has {inputs.num_rows} rows, summary says {counts.get('discovered')} "
+                               "discovered")
+    if counts.get("accounted") != counts.get("discovered"):
+        report.problems.append(f"input states add up to {counts.get('accounted')}, not {counts.get('discovered')}")
+    if summary.get("samples", {}).get("total") != samples:
+        report.problems.append(f"manifest has {samples} samples, summary says {summary.get('samples', {}).get('total')}")
