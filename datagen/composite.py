@@ -15,7 +15,8 @@ import numpy as np
 from datagen.video_io import quantise
 from manifests.layers import Layer
 
-OBJECT_THRESHOLD = 0.05  # alpha above this counts as "object" when keeping it inside the frame
+OBJECT_THRESHOLD = 0.5 / 255  # any alpha that survives 8-bit quantisation is part of the object
+MARGIN = 1.0  # pixels kept free at the canvas border (bilinear warping spreads edges by up to one pixel)
 MAX_UPSCALE = 1.5  # never blow a small object up by more than this
 
 
@@ -64,11 +65,12 @@ def choose_placement(alpha: np.ndarray, canvas: tuple[int, int], rng: np.random.
         return Placement()
     x0, y0, x1, y1 = box
     height, width = canvas
-    largest = min(width / (x1 - x0), height / (y1 - y0), MAX_UPSCALE)
+    inner_w, inner_h = width - 2 * MARGIN, height - 2 * MARGIN
+    largest = min(inner_w / (x1 - x0), inner_h / (y1 - y0), MAX_UPSCALE)
     scale = largest * float(rng.uniform(*scale_range))
     # Choose where the scaled box's top-left lands, then solve for the translation.
-    left = rng.uniform(0.0, max(0.0, width - scale * (x1 - x0)))
-    top = rng.uniform(0.0, max(0.0, height - scale * (y1 - y0)))
+    left = MARGIN + rng.uniform(0.0, max(0.0, inner_w - scale * (x1 - x0)))
+    top = MARGIN + rng.uniform(0.0, max(0.0, inner_h - scale * (y1 - y0)))
     return Placement(scale=scale, dx=float(left - scale * x0), dy=float(top - scale * y0))
 
 

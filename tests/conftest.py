@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny synthetic sources written on the fly (a moving textured disk, layered images)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datagen.config import BuildConfig
+from datagen.video_io import write_rgb_video
+
+TEST_DATA_ENV = "LAYERFLOW_TEST_DATA"
+
+
+def shared_data() -> Path:
+    """The real test data folder, or skip: it is not part of the repository."""
+    value = os.environ.get(TEST_DATA_ENV)
+    if not value:
+        pytest.skip(f"{TEST_DATA_ENV} is not set (CI sets it to ../shared/data)")
+    path = Path(value)
+    if not path.is_dir():
+        pytest.skip(f"{TEST_DATA_ENV}={value} is not a folder")
+    return path
+
+
+def texture(height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 255, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+    return np.kron(coarse, np.ones((8, 8, 1), np.uint8))[:height, :width].copy()
+
+
+def moving_disk(num_frames: int = 24, height: int = 64, width: int = 96, seed: int = 0):
+    """Frames of a textured disk moving left to right over a static texture, and its exact alpha."""
+    background = texture(height, width, seed)
+    object_texture = 255 - texture(height, width, seed + 1)
+    yy, xx = np.mgrid[:height, :width]
+    radius = height / 5
+    frames, alphas = [], []
+    for t in range(num_frames):
+        cx = radius + 1 + (width - 2 * radius - 2) * t / max(1, num_frames - 1)
+        cy = height / 2
+        alpha = np.clip(radius - np.hypot(xx - cx, yy - cy) + 0.5, 0.0, 1.0).astype(np.float32)
+        frame = alpha[..., None] * object_texture + (1 - alpha[..., None]) * background
+        frames.append(np.rint(frame).astype(np.uint8))
+        alphas.append(alpha)
+    return np.stack(frames), np.stack(alphas)
+
+
+def write_video(path: Path, num_frames: int = 24, height: int = 64, width: int = 96, seed: int = 0,
+                fps: float = 24.0) -> Path:
+    frames, _ = moving_disk(num_frames, height, width, seed)
+    write_rgb_video(path, frames, fps)
+    return path
+
+
+def write_rgba(path: Path, height: int = 48, width: int = 48, seed: int = 0, alpha_value: float | None = None):
+    rgb = texture(height, width, seed)
+    yy, xx = np.mgrid[:height, :width]
+    alpha = np.clip(height / 3 - np.hypot(xx - width / 2, yy - height / 2), 0, 1)
+    if alpha_value is not None:
+        alpha = np.full((height, width), alpha_value)
+    rgba = np.dstack([rgb, np.rint(alpha * 255).astype(np.uint8)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgba, "RGBA").save(path)
+    return path
+
+
+def write_layered(folder: Path, seed: int = 0, captions: dict | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_rgba(folder / "foreground.png", 64, 96, seed)
+    Image.fromarray(texture(64, 96, seed + 7)).save(folder / "background.png")
+    if captions:
+        (folder / "captions.json").write_text(json.dumps(captions))
+    return folder
+
+
+@pytest.fixture
+def small_config() -> BuildConfig:
+    return BuildConfig(frames=4, fps=8.0, size=(32, 48), matting="auto", seed=0)
+
+
+@pytest.fixture
+def tiny_source(tmp_path: Path) -> Path:
+    """Two foreground videos (with sidecars), one background video, one layered image, one RGBA image."""
+    root = tmp_path / "src"
+    write_video(root / "fg_a.mp4", seed=1)
+    (root / "fg_a.json").write_text(json.dumps({"foreground": "a red disk"}))
+    write_video(root / "fg_b.mp4", seed=2)
+    (root / "fg_b.txt").write_text("a spotted ball")
+    write_video(root / "plates" / "bg_c.mp4", seed=3)
+    (root / "plates" / "bg_c.json").write_text(json.dumps({"role": "background", "background": "a wall"}))
+    write_layered(root / "layered" / "one", seed=4,
+                  captions={"foreground": "a coin", "background": "grass", "blended": "a coin on grass"})
+    write_rgba(root / "stickers" / "star.png", seed=5)
+    Image.fromarray(texture(40, 40, 9)).save(root / "stickers" / "paper.jpg")
+    return root
