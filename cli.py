@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 DEBUG_ENV = "LAYERFLOW_DEBUG"
+DEMO_SOURCE = "demo"
 
 
 @app.callback()
@@ -50,9 +51,10 @@ def demo_source(
 
 @app.command()
 def build(
-    source: Annotated[str, typer.Option(help="A folder (recursive), a glob, or a list file (.txt/.csv/.parquet "
-                                             "with a `uri` column).")],
     out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
+    source: Annotated[str, typer.Option(help="A folder (recursive), a glob, or a list file (.txt/.csv/.parquet "
+                                             "with a `uri` column); `demo`: the built-in demo source, written to "
+                                             "OUT/_demo_source.")] = DEMO_SOURCE,
     backgrounds: Annotated[str | None, typer.Option(help="A separate pool of background videos/images.")] = None,
     frames: Annotated[int, typer.Option(help="Frames per layer clip.")] = 16,
     fps: Annotated[float, typer.Option(help="Frame rate the frames are sampled at.")] = 8.0,
@@ -74,6 +76,8 @@ def build(
 ) -> None:
     """Turn a source folder into a layered-video dataset (Parquet manifest + media).
 
+    Example: `layerflow-data build --out ./ds` (the built-in demo source)
+
     Example: `layerflow-data build --source ./demo_src --out ./ds`
 
     Example: `layerflow-data build --source clips.csv --backgrounds ./plates --out ./ds --size 320x512 --frames 16`
@@ -87,6 +91,8 @@ def build(
         frame_folder_fps=frame_folder_fps, max_pixels=int(max_megapixels * 1e6),
     )
     _check_backends(config)
+    if source == DEMO_SOURCE:
+        source = str(_demo_source(out))
     runner = _runner(no_ray, ray_address, num_cpus)
     try:
         summary = run_build(source, out, config, runner, backgrounds=backgrounds, overwrite=overwrite,
@@ -95,6 +101,17 @@ def build(
         if hasattr(runner, "close"):
             runner.close()
     _print_summary(summary)
+
+
+def _demo_source(out: Path) -> Path:
+    """The built-in demo source, written once beside the dataset's own files."""
+    from datagen.demo import make_demo_source
+
+    folder = out / "_demo_source"
+    if not folder.exists():
+        console.print(f"writing the built-in demo source to {folder}")
+        make_demo_source(folder)
+    return folder
 
 
 def _check_backends(config) -> None:

@@ -1,0 +1,70 @@
+"""Demo-build throughput: the Ray runner against a plain sequential Python loop over the same stages.
+
+Prints one JSON line: samples/minute for both, and `ratio` = ray / sequential (baseline: the
+sequential loop, `datagen.pipeline.LocalRunner`). Ray start-up is reported apart from the build.
+
+    python bench/build_throughput.py [--concurrency 2] [--size 256x256] [--frames 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datagen.build import build  # noqa: E402
+from datagen.config import BuildConfig, parse_size  # noqa: E402
+from datagen.demo import make_demo_source  # noqa: E402
+from datagen.pipeline import LocalRunner  # noqa: E402
+
+
+def timed_build(source: Path, out: Path, config: BuildConfig, runner, concurrency: int) -> dict:
+    start = time.perf_counter()
+    summary = build(str(source), out, config, runner, concurrency=concurrency)
+    seconds = time.perf_counter() - start
+    samples = summary["samples"]["total"]
+    return {"samples": samples, "seconds": round(seconds, 2), "samples_per_minute": round(60 * samples / seconds, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--size", default="256x256")
+    parser.add_argument("--frames", type=int, default=16)
+    args = parser.parse_args()
+    config = BuildConfig(size=parse_size(args.size), frames=args.frames)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_demo_source(tmp / "src")
+        sequential = timed_build(tmp / "src", tmp / "seq", config, LocalRunner(progress=False), args.concurrency)
+
+        from datagen.ray_runner import RayRunner
+
+        start = time.perf_counter()
+        runner = RayRunner(progress=False)
+        ray_init = time.perf_counter() - start
+        try:
+            distributed = timed_build(tmp / "src", tmp / "ray", config, runner, args.concurrency)
+        finally:
+            runner.close()
+    print(json.dumps({
+        "bench": "build_throughput",
+        "cpus": os.cpu_count(),
+        "concurrency": args.concurrency,
+        "size": args.size,
+        "frames": args.frames,
+        "baseline": "sequential Python loop over the same stage classes (LocalRunner)",
+        "sequential": sequential,
+        "ray": {**distributed, "ray_init_seconds": round(ray_init, 2)},
+        "ratio": round(distributed["samples_per_minute"] / sequential["samples_per_minute"], 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
