@@ -46,15 +46,16 @@ def demo_source(
     from datagen.demo import make_demo_source
 
     made = make_demo_source(out, seed=seed)
-    console.print(f"demo source written to {out}: {made.describe()}")
+    counts = {k.replace("_", " "): v for k, v in made.counts.items()}
+    console.print(f"demo source written to {out}: {_joined(counts)}")
 
 
 @app.command()
 def build(
     out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
-    source: Annotated[str, typer.Option(help="A folder (recursive), a glob, or a list file (.txt/.csv/.parquet "
-                                             "with a `uri` column); `demo`: the built-in demo source, written to "
-                                             "OUT/_demo_source.")] = DEMO_SOURCE,
+    source: Annotated[str, typer.Option(
+        help="A folder (recursive), a glob, or a list file (.txt/.csv/.parquet with a `uri` column); "
+             "`demo`: the built-in demo source, written to OUT/_demo_source.")] = DEMO_SOURCE,
     backgrounds: Annotated[str | None, typer.Option(help="A separate pool of background videos/images.")] = None,
     frames: Annotated[int, typer.Option(help="Frames per layer clip.")] = 16,
     fps: Annotated[float, typer.Option(help="Frame rate the frames are sampled at.")] = 8.0,
@@ -80,7 +81,7 @@ def build(
 
     Example: `layerflow-data build --source ./demo_src --out ./ds`
 
-    Example: `layerflow-data build --source clips.csv --backgrounds ./plates --out ./ds --size 320x512 --frames 16`
+    Example: `layerflow-data build --source clips.csv --backgrounds ./plates --out ./ds --size 320x512`
     """
     from datagen.build import build as run_build
     from datagen.config import BuildConfig, parse_size
@@ -133,21 +134,24 @@ def _runner(no_ray: bool, ray_address: str | None, num_cpus: int | None):
     return RayRunner(address=ray_address, num_cpus=num_cpus)
 
 
+def _joined(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+
 def _print_summary(summary: dict) -> None:
     inputs, samples, seconds = summary["inputs"], summary["samples"], summary["seconds"]
     table = Table(title=f"layerflow-data build -> {summary['out']}", show_header=False)
-    table.add_row("inputs", ", ".join(f"{k} {v}" for k, v in inputs.items()))
+    table.add_row("inputs", _joined(inputs))
     table.add_row("samples", f"{samples['total']} ({samples['kept']} kept, {samples['rejected']} rejected)")
-    table.add_row("by kind", ", ".join(f"{k} {v}" for k, v in samples["by_kind"].items()) or "-")
-    table.add_row("by split", ", ".join(f"{k} {v}" for k, v in samples["by_split"].items()) or "-")
-    table.add_row("reject reasons", ", ".join(f"{k} {v}" for k, v in summary["reject_reasons"].items()) or "-")
-    table.add_row("failures", ", ".join(f"{k} {v}" for k, v in summary["failures"]["by_stage"].items()) or "-")
+    table.add_row("by kind", _joined(samples["by_kind"]))
+    table.add_row("by split", _joined(samples["by_split"]))
+    table.add_row("reject reasons", _joined(summary["reject_reasons"]))
+    table.add_row("failures", _joined(summary["failures"]["by_stage"]))
     matting = summary["backends"]["matting"]
-    table.add_row("matting", f"requested {matting['requested']}; used "
-                  + (", ".join(f"{k} {v}" for k, v in matting["used"].items()) or "-"))
+    table.add_row("matting", f"requested {matting['requested']}; used {_joined(matting['used'])}")
     table.add_row("captioner", summary["backends"]["captioner"])
-    table.add_row("time", f"{seconds['wall']:.1f} s wall; " + ", ".join(
-        f"{k} {v:.1f} s" for k, v in seconds.items() if k != "wall"))
+    stages = {k: f"{v:.1f} s" for k, v in seconds.items() if k != "wall"}
+    table.add_row("time", f"{seconds['wall']:.1f} s wall; {_joined(stages)}")
     Console().print(table)
 
 
@@ -170,7 +174,7 @@ def inspect(
     out = Console()
     counts = Table(title=f"{dataset}: {info['samples']} samples", show_header=False)
     for key in ("by_kind", "by_split", "by_keep", "reject_reasons", "inputs", "inputs_by_kind"):
-        counts.add_row(key.replace("_", " "), ", ".join(f"{k} {v}" for k, v in info[key].items()) or "-")
+        counts.add_row(key.replace("_", " "), _joined(info[key]))
     out.print(counts)
     if info["failures"]:
         failures = Table("stage", "input", "error", title=f"{len(info['failures'])} failures")
@@ -217,7 +221,7 @@ def eval_matting(
 ) -> None:
     """Score a matting backend against ground-truth masks; prints one JSON line.
 
-    Example: `layerflow-data eval-matting --videos demo_src/foreground --masks demo_src/ground_truth --matting bgsub`
+    Example: `layerflow-data eval-matting --videos demo_src/foreground --masks demo_src/ground_truth`
     """
     from datagen.config import BuildConfig, parse_size
     from datagen.eval_matting import evaluate_matting

@@ -140,7 +140,7 @@ class ComposeStage(RowStage):
         self.out_dir = Path(out_dir)
 
     def process(self, row: dict) -> None:
-        fg, bg, config = row["fg"], row["bg"], self.config
+        fg, config = row["fg"], self.config
         rng = np.random.default_rng([config.seed, int(row["sample_id"][:12], 16)])
         fg_clip = Clip.load(Path(fg["clip_path"]))
         bg_clip = Clip.load(Path(row["bg_clip_path"]))

@@ -112,5 +112,6 @@ def _check_accounting(root: Path, summary: dict, samples: int, report: Report) -
                                "discovered")
     if counts.get("accounted") != counts.get("discovered"):
         report.problems.append(f"input states add up to {counts.get('accounted')}, not {counts.get('discovered')}")
-    if summary.get("samples", {}).get("total") != samples:
-        report.problems.append(f"manifest has {samples} samples, summary says {summary.get('samples', {}).get('total')}")
+    total = summary.get("samples", {}).get("total")
+    if total != samples:
+        report.problems.append(f"manifest has {samples} samples, summary says {total}")

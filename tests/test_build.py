@@ -168,7 +168,7 @@ def test_build_through_ray_matches_the_plain_runner(tiny_source, tmp_path, small
         summary = build(str(tiny_source), tmp_path / "ray", small_config, runner)
     finally:
         runner.close()
-    plain = run(tiny_source, tmp_path / "plain", small_config)
+    run(tiny_source, tmp_path / "plain", small_config)
     assert summary["runner"] == "ray"
     ray_rows = io.read_manifest(tmp_path / "ray").sort_by("sample_id")
     plain_rows = io.read_manifest(tmp_path / "plain").sort_by("sample_id")

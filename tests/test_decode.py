@@ -28,7 +28,7 @@ def test_sample_indices_follow_the_target_fps():
     config = BuildConfig(frames=4, fps=8.0, seed=0)
     indices = sample_indices(100, 24.0, config, "0" * 16)
     assert np.diff(indices).tolist() == [3, 3, 3]
-    assert 0 <= indices[0] and indices[-1] < 100
+    assert indices[0] >= 0 and indices[-1] < 100
 
 
 def test_too_short_video_is_an_input_error():
