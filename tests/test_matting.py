@@ -1,0 +1,297 @@
+"""Weight-free matting: background subtraction, chroma key, given alpha, the guided filter and the metrics."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage import data
+
+from datagen.clip import Clip
+from datagen.errors import ConfigError, InputError
+from datagen.matting import AutoMatting, load_matting
+from datagen.matting.bgsub import BackgroundSubtraction
+from datagen.matting.chroma import ChromaKey
+from datagen.matting.given import GivenAlpha
+from datagen.matting.metrics import alpha_iou, alpha_mae
+from datagen.matting.refine import guided_filter, soft_edge
+
+SUPERSAMPLE = 4
+
+
+def blob_alpha(size: int, cx: float, cy: float, radius: float) -> np.ndarray:
+    """(size, size) anti-aliased alpha of a disk with a smaller disk bulging out of its upper right."""
+    fine = (np.arange(size * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
+    yy, xx = np.meshgrid(fine, fine, indexing="ij")
+    inside = np.hypot(xx - cx, yy - cy) <= radius
+    inside |= np.hypot(xx - cx - 0.8 * radius, yy - cy + 0.6 * radius) <= 0.55 * radius
+    return cv2.resize(inside.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def object_texture(size: int) -> np.ndarray:
+    return cv2.resize(data.astronaut()[30:230, 150:350], (size, size), interpolation=cv2.INTER_AREA)
+
+
+def composite(alpha: np.ndarray, foreground: np.ndarray, background: np.ndarray, noise: float,
+              rng: np.random.Generator) -> np.ndarray:
+    weight = alpha[..., None]
+    frame = weight * foreground + (1 - weight) * background + rng.normal(0, noise, foreground.shape)
+    return np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+
+
+def moving_object_clip(num_frames: int = 8, size: int = 64, seed: int = 0,
+                       path: list[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A textured blob sliding corner to corner over tinted brickwork (static camera), and its exact alpha.
+
+    `path` gives the blob's position in each frame as a fraction of the way (default: even steps).
+    """
+    rng = np.random.default_rng(seed)
+    brick = cv2.resize(data.brick(), (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
+    background = brick[..., None] * np.array([1.0, 0.75, 0.55], np.float32)
+    texture = object_texture(size).astype(np.float32)
+    radius = size * 0.16
+    frames, alphas = [], []
+    for fraction in np.linspace(0, 1, num_frames) if path is None else path:
+        centre = radius + 2 + (size - 2 * radius - 6) * fraction
+        alpha = blob_alpha(size, centre, size - centre, radius)
+        shift = np.float32([[1, 0, centre - size / 2], [0, 1, size / 2 - centre]])  # the texture moves along
+        moved = cv2.warpAffine(texture, shift, (size, size), borderMode=cv2.BORDER_REFLECT)
+        frames.append(composite(alpha, moved, background, 2.0, rng))
+        alphas.append(alpha)
+    return np.stack(frames), np.stack(alphas)
+
+
+def screen_clip(colour: tuple[int, int, int], num_frames: int = 1, size: int = 64,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A textured disk in front of an unevenly lit coloured screen, and its exact alpha."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0.85, 1.1, size, dtype=np.float32)
+    background = np.asarray(colour, np.float32) * ramp[None, :, None] * np.ones((size, 1, 1), np.float32)
+    texture = object_texture(size).astype(np.float32)
+    frames, alphas = [], []
+    for t in range(num_frames):
+        alpha = blob_alpha(size, size * (0.4 + 0.1 * t), size * 0.5, size * 0.25)
+        frames.append(composite(alpha, texture, background, 2.0, rng))
+        alphas.append(alpha)
+    return np.stack(frames), np.stack(alphas)
+
+
+# --- bgsub ------------------------------------------------------------------------------------------
+
+
+def test_bgsub_recovers_a_moving_object():
+    frames, truth = moving_object_clip()
+    matte = BackgroundSubtraction()(Clip(frames=frames))
+    assert alpha_iou(matte.alpha, truth) >= 0.9
+    assert alpha_mae(matte.alpha, truth) < 0.03
+
+
+def test_bgsub_output_is_float32_alpha_in_unit_range():
+    frames, _ = moving_object_clip(num_frames=5)
+    matte = BackgroundSubtraction()(Clip(frames=frames))
+    assert matte.alpha.shape == (5, 64, 64) and matte.alpha.dtype == np.float32
+    assert matte.alpha.min() >= 0.0 and matte.alpha.max() <= 1.0
+    assert matte.backend.name == "bgsub"
+
+
+def test_bgsub_is_deterministic():
+    frames, _ = moving_object_clip(num_frames=5)
+    first = BackgroundSubtraction()(Clip(frames=frames)).alpha
+    second = BackgroundSubtraction()(Clip(frames=frames.copy())).alpha
+    assert np.array_equal(first, second)
+
+
+def test_bgsub_soft_values_only_near_the_edge():
+    frames, _ = moving_object_clip()
+    backend = BackgroundSubtraction()
+    alpha = backend(Clip(frames=frames)).alpha
+    soft = (alpha > 0) & (alpha < 1)
+    assert soft.any()
+    for t in range(len(alpha)):
+        hard = alpha[t] >= 0.5
+        to_boundary = np.maximum(ndimage.distance_transform_edt(hard), ndimage.distance_transform_edt(~hard))
+        # The band is edge_radius px around the mask before refinement, whose edge may move a few px.
+        assert to_boundary[soft[t]].max() <= 2 * backend.edge_radius
+    # away from the edge the matte is exactly 0 or 1
+    assert (alpha == 1.0).sum() > 100 and (alpha == 0.0).sum() > 0.8 * alpha.size
+
+
+def test_bgsub_keeps_a_static_clip_empty():
+    rng = np.random.default_rng(3)
+    still = moving_object_clip(num_frames=3)[0][:1]
+    noisy = np.clip(still + rng.normal(0, 2.0, (6, 64, 64, 3)), 0, 255).astype(np.uint8)
+    assert BackgroundSubtraction()(Clip(frames=noisy)).alpha.max() == 0.0
+
+
+def test_bgsub_handles_an_object_present_in_most_frames():
+    # A short path: pixels in the middle are covered in 11 of 12 frames, so a per-pixel median takes the
+    # object for background there (IoU 0.82); its texture keeps changing while the background stays put.
+    path = list(np.linspace(0.25, 0.75, 12))
+    frames, truth = moving_object_clip(num_frames=len(path), path=path)
+    assert (truth >= 0.5).sum(axis=0).max() == 11
+    matte = BackgroundSubtraction()(Clip(frames=frames))
+    assert alpha_iou(matte.alpha, truth) >= 0.9
+
+
+def test_bgsub_rejects_a_clip_of_two_frames():
+    frames, _ = moving_object_clip(num_frames=3)
+    with pytest.raises(InputError, match="at least 3 frames"):
+        BackgroundSubtraction()(Clip(frames=frames[:2]))
+
+
+# --- chroma -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("colour", "name"), [((40, 175, 70), "green"), ((20, 70, 190), "blue")])
+def test_chroma_recovers_a_disk_on_a_screen(colour, name):
+    frames, truth = screen_clip(colour)
+    matte = ChromaKey()(Clip(frames=frames))
+    assert alpha_iou(matte.alpha, truth) >= 0.95
+    assert matte.alpha.shape == (1, 64, 64) and matte.alpha.dtype == np.float32
+    assert matte.backend.name == f"chroma:{name}"
+
+
+def test_chroma_with_a_named_key_matches_auto_detection():
+    frames, _ = screen_clip((40, 175, 70), num_frames=3)
+    clip = Clip(frames=frames)
+    assert np.array_equal(load_matting("chroma:green")(clip).alpha, load_matting("chroma")(clip).alpha)
+
+
+def test_chroma_rejects_a_clip_without_that_screen():
+    frames, _ = screen_clip((40, 175, 70))
+    with pytest.raises(InputError, match="no blue screen"):
+        ChromaKey(key="blue")(Clip(frames=frames))
+    with pytest.raises(InputError, match="no green or blue screen"):
+        ChromaKey()(Clip(frames=moving_object_clip(num_frames=3)[0]))
+
+
+# --- given and auto ---------------------------------------------------------------------------------
+
+
+def test_given_returns_the_clip_alpha_clipped_to_unit_range():
+    frames, truth = moving_object_clip(num_frames=3)
+    raw = truth * 1.2 - 0.1
+    matte = GivenAlpha()(Clip(frames=frames, alpha=raw))
+    assert matte.alpha.dtype == np.float32 and matte.backend.name == "given"
+    assert np.allclose(matte.alpha, np.clip(raw, 0, 1))
+
+
+def test_given_without_alpha_raises_input_error():
+    frames, _ = moving_object_clip(num_frames=3)
+    with pytest.raises(InputError, match="source has no alpha channel or mask folder"):
+        GivenAlpha()(Clip(frames=frames))
+
+
+def test_auto_uses_given_alpha_when_the_clip_has_one():
+    frames, truth = moving_object_clip(num_frames=3)
+    matte = load_matting("auto")(Clip(frames=frames, alpha=truth))
+    assert matte.backend.name == "given" and np.array_equal(matte.alpha, truth)
+
+
+def test_auto_falls_back_to_bgsub_without_alpha():
+    frames, truth = moving_object_clip()
+    matte = load_matting("auto")(Clip(frames=frames))
+    assert matte.backend.name == "bgsub" and alpha_iou(matte.alpha, truth) >= 0.9
+
+
+# --- load_matting -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("spec", "backend_class"), [
+    ("auto", AutoMatting), ("given", GivenAlpha), ("bgsub", BackgroundSubtraction), ("chroma", ChromaKey),
+])
+def test_load_matting_builds_each_known_backend(spec, backend_class):
+    assert isinstance(load_matting(spec), backend_class)
+
+
+@pytest.mark.parametrize(("spec", "key"), [("chroma:green", "green"), ("chroma:blue", "blue")])
+def test_load_matting_passes_the_chroma_key(spec, key):
+    assert load_matting(spec).key == key
+
+
+@pytest.mark.parametrize("spec", ["magic", "bgsub:fast", "chroma:red"])
+def test_load_matting_rejects_a_bad_spec_naming_it(spec):
+    with pytest.raises(ConfigError, match=spec):
+        load_matting(spec)
+
+
+def test_load_matting_lists_the_known_specs_for_an_unknown_one():
+    with pytest.raises(ConfigError, match="known: auto, given, bgsub, chroma, chroma:green, chroma:blue"):
+        load_matting("magic")
+
+
+@pytest.mark.parametrize("spec", ["rembg:u2net", "sam2:tiny", "tflite:selfie"])
+def test_load_matting_says_learned_backends_are_not_available(spec):
+    with pytest.raises(ConfigError, match=f"{spec}.*not available in this version"):
+        load_matting(spec)
+
+
+# --- guided filter and soft edge --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("guide_shape", [(32, 32, 3), (32, 32)])
+def test_guided_filter_keeps_a_constant_source_constant(guide_shape):
+    guide = np.random.default_rng(0).integers(0, 256, guide_shape, dtype=np.uint8)
+    out = guided_filter(guide, np.full((32, 32), 0.3, np.float32), radius=3, eps=1e-3)
+    assert out.shape == (32, 32) and out.dtype == np.float32
+    assert np.allclose(out, 0.3, atol=1e-5)
+
+
+def test_guided_filter_snaps_a_feathered_edge_to_the_guide_edge():
+    guide = np.zeros((16, 32, 3), np.uint8)
+    guide[:, 16:] = (200, 120, 40)
+    ramp = np.clip((np.arange(32) - 15.5) / 8 + 0.5, 0, 1).astype(np.float32)  # 0 -> 1 over 8 px
+    out = guided_filter(guide, np.tile(ramp, (16, 1)), radius=4, eps=1e-3)
+    assert ramp[16] - ramp[15] == pytest.approx(0.125)
+    assert np.all(out[:, 16] - out[:, 15] > 0.5)  # the step now sits on the guide's colour edge
+
+
+def test_soft_edge_stays_in_range_and_crisp_outside_the_band():
+    frames, truth = moving_object_clip(num_frames=3)
+    hard = truth >= 0.5
+    alpha = soft_edge(frames, hard, radius=3, eps=1e-3, band=2)
+    assert alpha.dtype == np.float32 and alpha.min() >= 0.0 and alpha.max() <= 1.0
+    for t in range(3):
+        to_boundary = np.maximum(ndimage.distance_transform_edt(hard[t]), ndimage.distance_transform_edt(~hard[t]))
+        far = to_boundary > 3
+        assert far.sum() > 0.5 * far.size
+        assert np.array_equal(alpha[t][far], hard[t][far].astype(np.float32))
+    assert ((alpha > 0) & (alpha < 1)).any()
+
+
+def test_soft_edge_leaves_an_empty_mask_empty():
+    frames, _ = moving_object_clip(num_frames=3)
+    assert soft_edge(frames, np.zeros((3, 64, 64), bool)).max() == 0.0
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+def test_metrics_of_identical_alphas():
+    _, truth = moving_object_clip(num_frames=3)
+    assert alpha_iou(truth, truth) == 1.0 and alpha_mae(truth, truth) == 0.0
+
+
+def test_iou_of_disjoint_masks_is_zero():
+    pred, gt = np.zeros((4, 4), np.float32), np.zeros((4, 4), np.float32)
+    pred[:, :2], gt[:, 2:] = 1.0, 1.0
+    assert alpha_iou(pred, gt) == 0.0
+
+
+def test_iou_of_two_empty_masks_is_one():
+    assert alpha_iou(np.zeros((2, 4, 4)), np.zeros((2, 4, 4))) == 1.0
+
+
+def test_metrics_of_a_known_partial_overlap():
+    pred, gt = np.zeros((4, 4), np.float32), np.zeros((4, 4), np.float32)
+    pred[:, 0:2], gt[:, 1:3] = 1.0, 0.8  # overlap 4 px, union 12 px
+    assert alpha_iou(pred, gt) == pytest.approx(1 / 3)
+    assert alpha_mae(pred, gt) == pytest.approx((4 * 1.0 + 4 * 0.2 + 4 * 0.8) / 16)
+
+
+def test_iou_is_averaged_over_frames():
+    pred, gt = np.zeros((2, 4, 4), np.float32), np.zeros((2, 4, 4), np.float32)
+    pred[0, 0, 0] = gt[0, 0, 0] = 1.0  # frame 0: a 1-px object found exactly
+    gt[1] = 1.0  # frame 1: a 16-px object missed
+    assert alpha_iou(pred, gt) == pytest.approx(0.5)  # per frame 1 and 0, not the pooled 1 / 17
