@@ -42,6 +42,8 @@ def decode(item: SourceItem, config: BuildConfig) -> Decoded:
         return _decode_layered(path, config)
     if item.kind == InputKind.IMAGE:
         frame, alpha = _load_image(path, config)
+        if alpha is not None and alpha.min() >= 1.0:
+            alpha = None  # an alpha channel that is opaque everywhere holds no cut-out: a plain image
         kind = InputKind.IMAGE if alpha is None else InputKind.RGBA_IMAGE
         fit = _contain if alpha is not None else cover
         frames, alphas = fit(frame[None], None if alpha is None else alpha[None], config.size)

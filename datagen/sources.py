@@ -166,12 +166,12 @@ def _classify_file(path: Path, pool: str, role: Role) -> SourceItem:
 
 
 def _failed(path: Path, pool: str, role: Role, message: str) -> SourceItem:
-    uri = str(path)
+    uri = os.path.abspath(path)
     return SourceItem(input_id(uri), uri, InputKind.UNSUPPORTED, role=role, pool=pool, error=message)
 
 
 def _item(path: Path, kind: InputKind, pool: str, role: Role, extra: dict | None = None) -> SourceItem:
-    uri = str(path.absolute())
+    uri = os.path.abspath(path)
     item = SourceItem(input_id(uri), uri, kind, role=role, pool=pool, mask_dir=_mask_dir(path, kind))
     return _apply_fields(item, {**_read_sidecar(item), **(extra or {})})
 
@@ -191,7 +191,7 @@ def _mask_dir(path: Path, kind: InputKind) -> str | None:
     if "jpegimages" in lowered:
         parts[lowered.index("jpegimages")] = "Annotations"
         candidates.append(Path(*parts))
-    return next((str(c.absolute()) for c in candidates if c.is_dir()), None)
+    return next((os.path.abspath(c) for c in candidates if c.is_dir()), None)
 
 
 def _read_sidecar(item: SourceItem) -> dict:

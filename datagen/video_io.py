@@ -1,6 +1,8 @@
 """Encoding and reading back the media files of a dataset (PyAV).
 
 RGB layers are H.264 mp4 (yuv420p, `crf`); alpha is lossless FFV1 (gray, 8 bit) in Matroska.
+x264 runs single-threaded so that the same frames always give the same bytes (parallelism comes
+from running many samples at once); a threaded encode can differ from run to run under load.
 Videos with alpha for sources and tests: VP9 with alpha (WebM) and ProRes 4444.
 """
 
@@ -19,7 +21,7 @@ def _rate(fps: float) -> Fraction:
 
 def write_rgb_video(path: Path, frames: np.ndarray, fps: float, crf: int = 18) -> None:
     """Write (T, H, W, 3) uint8 frames as H.264 mp4. H and W must be even."""
-    _encode(path, frames, fps, "libx264", "yuv420p", "rgb24", {"crf": str(crf), "preset": "medium"})
+    _encode(path, frames, fps, "libx264", "yuv420p", "rgb24", {"crf": str(crf), "preset": "medium", "threads": "1"})
 
 
 def write_alpha_video(path: Path, alpha: np.ndarray, fps: float) -> None:
