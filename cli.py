@@ -181,10 +181,10 @@ def inspect(
         for failure in info["failures"]:
             failures.add_row(failure["stage"], failure["uri"], failure["error"])
         out.print(failures)
-    if info["examples"]:
-        rows = Table(*info["examples"][0].keys(), title="examples")
-        for example in info["examples"]:
-            rows.add_row(*(str(v) for v in example.values()))
+    for example in info["examples"]:
+        rows = Table(show_header=False, title=f"sample {example['sample_id']}")
+        for key, value in example.items():
+            rows.add_row(key, str(value))
         out.print(rows)
 
 
@@ -240,7 +240,7 @@ def main() -> None:
     except (LayerflowError, DatasetError) as exc:
         if os.environ.get(DEBUG_ENV):
             raise
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=True, highlight=False)
         sys.exit(2)
 
 

@@ -3,7 +3,10 @@
 Prints one JSON line: samples/minute for both, and `ratio` = ray / sequential (baseline: the
 sequential loop, `datagen.pipeline.LocalRunner`). Ray start-up is reported apart from the build.
 
-    python bench/build_throughput.py [--concurrency 2] [--size 256x256] [--frames 16]
+    python bench/build_throughput.py [--copies 1] [--concurrency 2] [--size 256x256] [--frames 16]
+
+`--copies N` builds N demo sources (seeds 0..N-1) side by side, to see throughput past start-up.
+`ray_warm` repeats the Ray build in the same Ray session: the rate a long build settles at.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def timed_build(source: Path, out: Path, config: BuildConfig, runner, concurrenc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--size", default="256x256")
     parser.add_argument("--frames", type=int, default=16)
@@ -41,7 +45,8 @@ def main() -> None:
     config = BuildConfig(size=parse_size(args.size), frames=args.frames)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_demo_source(tmp / "src")
+        for seed in range(args.copies):
+            make_demo_source(tmp / "src" / f"demo_{seed}", seed=seed)
         sequential = timed_build(tmp / "src", tmp / "seq", config, LocalRunner(progress=False), args.concurrency)
 
         from datagen.ray_runner import RayRunner
@@ -51,18 +56,22 @@ def main() -> None:
         ray_init = time.perf_counter() - start
         try:
             distributed = timed_build(tmp / "src", tmp / "ray", config, runner, args.concurrency)
+            warm = timed_build(tmp / "src", tmp / "ray_warm", config, runner, args.concurrency)
         finally:
             runner.close()
     print(json.dumps({
         "bench": "build_throughput",
         "cpus": os.cpu_count(),
+        "copies": args.copies,
         "concurrency": args.concurrency,
         "size": args.size,
         "frames": args.frames,
         "baseline": "sequential Python loop over the same stage classes (LocalRunner)",
         "sequential": sequential,
         "ray": {**distributed, "ray_init_seconds": round(ray_init, 2)},
+        "ray_warm": warm,
         "ratio": round(distributed["samples_per_minute"] / sequential["samples_per_minute"], 3),
+        "ratio_warm": round(warm["samples_per_minute"] / sequential["samples_per_minute"], 3),
     }))
 
 

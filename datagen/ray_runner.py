@@ -1,15 +1,51 @@
-"""The Ray Data runner: each stage is an actor pool (set up once per actor); the only module that imports Ray."""
+"""The Ray Data runner; the only module that imports Ray.
+
+CPU stages run as Ray tasks on Ray's pooled worker processes, each process setting a stage chain up
+once and reusing it for every later batch and phase (no actor start-up per stage and phase).
+Consecutive stages with the same resources share one operator, like Ray Data's own fusion.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
+from itertools import groupby
 
 import ray
 
 from datagen.build import StageSpec
-from datagen.stages import from_batch
+from datagen.stages import Batch, from_batch
+
+
+class StageChain:
+    """Several stages set up once and applied in order to every batch."""
+
+    def __init__(self, specs: list[StageSpec]) -> None:
+        self.stages = [spec.cls(**spec.kwargs) for spec in specs]
+
+    def __call__(self, batch: Batch) -> Batch:
+        for stage in self.stages:
+            batch = stage(batch)
+        return batch
+
+
+MAX_ROWS_PER_TASK = 16
+_CHAINS: dict[str, StageChain] = {}  # per worker process: the chains it has set up
+
+
+def run_chain(batch: Batch, specs: list[StageSpec]) -> Batch:
+    """Ray task body: the stage chain of this worker process (set up on its first batch)."""
+    key = repr(specs)
+    if key not in _CHAINS:
+        _CHAINS[key] = StageChain(specs)
+    return _CHAINS[key](batch)
+
+
+@ray.remote(num_cpus=1)
+def _import_stages() -> None:
+    import datagen.stages  # noqa: F401
 
 
 class RayRunner:
@@ -26,6 +62,8 @@ class RayRunner:
             else:
                 ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                          _node_ip_address="127.0.0.1")
+            # Import the stage modules in every worker now, in parallel, rather than on each one's first batch.
+            ray.get([_import_stages.remote() for _ in range(int(ray.cluster_resources().get("CPU", 1)))])
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
         context.print_on_execution_start = False
@@ -35,15 +73,19 @@ class RayRunner:
         if not rows:
             return
         items = [{"key": row["key"], "row": json.dumps(row)} for row in rows]
-        dataset = ray.data.from_items(items, override_num_blocks=len(items))
-        for spec in stages:
+        # A Ray task costs tens of milliseconds to schedule: give each a few rows (about four tasks per
+        # CPU per phase), but never so many that one slow task holds the whole phase up.
+        rows_per_task = min(MAX_ROWS_PER_TASK, max(1, math.ceil(len(items) / (4 * self.cpus))))
+        dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / rows_per_task))
+        for _, group in groupby(stages, key=lambda spec: spec.num_cpus):
+            group = list(group)
             dataset = dataset.map_batches(
-                spec.cls,
-                fn_constructor_kwargs=spec.kwargs,
-                batch_size=1,
+                run_chain,
+                fn_kwargs={"specs": group},
+                batch_size=rows_per_task,
                 batch_format="numpy",
-                concurrency=max(1, min(spec.concurrency, self.cpus)),
-                num_cpus=spec.num_cpus,
+                compute=ray.data.TaskPoolStrategy(size=max(1, min(max(s.concurrency for s in group), self.cpus))),
+                num_cpus=group[0].num_cpus,
             )
         for batch in dataset.iter_batches(batch_size=8, batch_format="numpy"):
             yield from_batch(batch)

@@ -10,8 +10,8 @@ from manifests import io
 
 def inspect_dataset(root: Path, examples: int = 3) -> dict:
     root = Path(root)
-    summary = io.read_summary(root)
     samples = io.read_manifest(root).to_pylist()
+    summary = io.read_summary(root)
     failures = io.read_failures(root).to_pylist()
     inputs = io.read_inputs(root).to_pylist()
     return {
