@@ -1,4 +1,5 @@
-"""Score a matting backend against DAVIS-layout ground truth (`<masks>/<video name>/<frame>.png`)."""
+"""Score a matting backend against DAVIS-layout ground truth: `<masks>/<video name>/<frame>.png`
+(or `<masks>/<video name>/masks/<frame>.png`, the layout with `frames/` and `masks/` side by side)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def evaluate_matting(videos: str, masks: str, backend_spec: str, config: BuildCo
     errors: dict[str, str] = {}
     for item in clips:
         gt_dir = masks_root / item.name
+        if (gt_dir / "masks").is_dir():  # the SAM2 / shared layout: <name>/frames beside <name>/masks
+            gt_dir = gt_dir / "masks"
         if not gt_dir.is_dir():
             errors[item.name] = f"no ground truth folder {gt_dir}"
             continue
