@@ -35,10 +35,6 @@ class StageSpec:
     concurrency: int = 2
     num_cpus: float = 1.0
 
-    @property
-    def name(self) -> str:
-        return self.cls.stage.value
-
 
 class Runner(Protocol):
     name: str

@@ -55,7 +55,8 @@ def compose_blended(foreground: str, background: str) -> str:
     """`a cat's face` + `A brick wall.` -> `a cat's face in front of a brick wall`."""
     fg = foreground.strip().rstrip(".")
     bg = background.strip().rstrip(".")
-    if len(bg) > 1 and bg[0].isupper() and bg[1].islower():
+    first = bg.split(" ", 1)[0]
+    if first[:1].isupper() and (len(first) == 1 or first[1:].islower()):  # "A wall" -> "a wall"; "NASA" stays
         bg = bg[0].lower() + bg[1:]
     return BLENDED_TEMPLATE.format(foreground=fg, background=bg)
 

@@ -33,7 +33,8 @@ def split_of(fg_id: str, config: BuildConfig) -> str:
 def plan_samples(inputs: list[dict], config: BuildConfig) -> list[dict]:
     """Sample plans (rows for the compose stage) from the input rows that decoded."""
     ok = [row for row in inputs if row["status"] == OK]
-    use_pool = any(row["pool"] == "backgrounds" for row in ok)
+    # With --backgrounds, backgrounds come from that pool only, even if some of it failed to decode.
+    use_pool = any(row["pool"] == "backgrounds" for row in inputs)
 
     def background_candidate(row: dict) -> bool:
         if use_pool:

@@ -49,7 +49,11 @@ def _import_stages() -> None:
 
 
 class RayRunner:
-    """Starts a local Ray bound to 127.0.0.1 (no dashboard), or joins `address` (or `RAY_ADDRESS`)."""
+    """Starts a local Ray (no dashboard), or joins `address` (or `RAY_ADDRESS`).
+
+    The dashboard (Ray's HTTP service) is not started. Ray's own GCS and raylet ports are
+    registered under the node's address: Ray resolves 127.0.0.1 to it on Linux.
+    """
 
     name = "ray"
 
@@ -60,8 +64,7 @@ class RayRunner:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                         _node_ip_address="127.0.0.1")
+                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
             # Import the stage modules in every worker now, in parallel, rather than on each one's first batch.
             ray.get([_import_stages.remote() for _ in range(int(ray.cluster_resources().get("CPU", 1)))])
         context = ray.data.DataContext.get_current()

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""The dataset contract: the layer vocabulary, Arrow schemas, reading and writing, validation and inspection."""

@@ -160,10 +160,13 @@ def test_bad_inputs_never_kill_a_build_and_are_never_lost(tmp_path, small_config
 
 @pytest.mark.slow
 def test_build_through_ray_matches_the_plain_runner(tiny_source, tmp_path, small_config):
+    import ray
+
     from datagen.ray_runner import RayRunner
 
     runner = RayRunner(num_cpus=2, progress=False)
     try:
+        assert not ray._private.worker.global_worker.node.address_info.get("webui_url")  # no dashboard started
         summary = build(str(tiny_source), tmp_path / "ray", small_config, runner)
     finally:
         runner.close()
