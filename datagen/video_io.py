@@ -21,7 +21,7 @@ def _rate(fps: float) -> Fraction:
 
 def write_rgb_video(path: Path, frames: np.ndarray, fps: float, crf: int = 18) -> None:
     """Write (T, H, W, 3) uint8 frames as H.264 mp4. H and W must be even."""
-    _encode(path, frames, fps, "libx264", "yuv420p", "rgb24", {"crf": str(crf), "preset": "medium", "threads": "1"})
+    _encode(path, frames, fps, "libx264", "yuv420p", "rgb24", {"crf": str(crf), "preset": "medium"})
 
 
 def write_alpha_video(path: Path, alpha: np.ndarray, fps: float) -> None:
@@ -55,6 +55,7 @@ def _encode(path: Path, frames: np.ndarray, fps: float, codec: str, pix_fmt: str
     with av.open(str(tmp), mode="w") as container:
         stream = container.add_stream(codec, rate=_rate(fps), options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.codec_context.thread_count = 1  # see the module docstring: same frames, same bytes
         for frame in frames:
             picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=src_fmt)
             container.mux(stream.encode(picture))
