@@ -1,8 +1,8 @@
 """Encoding and reading back the media files of a dataset (PyAV).
 
 RGB layers are H.264 mp4 (yuv420p, `crf`); alpha is lossless FFV1 (gray, 8 bit) in Matroska.
-x264 runs single-threaded so that the same frames always give the same bytes (parallelism comes
-from running many samples at once); a threaded encode can differ from run to run under load.
+The same frames always give the same bytes (sample content hashes depend on it): x264 runs
+single-threaded and without mbtree (parallelism comes from running many samples at once).
 Videos with alpha for sources and tests: VP9 with alpha (WebM) and ProRes 4444.
 """
 
@@ -20,8 +20,11 @@ def _rate(fps: float) -> Fraction:
 
 
 def write_rgb_video(path: Path, frames: np.ndarray, fps: float, crf: int = 18) -> None:
-    """Write (T, H, W, 3) uint8 frames as H.264 mp4. H and W must be even."""
-    _encode(path, frames, fps, "libx264", "yuv420p", "rgb24", {"crf": str(crf), "preset": "medium"})
+    """Write (T, H, W, 3) uint8 frames as H.264 mp4 (BT.601 yuv420p). H and W must be even."""
+    # mbtree off: its SIMD code gave different bytes for the same frames from run to run (with it on,
+    # 3 variants in 12 encodes of one clip; with it off, or with asm off, always one).
+    _encode(path, frames, fps, "libx264", "yuv420p", "rgb24",
+            {"crf": str(crf), "preset": "medium", "x264-params": "mbtree=0"})
 
 
 def write_alpha_video(path: Path, alpha: np.ndarray, fps: float) -> None:
@@ -42,7 +45,7 @@ def write_rgba_video(path: Path, rgba: np.ndarray, fps: float) -> None:
 
 
 def quantise(values: np.ndarray) -> np.ndarray:
-    """Float in [0, 1] (or 0..255 floats already rounded) to uint8, rounding once."""
+    """Float values in [0, 1] to uint8 (x 255), rounding once."""
     return np.clip(np.rint(np.asarray(values, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -56,8 +59,9 @@ def _encode(path: Path, frames: np.ndarray, fps: float, codec: str, pix_fmt: str
         stream = container.add_stream(codec, rate=_rate(fps), options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.codec_context.thread_count = 1  # see the module docstring: same frames, same bytes
-        for frame in frames:
+        for index, frame in enumerate(frames):
             picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=src_fmt)
+            picture.pts, picture.time_base = index, Fraction(1) / _rate(fps)
             container.mux(stream.encode(picture))
         container.mux(stream.encode(None))
     tmp.replace(path)
