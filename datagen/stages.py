@@ -153,13 +153,12 @@ class ComposeStage(RowStage):
         bg_index = len(bg_clip.frames) // 2
         if kind == SampleKind.IMAGE_FROZEN:
             layers = freeze(fg_clip.frames[0], fg_clip.alpha[0], bg_clip.frames[bg_index], placement, config.frames)
-            bg_frames = [bg_clip.frame_indices[bg_index]]
+            bg_indices = [bg_clip.frame_indices[bg_index]]
         else:
-            bg_frames_arr = bg_clip.frames
-            bg_frames = bg_clip.frame_indices
-            if len(bg_frames_arr) == 1:  # a still used as a static background
-                bg_frames_arr = np.repeat(bg_frames_arr, config.frames, axis=0)
-            layers = copy_paste(fg_clip.frames, fg_clip.alpha, bg_frames_arr, placement)
+            background, bg_indices = bg_clip.frames, bg_clip.frame_indices
+            if len(background) == 1:  # a still used as a static background
+                background = np.repeat(background, config.frames, axis=0)
+            layers = copy_paste(fg_clip.frames, fg_clip.alpha, background, placement)
         for layer in Layer:
             path = resolve_media(self.out_dir, media_uri(row["sample_id"], layer))
             if layer == Layer.ALPHA:
@@ -167,7 +166,7 @@ class ComposeStage(RowStage):
             else:
                 video_io.write_rgb_video(path, layers.layer(layer), config.fps, config.crf)
         row.update(placement=placement.to_json(), frames_foreground=fg_clip.frame_indices,
-                   frames_background=bg_frames, num_frames=config.frames, height=int(canvas[0]),
+                   frames_background=bg_indices, num_frames=config.frames, height=int(canvas[0]),
                    width=int(canvas[1]))
 
 
