@@ -178,10 +178,10 @@ def input_states(inputs: list[dict], samples: list[dict], sample_failures: list[
         state, stage, message = InputState.UNUSED, None, None
         if row["status"] != OK:
             state, stage, message = InputState.FAILED, row["stage"], row["message"]
-        elif input_id in kept:
-            state = InputState.USED
-        elif input_id in rejected:
-            state = InputState.REJECTED
+        elif input_id in kept or input_id in rejected:
+            state = InputState.USED if input_id in kept else InputState.REJECTED
+            if row.get("matte_error"):  # used, but only as a background: say why it was no foreground
+                stage, message = Stage.MATTE.value, f"background only: {row['matte_error']}"
         elif input_id in failed_samples:
             failure = failed_samples[input_id]
             state, stage, message = InputState.FAILED, failure["stage"], failure["message"]

@@ -96,8 +96,8 @@ INPUT_SCHEMA = _with_metadata(pa.schema([
     pa.field("role", pa.string(), nullable=False),  # Role
     pa.field("pool", pa.string(), nullable=False),  # source | backgrounds
     pa.field("state", pa.string(), nullable=False),  # InputState
-    pa.field("stage", pa.string()),  # where it failed
-    pa.field("message", pa.string()),  # why it failed
+    pa.field("stage", pa.string()),  # where it failed (or, for a used input, the stage with a remark)
+    pa.field("message", pa.string()),  # why it failed (or e.g. why it was used as a background only)
     pa.field("sample_ids", pa.list_(pa.string()), nullable=False),
     pa.field("source_frames", pa.int32()),
     pa.field("source_height", pa.int32()),

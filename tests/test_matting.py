@@ -134,6 +134,14 @@ def test_bgsub_handles_an_object_present_in_most_frames():
     assert alpha_iou(matte.alpha, truth) >= 0.9
 
 
+def test_bgsub_refuses_a_panning_camera():
+    rng = np.random.default_rng(0)
+    scene = cv2.resize(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8), (240, 160))
+    frames = np.stack([scene[:64, 8 * t : 8 * t + 64] for t in range(12)])  # the camera pans 8 px a frame
+    with pytest.raises(InputError, match="camera probably moves"):
+        BackgroundSubtraction()(Clip(frames))
+
+
 def test_bgsub_rejects_a_clip_of_two_frames():
     frames, _ = moving_object_clip(num_frames=3)
     with pytest.raises(InputError, match="at least 3 frames"):
