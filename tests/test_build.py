@@ -177,3 +177,20 @@ def test_build_through_ray_matches_the_plain_runner(tiny_source, tmp_path, small
     for column in ("sample_id", "kind", "placement", "frames_foreground", "caption_blended"):
         assert ray_rows.column(column).to_pylist() == plain_rows.column(column).to_pylist()
     assert validate(tmp_path / "ray").ok
+
+
+def test_a_clip_that_cannot_be_matted_still_serves_as_a_background(tmp_path, small_config):
+    from conftest import texture
+
+    from datagen.video_io import write_rgb_video
+
+    write_video(tmp_path / "src" / "static.mp4", seed=1)
+    scene = texture(64, 400, 7)
+    write_rgb_video(tmp_path / "src" / "pan.mp4", np.stack([scene[:, 4 * t : 4 * t + 96] for t in range(24)]), 24.0)
+    run(tmp_path / "src", tmp_path / "ds", small_config)
+    inputs = {os.path.basename(r["uri"]): r for r in io.read_inputs(tmp_path / "ds").to_pylist()}
+    assert inputs["pan.mp4"]["state"] == "used"
+    assert inputs["pan.mp4"]["stage"] == "matte"
+    assert inputs["pan.mp4"]["message"].startswith("background only: bgsub:")
+    [sample] = io.read_manifest(tmp_path / "ds").to_pylist()
+    assert os.path.basename(sample["source_background"]) == "pan.mp4"
