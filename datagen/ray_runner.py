@@ -43,15 +43,10 @@ def run_chain(batch: Batch, specs: list[StageSpec]) -> Batch:
     return _CHAINS[key](batch)
 
 
-@ray.remote(num_cpus=1)
-def _import_stages() -> None:
-    import datagen.stages  # noqa: F401
-
-
 class RayRunner:
-    """Starts a local Ray (no dashboard), or joins `address` (or `RAY_ADDRESS`).
+    """Starts a local Ray, or joins `address` (or `RAY_ADDRESS`).
 
-    The dashboard (Ray's HTTP service) is not started. Ray's own GCS and raylet ports are
+    A local Ray starts without its dashboard (Ray's HTTP service). Its GCS and raylet are
     registered under the node's address: Ray resolves 127.0.0.1 to it on Linux.
     """
 
@@ -65,8 +60,6 @@ class RayRunner:
                 ray.init(address=address, log_to_driver=False)
             else:
                 ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-            # Import the stage modules in every worker now, in parallel, rather than on each one's first batch.
-            ray.get([_import_stages.remote() for _ in range(int(ray.cluster_resources().get("CPU", 1)))])
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
         context.print_on_execution_start = False
