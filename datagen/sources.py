@@ -170,10 +170,10 @@ def _failed(path: Path, pool: str, role: Role, message: str) -> SourceItem:
     return SourceItem(input_id(uri), uri, InputKind.UNSUPPORTED, role=role, pool=pool, error=message)
 
 
-def _item(path: Path, kind: InputKind, pool: str, role: Role, extra: dict | None = None) -> SourceItem:
+def _item(path: Path, kind: InputKind, pool: str, role: Role) -> SourceItem:
     uri = os.path.abspath(path)
     item = SourceItem(input_id(uri), uri, kind, role=role, pool=pool, mask_dir=_mask_dir(path, kind))
-    return _apply_fields(item, {**_read_sidecar(item), **(extra or {})})
+    return _apply_fields(item, _read_sidecar(item))
 
 
 def _mask_dir(path: Path, kind: InputKind) -> str | None:

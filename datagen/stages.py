@@ -121,13 +121,13 @@ class MatteStage(RowStage):
         try:
             matte = backend(clip)
         except Exception as exc:
-            row.update(matte_error=one_line(exc), matte_error_class=type(exc).__name__)
+            row["matte_error"] = one_line(exc)
             return
         clip.alpha = np.clip(matte.alpha.astype(np.float32), 0.0, 1.0)
         clip.save(Path(row["clip_path"]))
         info = matte.backend
         row.update(matting_backend=info.name, matting_model=info.model_id,
-                   matting_weights_sha256=info.weights_sha256, matting_device=info.device)
+                   matting_weights_sha256=info.weights_sha256)
 
 
 class ComposeStage(RowStage):
@@ -208,8 +208,4 @@ class ScoreStage(RowStage):
 
 def read_layers(root: Path, sample_id: str) -> dict[Layer, np.ndarray]:
     """The four layers of a sample decoded from its files (alpha as (T, H, W) uint8)."""
-    return {
-        layer: video_io.read_video(resolve_media(root, media_uri(sample_id, layer)),
-                                   "gray" if layer == Layer.ALPHA else "rgb24")
-        for layer in Layer
-    }
+    return {layer: video_io.read_layer(resolve_media(root, media_uri(sample_id, layer)), layer) for layer in Layer}

@@ -14,6 +14,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from manifests.layers import Layer
+
 
 def _rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
@@ -110,6 +112,11 @@ def read_video(path: Path, fmt: str = "rgb24", indices: list[int] | None = None)
     if not order:
         raise ValueError(f"{Path(path).name}: no frames decoded")
     return np.stack([out[i] for i in order])
+
+
+def read_layer(path: Path, layer: Layer) -> np.ndarray:
+    """A stored layer as written: alpha (T, H, W) uint8, the others (T, H, W, 3) uint8."""
+    return read_video(path, "gray" if layer == Layer.ALPHA else "rgb24")
 
 
 def _frames(container, stream, decoder):

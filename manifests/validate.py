@@ -83,7 +83,7 @@ def _check_sample(root: Path, row: dict, policy: Policy, report: Report) -> list
         if not path.is_file():
             return [f"sample {sid}: {layer.value} file missing: {row[uri_column(layer)]}"]
         try:
-            layers[layer] = video_io.read_video(path, "gray" if layer == Layer.ALPHA else "rgb24")
+            layers[layer] = video_io.read_layer(path, layer)
         except Exception as exc:  # any decoder error is a problem to report, not a crash
             return [f"sample {sid}: {layer.value} does not decode: {str(exc).splitlines()[0] if str(exc) else exc}"]
         report.files += 1
