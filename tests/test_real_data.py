@@ -84,7 +84,9 @@ def test_mp4_and_its_jpeg_folder_decode_to_the_same_frames():
 def test_eval_matting_on_davis_layout_beside_the_frames():
     data = shared_data()
     videos = data / "videos"
-    config = BuildConfig(frames=6, fps=8.0, size=(120, 214))
+    # 16 frames span 46 of blackswan's 50, so the seeded start (it hashes the input's path) barely matters:
+    # bgsub coverage measured 0.54-0.55 for every start, against 0.46-0.50 with 6 frames (too near the 0.45 limit).
+    config = BuildConfig(frames=16, fps=8.0, size=(120, 214))
     # The ground truth is found beside the frames (videos/<name>/masks), and bgsub runs on the clip:
     # blackswan is filmed by a panning camera, which bgsub reports instead of returning a wrong matte.
     result = evaluate_matting(str(videos / "davis_blackswan"), str(videos), "bgsub", config)
