@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -62,6 +63,11 @@ def build(
     size: Annotated[str, typer.Option(help="HEIGHTxWIDTH (or one number), resize + centre-crop.")] = "256x256",
     matting: Annotated[str, typer.Option(help="auto | given | bgsub | chroma")] = "auto",
     captioner: Annotated[str, typer.Option(help="sidecar | none")] = "sidecar",
+    clip: Annotated[str, typer.Option(
+        help="CLIP scores: `auto` (the default model if its weights are on this machine, else null scores), "
+             "`none`, or `openclip:ARCH:TAG_OR_FILE` (downloaded if needed).")] = "auto",
+    policy: Annotated[Path | None, typer.Option(
+        help="Policy TOML deciding `keep` (default: the shipped one; change it later with `filter`).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for frame spans, pairings and placements.")] = 0,
     backgrounds_per_foreground: Annotated[int, typer.Option(help="Samples made from each foreground.")] = 2,
     val_fraction: Annotated[float, typer.Option(help="Share of foregrounds whose samples go to `val`.")] = 0.1,
@@ -82,22 +88,30 @@ def build(
     Example: `layerflow-data build --source ./demo_src --out ./ds`
 
     Example: `layerflow-data build --source clips.csv --backgrounds ./plates --out ./ds --size 320x512`
+
+    Example: `layerflow-data build --source ./clips --out ./ds --clip openclip:ViT-B-32:laion2b_s34b_b79k`
     """
     from datagen.build import build as run_build
+    from datagen.build import resolve_clip
     from datagen.config import BuildConfig, parse_size
+    from filters.policy import Policy
 
     config = BuildConfig(
         frames=frames, fps=fps, size=parse_size(size), matting=matting, captioner=captioner, seed=seed,
         backgrounds_per_foreground=backgrounds_per_foreground, val_fraction=val_fraction, crf=crf,
-        frame_folder_fps=frame_folder_fps, max_pixels=int(max_megapixels * 1e6),
+        frame_folder_fps=frame_folder_fps, max_pixels=int(max_megapixels * 1e6), clip=clip,
     )
     _check_backends(config)
+    chosen_policy = Policy.load(policy)
+    clip_choice = resolve_clip(config.clip)
+    if clip_choice.unavailable:
+        console.print(f"[yellow]no CLIP scores[/yellow]: {clip_choice.unavailable}", highlight=False)
     if source == DEMO_SOURCE:
         source = str(_demo_source(out))
     runner = _runner(no_ray, ray_address, num_cpus)
     try:
         summary = run_build(source, out, config, runner, backgrounds=backgrounds, overwrite=overwrite,
-                            keep_work=keep_work, concurrency=concurrency)
+                            keep_work=keep_work, concurrency=concurrency, policy=chosen_policy, clip=clip_choice)
     finally:
         if hasattr(runner, "close"):
             runner.close()
@@ -146,10 +160,15 @@ def _print_summary(summary: dict) -> None:
     table.add_row("by kind", _joined(samples["by_kind"]))
     table.add_row("by split", _joined(samples["by_split"]))
     table.add_row("reject reasons", _joined(summary["reject_reasons"]))
+    table.add_row("flags", _joined(summary["flags"]))
+    unscored = {column: entry["samples"] for column, entry in summary["unscored"].items()}
+    table.add_row("unscored", _joined(unscored))
     table.add_row("failures", _joined(summary["failures"]["by_stage"]))
     matting = summary["backends"]["matting"]
     table.add_row("matting", f"requested {matting['requested']}; used {_joined(matting['used'])}")
     table.add_row("captioner", summary["backends"]["captioner"])
+    clip = summary["backends"]["clip"]
+    table.add_row("clip", clip["spec"] if not clip["unavailable"] else f"none: {clip['unavailable']}")
     stages = {k: f"{v:.1f} s" for k, v in seconds.items() if k != "wall"}
     table.add_row("time", f"{seconds['wall']:.1f} s wall; {_joined(stages)}")
     Console().print(table)
@@ -207,6 +226,73 @@ def validate(
     console.print(f"validate {dataset}: {report.samples} samples, {report.files} files decoded: {status}")
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command("filter")
+def filter_(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder written by `build`.")],
+    policy: Annotated[Path | None, typer.Option(help="Policy TOML (default: the shipped default policy).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the funnel as JSON.")] = False,
+) -> None:
+    """Re-apply a policy to stored scores: rewrites `keep`, `reject_reasons`, `flags` and `duplicate_of`.
+
+    Loads no model, so it takes seconds; prints the funnel: what each rule drops alone, how many are
+    left after it and every rule above it, how many it only flags, and how many had no score (and why).
+    Write your own policy by copying `filters/default_policy.toml`. Score columns a rule can name:
+    recompose_psnr, alpha_coverage_{mean,min,max}, alpha_iou_{mean,min}, alpha_empty_frames,
+    alpha_full_frames, alpha_soft_fraction, ssim_{foreground,background,blended}_{mean,min},
+    clip_text_{foreground,background,blended}, clip_consistency_{mean,min}.
+
+    Example: `layerflow-data filter ./ds --policy strict.toml`
+    """
+    from filters.apply import apply_policy
+    from filters.policy import Policy
+
+    result = apply_policy(dataset, Policy.load(policy))
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return
+    print(result.as_text())
+
+
+@app.command()
+def report(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder written by `build`.")],
+    out: Annotated[Path | None, typer.Option(help="HTML file to write (default: DS/report.html).")] = None,
+    gallery: Annotated[int, typer.Option(help="Kept and rejected samples shown (each).", min=0)] = 24,
+) -> None:
+    """One self-contained HTML file (opens offline): the funnel, a histogram per score with its thresholds,
+    a gallery of kept and rejected samples (four layers, a frame strip, captions, scores) and the failures.
+
+    Example: `layerflow-data report ./ds && xdg-open ./ds/report.html`
+    """
+    from manifests.report import write_report
+
+    path = write_report(dataset, out, gallery=gallery)
+    console.print(f"report written to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+class AnimationFormat(str, Enum):
+    GIF = "gif"
+    WEBP = "webp"
+
+
+@app.command()
+def preview(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder written by `build`.")],
+    sample_id: Annotated[str, typer.Argument(help="A sample_id from the manifest (see `inspect`).")],
+    out: Annotated[Path, typer.Option(help="Folder for SAMPLE_ID_sheet.png and the animation.")] = Path("."),
+    frames: Annotated[int, typer.Option(help="Frames (columns) in the contact sheet.", min=1)] = 6,
+    animation: Annotated[AnimationFormat, typer.Option("--format", help="Animation format.")] = AnimationFormat.GIF,
+) -> None:
+    """A contact-sheet PNG (the four layers x evenly spaced frames) and an animation of the layers side by side.
+
+    Example: `layerflow-data preview ./ds 1ba1b0a8e1b46141 --out ./previews --format webp`
+    """
+    from manifests.preview import write_preview
+
+    sheet, moving = write_preview(dataset, sample_id, out, frames=frames, animation_format=animation.value)
+    console.print(f"wrote {sheet} and {moving}")
 
 
 @app.command("eval-matting")

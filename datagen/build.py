@@ -18,7 +18,9 @@ from datagen.config import BuildConfig
 from datagen.errors import ConfigError
 from datagen.plan import plan_samples
 from datagen.sources import SourceItem, discover
-from datagen.stages import FAILED, OK, CaptionStage, ComposeStage, DecodeStage, MatteStage, ScoreStage
+from datagen.stages import FAILED, OK, CaptionStage, ClipStage, ComposeStage, DecodeStage, MatteStage, ScoreStage
+from filters.apply import apply_policy
+from filters.policy import Policy
 from manifests import io
 from manifests.layers import InputState, Layer, Role, Stage
 from manifests.schema import MANIFEST_DIR, MEDIA_DIR, SAMPLE_SCHEMA, SCHEMA_VERSION, media_uri, uri_column
@@ -51,18 +53,48 @@ def input_stages(config: BuildConfig, work_dir: Path, concurrency: int) -> list[
     ]
 
 
-def sample_stages(config: BuildConfig, out: Path, concurrency: int) -> list[StageSpec]:
+def sample_stages(config: BuildConfig, out: Path, concurrency: int, clip: ClipChoice) -> list[StageSpec]:
     return [
         StageSpec(ComposeStage, {"config": config, "out_dir": str(out)}, concurrency),
         StageSpec(CaptionStage, {"config": config}, 1),
         StageSpec(ScoreStage, {"config": config, "out_dir": str(out)}, concurrency),
+        StageSpec(ClipStage, {"out_dir": str(out), "clip_arch": clip.arch, "clip_weights": clip.weights,
+                              "clip_tag": clip.tag, "unavailable": clip.unavailable}, concurrency),
     ]
 
 
+@dataclass(frozen=True)
+class ClipChoice:
+    """The CLIP model a build scores with, resolved once in the driver so workers only load a local file."""
+
+    spec: str | None = None
+    arch: str | None = None
+    weights: str | None = None
+    tag: str | None = None  # the pretrained tag, whose preprocessing settings apply to the weights file
+    unavailable: str | None = None  # why there are no CLIP scores
+
+
+def resolve_clip(setting: str) -> ClipChoice:
+    """`--clip` -> a local weights file, or the reason CLIP scores will be null (a malformed spec is an error)."""
+    if setting == "none":
+        return ClipChoice(unavailable="CLIP scoring is off (--clip none)")
+    from filters.clip import DEFAULT_CLIP, ClipSpec, ClipUnavailable, resolve_weights  # torch: only when used
+
+    spec = ClipSpec.parse(DEFAULT_CLIP if setting == "auto" else setting)
+    try:
+        weights = resolve_weights(spec, allow_download=setting != "auto")
+    except ClipUnavailable as exc:
+        return ClipChoice(spec=str(spec), unavailable=str(exc))
+    return ClipChoice(spec=str(spec), arch=spec.arch, weights=str(weights), tag=spec.tag)
+
+
 def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, backgrounds: str | None = None,
-          overwrite: bool = False, keep_work: bool = False, concurrency: int = 2) -> dict:
+          overwrite: bool = False, keep_work: bool = False, concurrency: int = 2, policy: Policy | None = None,
+          clip: ClipChoice | None = None) -> dict:
     """Build a dataset at `out`; returns the summary (also written to `_summary.json`)."""
     out = Path(out)
+    policy = policy or Policy.default()
+    clip = clip or resolve_clip(config.clip)
     _prepare_out(out, overwrite)
     wall = time.perf_counter()
     seconds: Counter[str] = Counter()
@@ -92,15 +124,19 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
 
     samples: list[dict] = []
     sample_failures: list[dict] = []
+    unscored: Counter[tuple[str, str]] = Counter()  # (score column, why it is null) -> samples
     start = time.perf_counter()
-    for batch in runner.run(plans, sample_stages(config, out, concurrency), "compose + caption + score"):
-        finished = [sample_row(row, config) for row in batch if row["status"] == OK]
+    stages = sample_stages(config, out, concurrency, clip)
+    for batch in runner.run(plans, stages, "compose + caption + score"):
+        finished = [sample_row(row, config, policy) for row in batch if row["status"] == OK]
         if finished:
             io.write_manifest_part(out, finished)
         samples.extend(finished)
         sample_failures.extend(row for row in batch if row["status"] != OK)
         for row in batch:
             seconds.update(row["seconds"])
+            if row["status"] == OK:
+                unscored.update((column, why) for column, why in row.get("unscored", {}).items())
     seconds["phase_samples_wall"] = time.perf_counter() - start
     for row in inputs:
         seconds.update(row["seconds"])
@@ -114,8 +150,25 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
         shutil.rmtree(work_dir, ignore_errors=True)
     seconds["wall"] = time.perf_counter() - wall
     summary = make_summary(source, backgrounds, out, config, runner.name, input_rows, samples, failures, seconds)
+    summary["backends"]["clip"] = {"requested": config.clip, "spec": clip.spec, "weights": clip.weights,
+                                   "unavailable": clip.unavailable}
+    summary["unscored"] = unscored_summary(unscored)
+    io.write_json_atomic(summary, out / io.SUMMARY_FILE)
+    start = time.perf_counter()
+    apply_policy(out, policy)  # the dataset-wide rules (near-duplicates) and the funnel
+    summary = io.read_summary(out)
+    summary["seconds"]["policy"] = round(time.perf_counter() - start, 3)
     io.write_json_atomic(summary, out / io.SUMMARY_FILE)
     return summary
+
+
+def unscored_summary(unscored: Counter[tuple[str, str]]) -> dict[str, dict]:
+    """Per score column: how many samples have it null, and the most common reason why."""
+    out: dict[str, dict] = {}
+    for (column, why), count in unscored.most_common():
+        entry = out.setdefault(column, {"samples": 0, "why": why})
+        entry["samples"] += count
+    return dict(sorted(out.items()))
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -138,8 +191,8 @@ def _input_row(item: SourceItem) -> dict:
     return row
 
 
-def sample_row(row: dict, config: BuildConfig) -> dict:
-    """Project a finished pipeline row onto the manifest schema."""
+def sample_row(row: dict, config: BuildConfig, policy: Policy) -> dict:
+    """Project a finished pipeline row onto the manifest schema (with the per-row policy decision)."""
     fg, bg = row["fg"], row["bg"]
     out = {name: row.get(name) for name in SAMPLE_SCHEMA.names}
     out.update({uri_column(layer): media_uri(row["sample_id"], layer) for layer in Layer})
@@ -149,6 +202,8 @@ def sample_row(row: dict, config: BuildConfig) -> dict:
         matting_model=fg["matting_model"], matting_weights_sha256=fg["matting_weights_sha256"],
         seed=config.seed, config_fingerprint=config.fingerprint(),
     )
+    decision = policy.decide(out)
+    out.update(keep=decision.keep, reject_reasons=decision.reject_reasons, flags=decision.flags, duplicate_of=None)
     return out
 
 

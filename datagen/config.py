@@ -26,6 +26,9 @@ def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+SCORING_FIELDS = ("clip",)  # fields that change scores only, so they stay out of the fingerprint
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """Everything that decides what a build produces (and so goes into `_summary.json`)."""
@@ -42,6 +45,10 @@ class BuildConfig:
     crf: int = 18  # H.264 quality of the RGB layers (alpha is lossless)
     frame_folder_fps: float = 24.0  # frame rate assumed for frame folders (sidecar "fps" overrides)
     max_pixels: int = 50_000_000  # larger images are refused before they are decoded
+    # Scoring only (not in the fingerprint: it changes scores, never samples).
+    # auto: the default open_clip model if its weights are already on this machine, else CLIP scores are null;
+    # none: no CLIP scores; openclip:<arch>:<pretrained tag or weights file>: that model (downloaded if needed).
+    clip: str = "auto"
 
     def __post_init__(self) -> None:
         h, w = self.size
@@ -60,10 +67,13 @@ class BuildConfig:
             raise ConfigError(f"scale_range: need 0.05 <= low <= high <= 1, got {self.scale_range}")
         if not 0 <= self.crf <= 51:
             raise ConfigError(f"crf: must be in 0..51, got {self.crf}")
+        if self.clip not in ("auto", "none") and not (self.clip.startswith("openclip:") and self.clip.count(":") >= 2):
+            raise ConfigError(f"clip: use auto, none or openclip:<arch>:<pretrained tag or file>, got {self.clip!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def fingerprint(self) -> str:
         """A short hash of everything that changes the samples (goes into sample ids)."""
-        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        fields = {k: v for k, v in self.to_dict().items() if k not in SCORING_FIELDS}
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,12 @@ from datagen.decode import decode
 from datagen.errors import one_line
 from datagen.matting import load_matting
 from datagen.sources import SourceItem
-from filters.alpha import coverage
-from filters.policy import Policy
-from filters.recomposition import recomposition_psnr
-from manifests.io import resolve_media
-from manifests.layers import InputKind, Layer, Role, SampleKind, Stage
-from manifests.schema import caption_column, media_uri
+from filters.alpha import alpha_quality
+from filters.recomposition import on_grey, recomposition_psnr
+from filters.ssim import temporal_ssim
+from manifests.io import read_layers, resolve_media
+from manifests.layers import CAPTIONED_LAYERS, InputKind, Layer, Role, SampleKind, Stage
+from manifests.schema import CLIP_COLUMNS, caption_column, media_uri
 
 Batch = dict[str, list]
 OK, FAILED = "ok", "failed"
@@ -48,6 +49,11 @@ class RowStage(ABC):
 
     stage: Stage
 
+    @property
+    def timing_key(self) -> str:
+        """The key of this stage's seconds in `row["seconds"]` (and so in the summary)."""
+        return self.stage.value
+
     def __call__(self, batch: Batch) -> Batch:
         rows = from_batch(batch)
         for row in rows:
@@ -59,7 +65,7 @@ class RowStage(ABC):
             except Exception as exc:  # one bad input must never stop the build: it becomes a failure row
                 row.update(status=FAILED, stage=self.stage.value, error_class=type(exc).__name__,
                            message=one_line(exc))
-            row["seconds"][self.stage.value] = time.perf_counter() - start
+            row["seconds"][self.timing_key] = time.perf_counter() - start
         return to_batch(rows)
 
     @abstractmethod
@@ -186,26 +192,67 @@ class CaptionStage(RowStage):
 
 
 class ScoreStage(RowStage):
-    """Read the files back as written, score them, and apply the default policy."""
+    """Read the files back as written and compute the pixel scores: recomposition, alpha quality, SSIM."""
 
     stage = Stage.SCORE
 
-    def __init__(self, config: BuildConfig, out_dir: str, policy: Policy | None = None) -> None:
+    def __init__(self, config: BuildConfig, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
-        self.policy = policy or Policy()
 
     def process(self, row: dict) -> None:
         layers = read_layers(self.out_dir, row["sample_id"])
-        cover = coverage(layers[Layer.ALPHA])
-        row.update(
-            recompose_psnr=recomposition_psnr(layers[Layer.FOREGROUND], layers[Layer.ALPHA],
-                                              layers[Layer.BACKGROUND], layers[Layer.BLENDED]),
-            alpha_coverage_mean=cover.mean, alpha_coverage_min=cover.min, alpha_coverage_max=cover.max,
-        )
-        row["reject_reasons"] = self.policy.reasons(row)
-        row["keep"] = not row["reject_reasons"]
+        alpha = layers[Layer.ALPHA]
+        row["recompose_psnr"] = recomposition_psnr(layers[Layer.FOREGROUND], alpha, layers[Layer.BACKGROUND],
+                                                   layers[Layer.BLENDED])
+        row.update(alpha_quality(alpha).columns())
+        frames = {Layer.FOREGROUND: on_grey(layers[Layer.FOREGROUND], alpha),
+                  Layer.BACKGROUND: layers[Layer.BACKGROUND], Layer.BLENDED: layers[Layer.BLENDED]}
+        for layer, clip in frames.items():
+            ssim = temporal_ssim(clip)
+            row.update({f"ssim_{layer.value}_{stat}": value for stat, value in asdict(ssim).items()})
 
 
-def read_layers(root: Path, sample_id: str) -> dict[Layer, np.ndarray]:
-    """The four layers of a sample decoded from its files (alpha as (T, H, W) uint8)."""
-    return {layer: video_io.read_layer(resolve_media(root, media_uri(sample_id, layer)), layer) for layer in Layer}
+class ClipStage(RowStage):
+    """CLIP scores and the blended-layer embedding; all null (with the reason) when no CLIP model could be had."""
+
+    stage = Stage.SCORE
+
+    def __init__(self, out_dir: str, clip_arch: str | None, clip_weights: str | None, clip_tag: str | None,
+                 unavailable: str | None) -> None:
+        self.out_dir = Path(out_dir)
+        self.unavailable = unavailable
+        self.scorer = None
+        if clip_arch is not None and clip_weights is not None:
+            from filters.clip import ClipScorer  # torch + open_clip: only in a worker that scores with CLIP
+
+            try:
+                self.scorer = ClipScorer(clip_arch, clip_weights, tag=clip_tag)
+            except Exception as exc:  # a broken weights file must not fail every sample: scores become null
+                self.unavailable = f"CLIP {clip_arch} did not load from {clip_weights}: {one_line(exc)}"
+
+    @property
+    def timing_key(self) -> str:
+        return "score_clip"
+
+    def process(self, row: dict) -> None:
+        if self.scorer is None:
+            row["unscored"] = {**row.get("unscored", {}), **dict.fromkeys(CLIP_COLUMNS, self.unavailable)}
+            return
+        from filters.clip import clip_scores
+
+        captions = {layer.value: row.get(caption_column(layer)) for layer in CAPTIONED_LAYERS}
+        try:
+            layers = read_layers(self.out_dir, row["sample_id"])
+            scores = clip_scores(self.scorer, layers[Layer.FOREGROUND], layers[Layer.ALPHA],
+                                 layers[Layer.BACKGROUND], layers[Layer.BLENDED], captions)
+        except Exception as exc:  # a score that cannot be computed is null with its reason, not a lost sample
+            why = f"CLIP failed: {one_line(exc)}"
+            row["unscored"] = {**row.get("unscored", {}), **dict.fromkeys(CLIP_COLUMNS, why)}
+            return
+        row.update(clip_text_foreground=scores.text_foreground, clip_text_background=scores.text_background,
+                   clip_text_blended=scores.text_blended, clip_consistency_mean=scores.consistency_mean,
+                   clip_consistency_min=scores.consistency_min, clip_embedding=scores.embedding,
+                   clip_model=self.scorer.model_id)
+        missing = {f"clip_text_{layer}": "no caption for this layer" for layer, text in captions.items() if not text}
+        if missing:
+            row["unscored"] = {**row.get("unscored", {}), **missing}

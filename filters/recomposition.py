@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+NEUTRAL_GREY = 128  # a foreground is viewed on flat mid grey: neither black nor white biases a score
 PSNR_CAP = 100.0  # identical layers: report a finite, recognisable ceiling instead of infinity
 
 
@@ -11,6 +12,12 @@ def recompose(foreground: np.ndarray, alpha: np.ndarray, background: np.ndarray)
     """Float recomposition in 0..255 from uint8 layers ((T,H,W,3), (T,H,W), (T,H,W,3))."""
     a = alpha.astype(np.float32)[..., None] / 255.0
     return a * foreground.astype(np.float32) + (1.0 - a) * background.astype(np.float32)
+
+
+def on_grey(foreground: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """(T,H,W,3) uint8 foreground over neutral grey with (T,H,W) uint8 alpha -> (T,H,W,3) uint8."""
+    grey = np.full_like(foreground, NEUTRAL_GREY)
+    return np.rint(recompose(foreground, alpha, grey)).astype(np.uint8)
 
 
 def psnr(reference: np.ndarray, estimate: np.ndarray) -> float:

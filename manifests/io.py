@@ -7,10 +7,13 @@ import json
 import os
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from datagen import video_io
+from manifests.layers import Layer
 from manifests.schema import (
     FAILURE_SCHEMA,
     FAILURES_FILE,
@@ -19,6 +22,7 @@ from manifests.schema import (
     MANIFEST_DIR,
     SAMPLE_SCHEMA,
     SUMMARY_FILE,
+    media_uri,
     to_table,
 )
 
@@ -93,3 +97,8 @@ def resolve_media(root: Path, uri: str) -> Path:
     if pure.is_absolute() or ".." in pure.parts or "\\" in uri or not uri:
         raise DatasetError(f"media path {uri!r} is not a relative path inside the dataset")
     return Path(root).joinpath(*pure.parts)
+
+
+def read_layers(root: Path, sample_id: str) -> dict[Layer, np.ndarray]:
+    """The four layers of a sample decoded from its files (alpha (T, H, W), the others (T, H, W, 3) uint8)."""
+    return {layer: video_io.read_layer(resolve_media(root, media_uri(sample_id, layer)), layer) for layer in Layer}

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from manifests.layers import Layer
+from manifests.layers import RGB_LAYERS, Layer
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 SCHEMA_METADATA = {b"layerflow.schema_version": SCHEMA_VERSION.encode(), b"layerflow.table": b""}
 
 MANIFEST_DIR = "manifest"
@@ -39,6 +39,32 @@ def caption_column(layer: Layer) -> str:
 def media_uri(sample_id: str, layer: Layer) -> str:
     """The media file of one layer, relative to the dataset root (posix separators)."""
     return f"{MEDIA_DIR}/{sample_id}/{MEDIA_FILES[layer]}"
+
+
+# Every score is a nullable float32 column: null means it could not be computed (the summary says why),
+# and a null score never rejects a sample.
+SCORES: dict[str, str] = {
+    "recompose_psnr": "PSNR (dB) of the blended file against alpha*fg + (1-alpha)*bg, all read back from the files",
+    "alpha_coverage_mean": "mean over frames of the mean alpha (0..1)",
+    "alpha_coverage_min": "lowest per-frame mean alpha",
+    "alpha_coverage_max": "highest per-frame mean alpha",
+    "alpha_iou_mean": "mean IoU of consecutive binarised (alpha >= 0.5) mattes: temporal stability",
+    "alpha_iou_min": "lowest IoU of consecutive binarised mattes (a jump or a lost object)",
+    "alpha_empty_frames": "fraction of frames with no foreground pixel at all",
+    "alpha_full_frames": "fraction of frames that are opaque everywhere (no background visible)",
+    "alpha_soft_fraction": "fraction of foreground pixels (alpha > 0) that are partly transparent (0 < alpha < 1)",
+    **{f"ssim_{layer.value}_{stat}": f"{text} SSIM of consecutive {layer.value} frames"
+       + (" (over neutral grey)" if layer is Layer.FOREGROUND else "")
+       for layer in RGB_LAYERS
+       for stat, text in (("mean", "mean"), ("min", "lowest"), ("drop", "median minus lowest"))},
+    **{f"clip_text_{layer.value}": f"CLIP cosine of the {layer.value} layer"
+       + (" (over neutral grey)" if layer is Layer.FOREGROUND else "") + " with its caption"
+       for layer in RGB_LAYERS},
+    "clip_consistency_mean": "mean CLIP cosine of the first blended frame with each later frame",
+    "clip_consistency_min": "lowest CLIP cosine of the first blended frame with a later frame",
+}
+CLIP_COLUMNS = tuple(name for name in SCORES if name.startswith("clip_"))
+SCORE_FIELDS = [pa.field(name, pa.float32()) for name in SCORES]
 
 
 def _with_metadata(schema: pa.Schema, table: str) -> pa.Schema:
@@ -69,14 +95,14 @@ SAMPLE_SCHEMA = _with_metadata(pa.schema([
     pa.field("captioner", pa.string(), nullable=False),
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("config_fingerprint", pa.string(), nullable=False),
-    # scores (null when they could not be computed)
-    pa.field("recompose_psnr", pa.float32()),  # dB, blended vs alpha*fg+(1-alpha)*bg read back from the files
-    pa.field("alpha_coverage_mean", pa.float32()),
-    pa.field("alpha_coverage_min", pa.float32()),
-    pa.field("alpha_coverage_max", pa.float32()),
-    # policy
+    *SCORE_FIELDS,
+    pa.field("clip_embedding", pa.list_(pa.float32())),  # L2-normalised CLIP embedding of the blended layer (dedup)
+    pa.field("clip_model", pa.string()),  # "<arch>:<weights file>" that produced the clip_* scores
+    # policy (recomputed by `layerflow-data filter` from the scores above, with no model)
     pa.field("keep", pa.bool_(), nullable=False),
-    pa.field("reject_reasons", pa.list_(pa.string()), nullable=False),
+    pa.field("reject_reasons", pa.list_(pa.string()), nullable=False),  # rules that fired: "ssim_blended_mean>0.995"
+    pa.field("flags", pa.list_(pa.string()), nullable=False),  # rules that fired but the sample kind allows
+    pa.field("duplicate_of", pa.string()),  # the kept sample this one nearly duplicates (CLIP cosine)
 ]), "manifest")
 
 FAILURE_SCHEMA = _with_metadata(pa.schema([

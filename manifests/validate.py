@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from datagen import video_io
+from filters.apply import dataset_policy
 from filters.policy import Policy
 from filters.recomposition import recomposition_psnr
 from manifests import io
@@ -37,9 +38,9 @@ class Report:
         return not self.problems
 
 
-def validate(root: Path, policy: Policy | None = None, progress: bool = False) -> Report:
+def validate(root: Path, progress: bool = False) -> Report:
     root = Path(root)
-    policy = policy or Policy()
+    policy = dataset_policy(root)
     report = Report()
     try:
         summary = io.read_summary(root)
@@ -99,8 +100,12 @@ def _check_sample(root: Path, row: dict, policy: Policy, report: Report) -> list
     stored = row["recompose_psnr"]
     if stored is not None and abs(value - stored) > PSNR_TOLERANCE_DB:
         problems.append(f"sample {sid}: recomposition PSNR {value:.2f} dB differs from the stored {stored:.2f} dB")
-    if row["keep"] and value < policy.recompose_psnr_min:
-        problems.append(f"sample {sid}: kept, but recomposes at {value:.2f} dB < {policy.recompose_psnr_min:g} dB")
+    decision = policy.decide({**row, "recompose_psnr": value})
+    if row["keep"] and not decision.keep:
+        reasons = ", ".join(decision.reject_reasons)
+        problems.append(f"sample {sid}: kept, but the dataset's policy rejects it: {reasons}")
+    elif not row["keep"] and not row["reject_reasons"]:
+        problems.append(f"sample {sid}: rejected without a reason")
     return problems
 
 

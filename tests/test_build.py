@@ -15,9 +15,9 @@ from PIL import Image
 from datagen.build import build
 from datagen.errors import ConfigError
 from datagen.pipeline import LocalRunner
-from datagen.stages import read_layers
 from filters.recomposition import psnr, recompose
 from manifests import io
+from manifests.io import read_layers
 from manifests.layers import InputState, Layer
 from manifests.validate import validate
 
@@ -154,8 +154,8 @@ def test_bad_inputs_never_kill_a_build_and_are_never_lost(tmp_path, small_config
     assert failures["random.bin"]["stage"] == "discover"
     rejected = {os.path.basename(r["source_foreground"]): r["reject_reasons"]
                 for r in io.read_manifest(tmp_path / "ds").to_pylist() if not r["keep"]}
-    assert rejected["transparent"] == ["alpha_coverage_max<0.002"]
-    assert rejected["opaque"] == ["alpha_coverage_min>0.98"]
+    assert rejected["transparent"] == ["alpha_coverage_max<0.002", "alpha_empty_frames>0.25"]
+    assert rejected["opaque"] == ["alpha_coverage_min>0.98", "alpha_full_frames>0.25"]
 
 
 @pytest.mark.slow

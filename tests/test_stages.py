@@ -11,7 +11,6 @@ from datagen.config import BuildConfig
 from datagen.errors import ConfigError, InputError
 from datagen.plan import plan_samples
 from datagen.stages import FAILED, OK, RowStage, from_batch, to_batch
-from filters.policy import Policy
 from manifests.layers import Layer, Stage
 
 
@@ -105,15 +104,6 @@ def test_none_captioner_and_unknown_captioner():
     assert set(NoCaptioner()({}).values()) == {None}
     with pytest.raises(ConfigError, match="unknown 'blip'"):
         load_captioner("blip")
-
-
-def test_policy_reasons_and_null_scores_never_reject():
-    policy = Policy()
-    assert policy.reasons({"alpha_coverage_max": 0.0, "alpha_coverage_min": 0.0, "recompose_psnr": 20.0}) == [
-        "alpha_coverage_max<0.002", "recompose_psnr<30"]
-    assert policy.reasons({"alpha_coverage_max": None, "alpha_coverage_min": None, "recompose_psnr": None}) == []
-    assert policy.reasons({"alpha_coverage_max": 1.0, "alpha_coverage_min": 0.99, "recompose_psnr": 45.0}) == [
-        "alpha_coverage_min>0.98"]
 
 
 def test_batches_round_trip_as_json():
