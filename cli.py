@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from manifests.schema import SCORES
+
 app = typer.Typer(
     name="layerflow-data",
     help="Build layered-video training data (foreground RGBA, background, blended) and inspect it.",
@@ -228,23 +230,24 @@ def validate(
         raise typer.Exit(1)
 
 
-@app.command("filter")
+FILTER_HELP = """Re-apply a policy to stored scores: rewrites `keep`, `reject_reasons`, `flags` and `duplicate_of`.
+
+Loads no model, so it takes seconds; prints the funnel: what each rule drops alone, how many are
+left after it and every rule above it, how many it only flags, and how many had no score (and why).
+Start your own policy from `DS/policy.toml`: the policy last applied (the shipped default after `build`).
+
+Score columns a rule can name: {scores}.
+
+Example: `layerflow-data filter ./ds --policy strict.toml`
+"""
+
+
+@app.command("filter", help=FILTER_HELP.format(scores=", ".join(f"`{name}`" for name in SCORES)))
 def filter_(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder written by `build`.")],
     policy: Annotated[Path | None, typer.Option(help="Policy TOML (default: the shipped default policy).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the funnel as JSON.")] = False,
 ) -> None:
-    """Re-apply a policy to stored scores: rewrites `keep`, `reject_reasons`, `flags` and `duplicate_of`.
-
-    Loads no model, so it takes seconds; prints the funnel: what each rule drops alone, how many are
-    left after it and every rule above it, how many it only flags, and how many had no score (and why).
-    Write your own policy by copying `filters/default_policy.toml`. Score columns a rule can name:
-    recompose_psnr, alpha_coverage_{mean,min,max}, alpha_iou_{mean,min}, alpha_empty_frames,
-    alpha_full_frames, alpha_soft_fraction, ssim_{foreground,background,blended}_{mean,min},
-    clip_text_{foreground,background,blended}, clip_consistency_{mean,min}.
-
-    Example: `layerflow-data filter ./ds --policy strict.toml`
-    """
     from filters.apply import apply_policy
     from filters.policy import Policy
 

@@ -100,3 +100,28 @@ def tiny_source(tmp_path: Path) -> Path:
     write_rgba(root / "stickers" / "star.png", seed=5)
     Image.fromarray(texture(40, 40, 9)).save(root / "stickers" / "paper.jpg")
     return root
+
+
+TINY_CLIP_ARCH = "layerflow-test-tiny"
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},  # BPE vocab
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """`openclip:layerflow-test-tiny:<file>`: a registered tiny open_clip architecture and its seeded random weights,
+    loaded by the same code path as real weights (no download)."""
+    import open_clip
+    import torch
+
+    folder = tmp_path_factory.mktemp("clip")
+    config = folder / f"{TINY_CLIP_ARCH}.json"
+    config.write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    weights = folder / "tiny.pt"
+    torch.save(open_clip.create_model(TINY_CLIP_ARCH).state_dict(), weights)
+    return f"openclip:{TINY_CLIP_ARCH}:{weights}"

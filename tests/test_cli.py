@@ -21,7 +21,8 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     return exit_info.value.code, captured.out + captured.err
 
 
-@pytest.mark.parametrize("command", ["build", "demo-source", "inspect", "validate", "eval-matting"])
+@pytest.mark.parametrize("command", ["build", "demo-source", "inspect", "validate", "eval-matting", "filter", "report",
+                                     "preview"])
 def test_every_command_has_help_with_an_example(command):
     result = runner.invoke(cli.app, [command, "--help"])
     assert result.exit_code == 0
@@ -63,6 +64,24 @@ def test_demo_source_build_inspect_validate_and_eval(tmp_path):
     assert inspected.exit_code == 0 and json.loads(inspected.output)["samples"] == summary["samples"]["total"]
     validated = runner.invoke(cli.app, ["validate", str(out)])
     assert validated.exit_code == 0, validated.output
+
+    # the demo's frozen-frame triplets are static on purpose: flagged for it, never rejected for it
+    from manifests import io
+
+    frozen = [row for row in io.read_manifest(out).to_pylist() if row["kind"] == "image_frozen"]
+    assert frozen and all({"ssim_foreground_mean>0.995", "ssim_blended_mean>0.995"} <= set(row["flags"])
+                          for row in frozen)
+    assert not any(reason.startswith("ssim_") for row in frozen for reason in row["reject_reasons"])
+
+    filtered = runner.invoke(cli.app, ["filter", str(out)])
+    assert filtered.exit_code == 0 and f"of {summary['samples']['total']} samples" in filtered.output
+    reported = runner.invoke(cli.app, ["report", str(out), "--gallery", "2"])
+    assert reported.exit_code == 0, reported.output
+    assert (out / "report.html").stat().st_size > 10_000
+    previewed = runner.invoke(cli.app, ["preview", str(out), frozen[0]["sample_id"], "--out", str(tmp_path / "pv"),
+                                        "--format", "webp"])
+    assert previewed.exit_code == 0, previewed.output
+    assert sorted(p.suffix for p in (tmp_path / "pv").iterdir()) == [".png", ".webp"]
 
     scored = runner.invoke(cli.app, ["eval-matting", "--videos", str(demo / "foreground"), "--masks",
                                      str(demo / "ground_truth"), "--matting", "bgsub"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import open_clip
 import open_clip.pretrained
 import pytest
 import torch
+from conftest import TINY_CLIP_ARCH
 from huggingface_hub import constants as hf_constants
 
 from datagen.errors import ConfigError
@@ -27,26 +27,12 @@ from filters.clip import (
 from filters.recomposition import on_grey
 from manifests.layers import Layer
 
-TINY_ARCH = "layerflow-test-tiny"
-TINY_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},  # BPE vocab
-}
 CAPTIONS = {"foreground": "a red ball", "background": "a brick wall", "blended": "a red ball before a brick wall"}
 
 
 @pytest.fixture(scope="module")
-def tiny_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """`openclip:layerflow-test-tiny:<file>`: a registered tiny architecture and its seeded random weights."""
-    folder = tmp_path_factory.mktemp("clip")
-    config = folder / f"{TINY_ARCH}.json"
-    config.write_text(json.dumps(TINY_CONFIG))
-    open_clip.add_model_config(config)
-    torch.manual_seed(0)
-    weights = folder / "tiny.pt"
-    torch.save(open_clip.create_model(TINY_ARCH).state_dict(), weights)
-    return f"openclip:{TINY_ARCH}:{weights}"
+def tiny_spec(tiny_clip: str) -> str:
+    return tiny_clip
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +80,7 @@ def test_spec_round_trips(tiny_spec: str) -> None:
     assert (spec.arch, spec.pretrained, spec.tag) == ("ViT-B-32", "laion2b_s34b_b79k", "laion2b_s34b_b79k")
     assert str(spec) == DEFAULT_CLIP
     local = ClipSpec.parse(tiny_spec)
-    assert local.arch == TINY_ARCH and local.tag is None and str(local) == tiny_spec
+    assert local.arch == TINY_CLIP_ARCH and local.tag is None and str(local) == tiny_spec
 
 
 @pytest.mark.parametrize("spec", [
@@ -144,12 +130,12 @@ def test_failed_download_is_clip_unavailable(no_network: list[str]) -> None:
 def test_scorer_loads_the_saved_weights_not_a_fresh_init(tiny_spec: str) -> None:
     weights = Path(tiny_spec.split(":", 2)[2])
     torch.manual_seed(1)  # a fresh random init would now differ from the saved one
-    loaded = ClipScorer(TINY_ARCH, weights)
+    loaded = ClipScorer(TINY_CLIP_ARCH, weights)
     saved = torch.load(weights, weights_only=True)
     state = loaded.model.state_dict()
     assert saved.keys() == state.keys()
     assert all(torch.equal(saved[name], state[name]) for name in saved)
-    assert loaded.model_id == f"{TINY_ARCH}:tiny.pt"
+    assert loaded.model_id == f"{TINY_CLIP_ARCH}:tiny.pt"
     assert loaded.weights_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
