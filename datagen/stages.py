@@ -212,6 +212,9 @@ class ScoreStage(RowStage):
             row.update({f"ssim_{layer.value}_{stat}": value for stat, value in asdict(ssim).items()})
 
 
+CLIP_OUTPUTS = (*CLIP_COLUMNS, "clip_embedding")
+
+
 class ClipStage(RowStage):
     """CLIP scores and the blended-layer embedding; all null (with the reason) when no CLIP model could be had."""
 
@@ -236,7 +239,7 @@ class ClipStage(RowStage):
 
     def process(self, row: dict) -> None:
         if self.scorer is None:
-            row["unscored"] = {**row.get("unscored", {}), **dict.fromkeys(CLIP_COLUMNS, self.unavailable)}
+            row["unscored"] = {**row.get("unscored", {}), **dict.fromkeys(CLIP_OUTPUTS, self.unavailable)}
             return
         from filters.clip import clip_scores
 
@@ -247,7 +250,7 @@ class ClipStage(RowStage):
                                  layers[Layer.BACKGROUND], layers[Layer.BLENDED], captions)
         except Exception as exc:  # a score that cannot be computed is null with its reason, not a lost sample
             why = f"CLIP failed: {one_line(exc)}"
-            row["unscored"] = {**row.get("unscored", {}), **dict.fromkeys(CLIP_COLUMNS, why)}
+            row["unscored"] = {**row.get("unscored", {}), **dict.fromkeys(CLIP_OUTPUTS, why)}
             return
         row.update(clip_text_foreground=scores.text_foreground, clip_text_background=scores.text_background,
                    clip_text_blended=scores.text_blended, clip_consistency_mean=scores.consistency_mean,

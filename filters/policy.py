@@ -208,10 +208,13 @@ class Funnel:
         lines += [f"{s.rule:<{width}}  {s.alone:>11}  {s.left:>10}  {s.flagged:>7}  {s.unscored:>8}"
                   for s in self.steps]
         lines.append(f"kept {self.kept} of {self.total} samples")
+        grouped: dict[tuple[str, int], list[str]] = {}
         for score, why in self.unscored_why.items():
             count = max((s.unscored for s in self.steps if s.score == score), default=0)
             if count:
-                lines.append(f"unscored {score} ({count} samples): {why}")
+                grouped.setdefault((why, count), []).append(score)
+        for (why, count), scores in grouped.items():
+            lines.append(f"unscored {', '.join(scores)} ({count} samples): {why}")
         return "\n".join(lines)
 
 
