@@ -19,7 +19,7 @@ from datagen.errors import ConfigError
 from datagen.plan import plan_samples
 from datagen.sources import SourceItem, discover
 from datagen.stages import FAILED, OK, CaptionStage, ClipStage, ComposeStage, DecodeStage, MatteStage, ScoreStage
-from filters.apply import apply_policy
+from filters.apply import apply_policy, input_counts
 from filters.policy import Policy
 from manifests import io
 from manifests.layers import InputState, Layer, Role, Stage
@@ -254,9 +254,8 @@ def input_states(inputs: list[dict], samples: list[dict], sample_failures: list[
 
 def make_summary(source: str, backgrounds: str | None, out: Path, config: BuildConfig, runner: str,
                  inputs: list[dict], samples: list[dict], failures: list[dict], seconds: Counter) -> dict:
-    states = Counter(row["state"] for row in inputs)
-    input_counts = {"discovered": len(inputs), **{s.value: states.get(s.value, 0) for s in InputState}}
-    input_counts["accounted"] = sum(states.values())
+    counts = {"discovered": len(inputs), **input_counts(inputs)}
+    counts["accounted"] = sum(counts[state.value] for state in InputState)
     matting_used = Counter(s["matting_backend"] for s in samples)
     models = sorted({(s["matting_backend"], s["matting_model"], s["matting_weights_sha256"]) for s in samples},
                     key=str)
@@ -268,7 +267,7 @@ def make_summary(source: str, backgrounds: str | None, out: Path, config: BuildC
         "runner": runner,
         "config": config.to_dict(),
         "config_fingerprint": config.fingerprint(),
-        "inputs": input_counts,
+        "inputs": counts,
         "samples": {
             "total": len(samples),
             "kept": sum(1 for s in samples if s["keep"]),

@@ -239,7 +239,7 @@ class ClipStage(RowStage):
 
     def process(self, row: dict) -> None:
         if self.scorer is None:
-            row["unscored"] = {**row.get("unscored", {}), **dict.fromkeys(CLIP_OUTPUTS, self.unavailable)}
+            row.setdefault("unscored", {}).update(dict.fromkeys(CLIP_OUTPUTS, self.unavailable))
             return
         from filters.clip import clip_scores
 
@@ -250,12 +250,11 @@ class ClipStage(RowStage):
                                  layers[Layer.BACKGROUND], layers[Layer.BLENDED], captions)
         except Exception as exc:  # a score that cannot be computed is null with its reason, not a lost sample
             why = f"CLIP failed: {one_line(exc)}"
-            row["unscored"] = {**row.get("unscored", {}), **dict.fromkeys(CLIP_OUTPUTS, why)}
+            row.setdefault("unscored", {}).update(dict.fromkeys(CLIP_OUTPUTS, why))
             return
         row.update(clip_text_foreground=scores.text_foreground, clip_text_background=scores.text_background,
                    clip_text_blended=scores.text_blended, clip_consistency_mean=scores.consistency_mean,
                    clip_consistency_min=scores.consistency_min, clip_embedding=scores.embedding,
                    clip_model=self.scorer.model_id)
-        missing = {f"clip_text_{layer}": "no caption for this layer" for layer, text in captions.items() if not text}
-        if missing:
-            row["unscored"] = {**row.get("unscored", {}), **missing}
+        row.setdefault("unscored", {}).update(
+            {f"clip_text_{layer}": "no caption for this layer" for layer, text in captions.items() if not text})
