@@ -1,0 +1,217 @@
+"""Model presets (`toy`, `small`, `cogvideox-2b`) and the training configuration, as frozen dataclasses."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
+from pathlib import Path
+
+from datagen.errors import ConfigError
+from layerflow_model.layout import Layout, Task, slots_of
+
+
+class Space(str, Enum):
+    PIXEL = "pixel"  # the diffusion runs on pixels (toy)
+    COGVIDEOX_VAE = "cogvideox-vae"  # the CogVideoX 3D VAE of the `pretrained` folder
+
+
+class TextModel(str, Enum):
+    TINY_T5 = "tiny-t5"  # a T5 encoder built from config with a byte-level tokenizer (no download)
+    T5 = "t5"  # T5EncoderModel + tokenizer from the `pretrained` folder (CogVideoX-2b: T5-v1.1-XXL)
+
+
+class Stage(str, Enum):
+    BASE = "base"  # the whole model (or every `base_every`-th block) on video samples
+    MOTION = "motion"  # the `motion` LoRA on frozen clips
+    CONTENT = "content"  # the `content` LoRA on frozen images (motion on) and videos (motion off)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that decides the network's shape; stored inside every checkpoint."""
+
+    preset: str
+    layout: Layout = Layout.RGBA
+    frames: int = 4  # frames per layer sub-clip (pixel frames)
+    height: int = 32
+    width: int = 32
+    space: Space = Space.PIXEL
+    text: TextModel = TextModel.TINY_T5
+    text_tokens: int = 16  # tokens per prompt; the text block is 3 * text_tokens long
+    pretrained: str | None = None  # a local CogVideoX-2b diffusers folder (tokenizer/, text_encoder/, vae/, ...)
+    load_transformer: bool = False  # start the transformer from `pretrained/transformer` (else random init)
+    # The transformer (diffusers CogVideoXTransformer3DModel arguments).
+    heads: int = 4
+    head_dim: int = 32
+    depth: int = 4
+    patch_size: int = 4
+    time_embed_dim: int = 128
+    spatial_interpolation_scale: float = 1.0
+    # The tiny T5 (TextModel.TINY_T5 only).
+    tiny_t5_d_model: int = 64
+    tiny_t5_layers: int = 2
+    # LoRA adapters on the attention projections (q, k, v, out) of every `lora_every`-th block.
+    motion_rank: int = 8
+    content_rank: int = 32
+    lora_every: int = 1
+    base_every: int = 1  # the base stage trains every `base_every`-th block (1: the whole model)
+    # The CogVideoX noise schedule: scaled-linear betas, zero terminal SNR, then this SNR shift.
+    snr_shift: float = 1.0
+    prompt_dropout: float = 0.1  # each layer's prompt is zeroed independently with this probability
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layout", Layout(self.layout))
+        object.__setattr__(self, "space", Space(self.space))
+        object.__setattr__(self, "text", TextModel(self.text))
+        for name in ("frames", "height", "width", "heads", "head_dim", "depth", "patch_size", "text_tokens",
+                     "motion_rank", "content_rank", "lora_every", "base_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        ratio = self.spatial_ratio * self.patch_size
+        if self.height % ratio or self.width % ratio:
+            raise ConfigError(f"height and width must be multiples of {ratio} (VAE ratio x patch size), "
+                              f"got {self.height}x{self.width}")
+        if self.space is Space.COGVIDEOX_VAE and self.frames != 1 and self.frames % 8:
+            # Its decoder upsamples time in pairs: only 1 and 8k frames come back as many as went in.
+            raise ConfigError(f"frames: the CogVideoX VAE needs 1 or a multiple of 8 frames per layer, "
+                              f"got {self.frames}")
+        if not 0.0 <= self.prompt_dropout < 1.0:
+            raise ConfigError(f"prompt_dropout: must be in [0, 1), got {self.prompt_dropout}")
+
+    def pretrained_folder(self) -> Path:
+        """The local CogVideoX-2b folder this preset needs (checked when the model is built, not before)."""
+        if not self.pretrained:
+            raise ConfigError(f"preset {self.preset!r} needs pretrained: a local CogVideoX-2b diffusers folder "
+                              "(--pretrained DIR with tokenizer/, text_encoder/, vae/ and transformer/)")
+        return Path(self.pretrained)
+
+    @property
+    def needs_pretrained(self) -> bool:
+        return self.space is Space.COGVIDEOX_VAE or self.text is TextModel.T5 or self.load_transformer
+
+    @property
+    def spatial_ratio(self) -> int:
+        return 8 if self.space is Space.COGVIDEOX_VAE else 1
+
+    @property
+    def latent_frames(self) -> int:
+        """Latent frames per layer sub-clip (each sub-clip is encoded on its own)."""
+        return -(-self.frames // 4) if self.space is Space.COGVIDEOX_VAE else self.frames  # ceil(frames / 4)
+
+    @property
+    def latent_channels(self) -> int:
+        return 16 if self.space is Space.COGVIDEOX_VAE else 3
+
+    @property
+    def width_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def text_length(self) -> int:
+        return 3 * self.text_tokens
+
+    def tokens(self) -> int:
+        """Sequence length of one sample: text tokens plus visual tokens of every sub-clip (given ones too)."""
+        per_frame = (self.height // self.spatial_ratio // self.patch_size) * (
+            self.width // self.spatial_ratio // self.patch_size)
+        return self.text_length + len(slots_of(self.layout)) * self.latent_frames * per_frame
+
+    def to_dict(self) -> dict:
+        return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # 2 CPU cores in minutes: 32x32 pixels, 4 frames per layer, 1,024 visual tokens, 1.7 M parameters.
+    "toy": ModelConfig(preset="toy"),
+    # One GPU: 256x256, 16 frames per layer through the CogVideoX VAE (4 latent frames each, 32x32 latents),
+    # a 768-wide, 12-deep transformer trained from scratch, T5-XXL prompts of 64 tokens.
+    "small": ModelConfig(preset="small", frames=16, height=256, width=256, space=Space.COGVIDEOX_VAE,
+                         text=TextModel.T5, text_tokens=64, heads=12, head_dim=64, depth=12,
+                         patch_size=2, time_embed_dim=512, content_rank=64, snr_shift=1.0),
+    # The original's backbone: CogVideoX-2b at 480x720, 16 frames per layer, LoRAs in every 6th block.
+    "cogvideox-2b": ModelConfig(preset="cogvideox-2b", frames=16, height=480, width=720,
+                                space=Space.COGVIDEOX_VAE, text=TextModel.T5, text_tokens=226,
+                                load_transformer=True, heads=30, head_dim=64, depth=30, patch_size=2,
+                                time_embed_dim=512, spatial_interpolation_scale=1.875, content_rank=256,
+                                lora_every=6, base_every=6, snr_shift=3.0),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    """A preset with some fields replaced (e.g. `pretrained=DIR`, `depth=2`)."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset: unknown {name!r}; choose one of {', '.join(PRESETS)}")
+    base = PRESETS[name]
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+DEFAULT_TASK_WEIGHTS: dict[str, float] = {task.value: 1.0 for task in Task}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (one stage); written as `config.json` into every checkpoint with the model config."""
+
+    manifest: str
+    out: str
+    stage: Stage = Stage.BASE
+    init: str | None = None  # checkpoint of the previous stage (motion and content start from one)
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 3e-4
+    warmup: int = 50
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema: float | None = None  # EMA decay of the trained parameters (e.g. 0.999); None: no EMA
+    checkpoint_every: int = 500
+    seed: int = 0
+    task_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
+    split: str = "train"
+    workers: int = 1  # data-parallel workers (Ray Train) when > 1
+    device: str = "auto"
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    gradient_checkpointing: bool = False
+    cache_dir: str | None = None  # latent and text-embedding cache (GPU presets)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stage", Stage(self.stage))
+        for name in ("steps", "batch_size", "checkpoint_every", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if self.warmup < 0:
+            raise ConfigError(f"warmup: must be >= 0, got {self.warmup}")
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise ConfigError(f"ema: must be in (0, 1), got {self.ema}")
+        unknown = sorted(set(self.task_weights) - {t.value for t in Task})
+        if unknown:
+            names = ", ".join(t.value for t in Task)
+            raise ConfigError(f"task_weights: unknown task(s) {', '.join(unknown)}; use {names}")
+        if any(w < 0 for w in self.task_weights.values()) or sum(self.task_weights.values()) <= 0:
+            raise ConfigError(f"task_weights: need non-negative weights with a positive sum, got {self.task_weights}")
+        if self.stage is not Stage.BASE and not self.init:
+            raise ConfigError(f"init: the {self.stage.value} stage starts from a checkpoint of the previous stage")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision: auto, fp32 or bf16, got {self.precision!r}")
+
+    def to_dict(self) -> dict:
+        return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        return cls(**data)
+
+
+def write_config(path: Path, model: ModelConfig, train: TrainConfig | None = None) -> None:
+    data = {"model": model.to_dict(), "train": train.to_dict() if train else None}
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,208 @@
+"""Training clips from a dataset manifest (local or any pyarrow filesystem) and the per-step batch plan.
+
+Every random choice of a step (which kind, which samples, which crop, which task, which frozen frame) comes
+from an RNG seeded with (seed, step), so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+from layerflow_model.config import ConfigError, ModelConfig, Stage
+from layerflow_model.layout import Task, pack, prompts_for
+from manifests.io import MANIFEST_DIR, DatasetError
+from manifests.layers import CAPTIONED_LAYERS, Layer, SampleKind
+from manifests.schema import SAMPLE_SCHEMA, caption_column, uri_column
+
+VIDEO_KINDS = (SampleKind.VIDEO_COPY_PASTE,)
+FROZEN_KINDS = (SampleKind.IMAGE_FROZEN,)
+
+
+@dataclass(frozen=True)
+class Row:
+    """The manifest fields training needs."""
+
+    sample_id: str
+    kind: SampleKind
+    num_frames: int
+    uris: dict[Layer, str]
+    captions: dict[Layer, str]
+
+
+def open_dataset(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A dataset root as (filesystem, path): a local path, file://, s3://, gs://, hdfs:// ..."""
+    if "://" not in str(uri):
+        return pafs.LocalFileSystem(), str(Path(uri).resolve())
+    return pafs.FileSystem.from_uri(str(uri))
+
+
+def read_rows(uri: str, split: str | None = "train") -> list[Row]:
+    """The kept samples of a split (all splits for None), in sample-id order."""
+    fs, root = open_dataset(uri)
+    selector = pafs.FileSelector(f"{root}/{MANIFEST_DIR}", allow_not_found=True)
+    parts = sorted(info.path for info in fs.get_file_info(selector)
+                   if PurePosixPath(info.path).name.startswith("part-") and info.path.endswith(".parquet"))
+    if not parts:
+        raise DatasetError(f"{uri}: no {MANIFEST_DIR}/part-*.parquet (build a dataset with `layerflow-data build`)")
+    table = pa.concat_tables([pq.read_table(p, filesystem=fs, schema=SAMPLE_SCHEMA) for p in parts])
+    rows = []
+    for rec in table.to_pylist():
+        if not rec["keep"] or (split is not None and rec["split"] != split):
+            continue
+        rows.append(Row(rec["sample_id"], SampleKind(rec["kind"]), rec["num_frames"],
+                        {layer: rec[uri_column(layer)] for layer in Layer},
+                        {layer: rec[caption_column(layer)] or "" for layer in CAPTIONED_LAYERS}))
+    return sorted(rows, key=lambda r: r.sample_id)
+
+
+def fit(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(T, H, W[, C]) -> (T, height, width[, C]): area resize to cover, then centre crop (as the build does)."""
+    t, h, w = frames.shape[:3]
+    scale = max(height / h, width / w)
+    size = (max(width, round(w * scale)), max(height, round(h * scale)))
+    if size != (w, h):
+        frames = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+    resized = frames
+    top, left = (resized.shape[1] - height) // 2, (resized.shape[2] - width) // 2
+    return resized[:, top:top + height, left:left + width]
+
+
+class ClipStore:
+    """Decodes the four layers of a sample once, at the model's size, float32 in [0, 1]; keeps the last `keep`."""
+
+    def __init__(self, uri: str, height: int, width: int, keep: int = 256) -> None:
+        self.fs, self.root = open_dataset(uri)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.height, self.width, self.keep = height, width, keep
+        self._cache: OrderedDict[str, dict[Layer, np.ndarray]] = OrderedDict()
+        self._download = None if self.local else Path(tempfile.mkdtemp(prefix="layerflow-media-"))
+
+    def layers(self, row: Row) -> dict[Layer, np.ndarray]:
+        if row.sample_id in self._cache:
+            self._cache.move_to_end(row.sample_id)
+            return self._cache[row.sample_id]
+        from datagen.video_io import read_layer  # PyAV; imported here so that reading a manifest stays light
+
+        out = {}
+        for layer, uri in row.uris.items():
+            frames = read_layer(self._media(uri), layer).astype(np.float32) / 255.0
+            out[layer] = fit(frames, self.height, self.width)
+        self._cache[row.sample_id] = out
+        while len(self._cache) > self.keep:
+            self._cache.popitem(last=False)
+        return out
+
+    def _media(self, uri: str) -> Path:
+        pure = PurePosixPath(uri)
+        if pure.is_absolute() or ".." in pure.parts or not uri:
+            raise DatasetError(f"media path {uri!r} is not a relative path inside the dataset")
+        if self.local:
+            return Path(self.root, *pure.parts)
+        target = self._download / Path(*pure.parts)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with self.fs.open_input_stream(f"{self.root}/{uri}") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        return target
+
+    def close(self) -> None:
+        if self._download is not None:
+            shutil.rmtree(self._download, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One homogeneous training batch: one kind, one task, one motion-gate setting."""
+
+    kind: SampleKind
+    task: Task
+    motion: bool  # the motion adapter is on (frozen clips in the motion and content stages)
+    frozen: bool  # every layer is one repeated frame
+    clips: torch.Tensor  # (B, S*T, 3, H, W) in [-1, 1]
+    prompts: list[list[str]]  # B lists of three "i, ..." prompts ('' where the task gives no prompt)
+    sample_ids: list[str]
+
+
+def stage_kinds(stage: Stage) -> tuple[SampleKind, ...]:
+    """The sample kinds a stage draws from: base learns from videos; motion and content from both."""
+    return VIDEO_KINDS if stage is Stage.BASE else VIDEO_KINDS + FROZEN_KINDS
+
+
+class BatchPlan:
+    """Which samples, crops, task and gate make up the batch of a step (a pure function of seed and step)."""
+
+    def __init__(self, rows: list[Row], config: ModelConfig, stage: Stage, batch_size: int,
+                 task_weights: dict[str, float], seed: int) -> None:
+        self.config, self.stage, self.batch_size, self.seed = config, Stage(stage), batch_size, seed
+        usable = [r for r in rows if r.kind in stage_kinds(self.stage)]
+        short = [r for r in usable if r.num_frames < config.frames and r.kind in VIDEO_KINDS]
+        self.skipped = [r.sample_id for r in short]
+        usable = [r for r in usable if r not in short]
+        self.buckets = {kind: [r for r in usable if r.kind is kind] for kind in stage_kinds(self.stage)}
+        self.buckets = {k: v for k, v in self.buckets.items() if v}
+        if not self.buckets:
+            wanted = " or ".join(k.value for k in stage_kinds(self.stage))
+            raise ConfigError(f"the {self.stage.value} stage needs kept {wanted} samples of at least "
+                              f"{config.frames} frames; the manifest has none")
+        self.tasks = [Task(t) for t, w in sorted(task_weights.items()) if w > 0]
+        self.task_p = np.array([task_weights[t.value] for t in self.tasks], dtype=np.float64)
+        self.task_p /= self.task_p.sum()
+
+    def rng(self, step: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, step])
+
+    def draw(self, step: int, world_size: int = 1) -> tuple[SampleKind, Task, list[tuple[Row, int, int | None]]]:
+        """(kind, task, [(row, crop start, frozen frame or None)]) for the global batch of a step."""
+        rng = self.rng(step)
+        kinds = sorted(self.buckets, key=lambda k: k.value)
+        sizes = np.array([len(self.buckets[k]) for k in kinds], dtype=np.float64)
+        kind = kinds[rng.choice(len(kinds), p=sizes / sizes.sum())]
+        task = self.tasks[rng.choice(len(self.tasks), p=self.task_p)]
+        bucket = self.buckets[kind]
+        total = self.batch_size * world_size
+        picks = rng.choice(len(bucket), size=total, replace=total > len(bucket))
+        out = []
+        for i in picks:
+            row = bucket[i]
+            start = int(rng.integers(0, row.num_frames - self.config.frames + 1)) if kind in VIDEO_KINDS else 0
+            frozen = int(rng.integers(0, self.config.frames)) if self.stage is Stage.MOTION and kind in VIDEO_KINDS \
+                else None
+            out.append((row, start, frozen))
+        return kind, task, out
+
+    def batch(self, step: int, store: ClipStore, rank: int = 0, world_size: int = 1) -> Batch:
+        kind, task, picks = self.draw(step, world_size)
+        mine = picks[rank * self.batch_size:(rank + 1) * self.batch_size]
+        clips, prompts = [], []
+        for row, start, frozen_at in mine:
+            layers = crop(store.layers(row), start, self.config.frames, frozen_at)
+            clips.append(pack(layers, self.config.layout))
+            prompts.append(prompts_for(row.captions, task))
+        frozen = kind in FROZEN_KINDS or self.stage is Stage.MOTION
+        # The motion adapter is on for frozen clips once it exists (motion stage, and frozen images in content).
+        motion = frozen and self.stage is not Stage.BASE
+        return Batch(kind, task, motion, frozen, torch.stack(clips), prompts, [r.sample_id for r, _, _ in mine])
+
+
+def crop(layers: dict[Layer, np.ndarray], start: int, frames: int, frozen_at: int | None = None
+         ) -> dict[Layer, np.ndarray]:
+    """`frames` consecutive frames from `start` (a frozen image repeats its frame); with `frozen_at`, that one
+    frame of the crop repeated (a video frozen for the motion stage)."""
+    out = {}
+    for layer, x in layers.items():
+        window = x[start:start + frames] if len(x) >= start + frames else np.repeat(x[:1], frames, axis=0)
+        if frozen_at is not None:
+            window = np.repeat(window[frozen_at:frozen_at + 1], frames, axis=0)
+        out[layer] = window
+    return out

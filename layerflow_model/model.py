@@ -1,0 +1,194 @@
+"""The LayerFlow denoiser: diffusers' CogVideoX transformer with a layer embedding on the prompt tokens and two
+named LoRA adapters (`motion`, `content`) on its attention projections.
+
+Read top to bottom: the layer embedding, the patch embedding that adds it, the adapters, then the model.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import torch
+from diffusers import CogVideoXTransformer3DModel
+from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from layerflow_model.config import ModelConfig, Space, Stage
+from layerflow_model.layout import PROMPT_LAYERS, slots_of
+from layerflow_model.text import require_subfolder
+
+MOTION, CONTENT = "motion", "content"  # adapter names
+ADAPTER_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # attention projections of every block (notes §7)
+
+
+class LayerEmbedding(nn.Module):
+    """`LayerNorm(Linear(1 -> d)(i))`, one vector per prompt index i, added to every token of prompt i (notes §4.3)."""
+
+    def __init__(self, dim: int, prompts: int, tokens_per_prompt: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(1, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.prompts = prompts
+        self.tokens_per_prompt = tokens_per_prompt
+
+    def forward(self) -> torch.Tensor:
+        index = torch.arange(self.prompts, device=self.proj.weight.device, dtype=self.proj.weight.dtype)
+        per_prompt = self.norm(self.proj(index[:, None]))  # (P, D)
+        return per_prompt.repeat_interleave(self.tokens_per_prompt, dim=0)  # (P * n, D)
+
+
+class LayerPatchEmbed(nn.Module):
+    """CogVideoX's patch embedding (text projection, patches, 3D sin-cos positions) plus the layer embedding.
+
+    The sin-cos table gives text positions zero, so adding the layer embedding here is adding it "together
+    with the position embedding", as the original does. Visual tokens get no layer signal: the sub-clips are
+    told apart by their time position, which runs on across sub-clips (notes §5).
+    """
+
+    def __init__(self, inner: nn.Module, layers: LayerEmbedding) -> None:
+        super().__init__()
+        self.inner = inner
+        self.layers = layers
+
+    def forward(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+        embeds = self.inner(text_embeds, image_embeds)  # (B, L_text + N_visual, D)
+        text_len = text_embeds.shape[1]
+        layer = self.layers().to(embeds.dtype)  # (L_text, D)
+        return torch.cat([embeds[:, :text_len] + layer, embeds[:, text_len:]], dim=1)
+
+
+def transformer_kwargs(config: ModelConfig) -> dict:
+    """The diffusers constructor arguments that follow from our config (the rest keep CogVideoX-2b's values)."""
+    total_latent_frames = len(slots_of(config.layout)) * config.latent_frames
+    ratio = 4 if config.space is Space.COGVIDEOX_VAE else 1
+    return {
+        "num_attention_heads": config.heads,
+        "attention_head_dim": config.head_dim,
+        "in_channels": config.latent_channels,
+        "out_channels": config.latent_channels,
+        "num_layers": config.depth,
+        "patch_size": config.patch_size,
+        "time_embed_dim": config.time_embed_dim,
+        "sample_height": config.height // config.spatial_ratio,
+        "sample_width": config.width // config.spatial_ratio,
+        # The position table is sized for the whole layered clip: its time index runs on across sub-clips.
+        "sample_frames": (total_latent_frames - 1) * ratio + 1,
+        "temporal_compression_ratio": ratio,
+        "max_text_seq_length": config.text_length,
+        "spatial_interpolation_scale": config.spatial_interpolation_scale,
+        "use_rotary_positional_embeddings": False,
+    }
+
+
+def lora_target(config: ModelConfig) -> str:
+    """A peft regex naming the attention projections of every `lora_every`-th block (the last of each group)."""
+    blocks = "|".join(str(i) for i in range(config.depth) if i % config.lora_every == config.lora_every - 1)
+    names = "|".join(re.escape(name) for name in ADAPTER_TARGETS)
+    return rf"transformer_blocks\.({blocks})\.attn1\.({names})"
+
+
+class LayerFlow(nn.Module):
+    """The denoiser: (clip, prompt embeddings, timestep) -> v-prediction for every frame of the clip."""
+
+    def __init__(self, config: ModelConfig, transformer: CogVideoXTransformer3DModel, text_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        if transformer.config.text_embed_dim != text_dim:
+            raise ValueError(f"the transformer reads {transformer.config.text_embed_dim}-d text, the encoder gives "
+                             f"{text_dim}-d")
+        layers = LayerEmbedding(config.width_dim, len(PROMPT_LAYERS), config.text_tokens)
+        transformer.patch_embed = LayerPatchEmbed(transformer.patch_embed, layers)
+        for name, rank in ((MOTION, config.motion_rank), (CONTENT, config.content_rank)):
+            # B starts at zero, so a fresh adapter leaves the model unchanged; lora_alpha = rank gives scaling 1.
+            with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter: it is meant
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=lora_target(config),
+                                                   init_lora_weights=True), adapter_name=name)
+        self.transformer = transformer
+        self.set_motion(False)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, text_dim: int) -> LayerFlow:
+        """A randomly initialised model, or (`load_transformer`) the transformer of the pretrained folder."""
+        kwargs = transformer_kwargs(config)
+        if config.load_transformer:
+            folder = require_subfolder(config.pretrained_folder(), "transformer")
+            transformer = CogVideoXTransformer3DModel.from_pretrained(folder, **kwargs)
+        else:
+            transformer = CogVideoXTransformer3DModel(text_embed_dim=text_dim, **kwargs)
+        return cls(config, transformer, text_dim)
+
+    @property
+    def layer_embedding(self) -> LayerEmbedding:
+        return self.transformer.patch_embed.layers
+
+    def forward(self, clip: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """clip (B, F, C, h, w), given slots clean; text (B, 3 * n, D_text); timestep (B,) -> v (B, F, C, h, w)."""
+        return self.transformer(hidden_states=clip, encoder_hidden_states=text, timestep=timestep,
+                                return_dict=False)[0]
+
+    # Adapters -------------------------------------------------------------------------------------------------
+
+    def adapter_layers(self) -> list[BaseTunerLayer]:
+        return [m for m in self.transformer.modules() if isinstance(m, BaseTunerLayer)]
+
+    def set_motion(self, on: bool) -> None:
+        """The motion gate: on for frozen clips in training, always off for sampling (notes §7)."""
+        active = [MOTION, CONTENT] if on else [CONTENT]
+        grads = {p: p.requires_grad for p in self.parameters()}
+        for layer in self.adapter_layers():
+            layer.set_adapter(active)
+        for p, flag in grads.items():  # peft's set_adapter also flips requires_grad; the stage decides that
+            p.requires_grad_(flag)
+        self.motion_on = on
+
+    def stage_parameters(self, stage: Stage) -> dict[str, nn.Parameter]:
+        """The parameters a stage trains, by name: base trains the network (or every `base_every`-th block and
+        the layer embedding), motion and content train only their own adapter."""
+        named = dict(self.named_parameters())
+        if stage is Stage.MOTION:
+            return {n: p for n, p in named.items() if f".{MOTION}." in n}
+        if stage is Stage.CONTENT:
+            return {n: p for n, p in named.items() if f".{CONTENT}." in n}
+        every = self.config.base_every
+        lora = re.compile(rf"\.({MOTION}|{CONTENT})\.")
+        block = re.compile(r"transformer_blocks\.(\d+)\.")
+
+        def trains(name: str) -> bool:
+            if lora.search(name):
+                return False
+            if every == 1:
+                return True
+            match = block.search(name)
+            return bool(match) and int(match.group(1)) % every == every - 1 or "patch_embed.layers." in name
+
+        return {n: p for n, p in named.items() if trains(n)}
+
+    def freeze_for(self, stage: Stage) -> dict[str, nn.Parameter]:
+        """requires_grad on exactly the parameters of `stage`; returns them."""
+        trained = self.stage_parameters(stage)
+        for name, p in self.named_parameters():
+            p.requires_grad_(name in trained)
+        return trained
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint stores: everything any stage can change (all of it unless the transformer came from
+        the pretrained folder, whose frozen weights are loaded from there again)."""
+        if not self.config.load_transformer:
+            return {n: t.detach() for n, t in self.state_dict().items()}
+        changed = set()
+        for stage in Stage:
+            changed |= set(self.stage_parameters(stage))
+        return {n: t.detach() for n, t in self.state_dict().items() if n in changed}
+
+    def load_saved_state(self, state: dict[str, torch.Tensor], source: Path | str) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ValueError(f"{source}: unexpected weights for this model config: {', '.join(unexpected[:5])}")
+        expected = set(self.saved_state())
+        lost = sorted(expected & set(missing))
+        if lost:
+            raise ValueError(f"{source}: {len(lost)} weights missing, e.g. {', '.join(lost[:5])}")

@@ -1,0 +1,187 @@
+"""The training loop: one stage (base, motion or content) of one run, read top to bottom.
+
+Resuming is exact: a step's batch, timesteps, noise and prompt dropout come from RNGs seeded with (seed, step,
+rank), and a checkpoint holds the weights, the optimizer and the EMA, so a resumed run repeats the steps an
+uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from layerflow_model.components import (
+    EMA_FILE,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    Components,
+    build,
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+)
+from layerflow_model.config import ConfigError, ModelConfig, TrainConfig
+from layerflow_model.data import BatchPlan, ClipStore, read_rows
+from layerflow_model.diffusion import Diffusion
+from layerflow_model.layout import condition_mask
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in data-parallel training (rank 0 of 1 when training alone)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint: Path
+    steps: int
+    seconds: float
+    samples_per_second: float
+    last_loss: float
+    trained_parameters: int
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then constant: a function of the step alone, so resumed runs agree."""
+    return config.lr * min(1.0, (step + 1) / config.warmup) if config.warmup else config.lr
+
+
+def prepare(config: TrainConfig, model_config: ModelConfig | None, device: torch.device) -> Components:
+    """The model this stage starts from: the previous stage's checkpoint, or a fresh model for `base`."""
+    if config.init:
+        parts, _ = load_checkpoint(config.init, device, use_ema=True,
+                                   pretrained=model_config.pretrained if model_config else None)
+        return parts
+    if model_config is None:
+        raise ConfigError("the base stage needs a model preset (e.g. --preset toy)")
+    return build(model_config, device, seed=config.seed)
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + step * 1009 + rank)
+
+
+def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resume: bool = False,
+          progress: bool = True, world: World = World()) -> TrainResult:
+    device = resolve_device(config.device)
+    out = Path(config.out)
+    if out.exists() and latest_checkpoint(out) is not None and not resume:
+        raise ConfigError(f"{out} already has checkpoints: pass --resume to continue that run, or pick a new --out")
+    parts = prepare(config, model_config, device)
+    model = parts.model
+    trained = model.freeze_for(config.stage)
+    if config.gradient_checkpointing:
+        model.transformer.enable_gradient_checkpointing()
+    params = list(trained.values())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    ema = {n: p.detach().clone() for n, p in trained.items()} if config.ema else None
+
+    start = 0
+    previous = latest_checkpoint(out) if resume else None
+    if previous is not None:
+        start = _restore(previous, parts, optimizer, ema, config)
+
+    diffusion = Diffusion(parts.config.snr_shift)
+    plan = BatchPlan(read_rows(config.manifest, config.split), parts.config, config.stage, config.batch_size,
+                     config.task_weights, config.seed)
+    store = ClipStore(config.manifest, parts.config.height, parts.config.width)
+    network = model
+    if world.size > 1:
+        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                                            else None)
+    dtype = autocast_dtype(config.precision, device)
+
+    bar = tqdm(total=config.steps, initial=start, desc=f"train {config.stage.value}", unit="step",
+               disable=not (progress and world.main), dynamic_ncols=True)
+    began, seen, loss_value = time.perf_counter(), 0, math.nan
+    checkpoint = previous
+    model.train()
+    for step in range(start, config.steps):
+        # 1. The batch of this step: one kind, one task, one motion-gate setting for every rank.
+        batch = plan.batch(step, store, world.rank, world.size)
+        generator = step_generator(config.seed, step, world.rank)
+        model.set_motion(batch.motion)
+        given = condition_mask(parts.config.layout, batch.task, parts.config.latent_frames)
+        with torch.no_grad():
+            x0 = parts.encode_clip(batch.clips, generator)  # (B, F, C, h, w)
+            drop = torch.rand(len(batch.prompts), 3, generator=generator) < parts.config.prompt_dropout
+            text = parts.encode_prompts(batch.prompts, drop)  # (B, 3 * n, D)
+        # 2. v-prediction loss on the generated slots only.
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = diffusion.loss(network, x0, text, given, generator)
+        # 3. Update.
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            with torch.no_grad():
+                for name, p in trained.items():
+                    ema[name].lerp_(p.detach(), 1.0 - config.ema)
+        # 4. Log and checkpoint.
+        loss_value = float(loss.detach())
+        seen += len(batch.sample_ids) * world.size
+        rate = seen / max(time.perf_counter() - began, 1e-9)
+        bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{rate:.1f}", task=batch.task.value, refresh=False)
+        bar.update(1)
+        done = step + 1
+        if world.main and (done % config.checkpoint_every == 0 or done == config.steps):
+            state = {"step": done, "stage": config.stage.value, "loss": loss_value,
+                     "skipped_short_samples": plan.skipped}
+            checkpoint = save_checkpoint(checkpoint_dir(out, done), parts, config, state, optimizer, ema)
+    bar.close()
+    store.close()
+    model.set_motion(False)
+    seconds = time.perf_counter() - began
+    if checkpoint is None:  # nothing left to do: the run had already reached its last step
+        checkpoint = latest_checkpoint(out)
+    return TrainResult(Path(checkpoint), config.steps - start, seconds, seen / max(seconds, 1e-9), loss_value,
+                       sum(p.numel() for p in params))
+
+
+def _restore(checkpoint: Path, parts: Components, optimizer: torch.optim.Optimizer,
+             ema: dict[str, torch.Tensor] | None, config: TrainConfig) -> int:
+    """Load weights, optimizer and EMA of a checkpoint of this same run; returns its step."""
+    _, saved_train = read_config(checkpoint)
+    if saved_train and (saved_train.get("stage") != config.stage.value or saved_train.get("seed") != config.seed):
+        raise ConfigError(f"{checkpoint} is from a different run (stage {saved_train.get('stage')}, seed "
+                          f"{saved_train.get('seed')}); resume needs the same stage and seed")
+    parts.model.load_saved_state(load_file(checkpoint / MODEL_FILE), checkpoint / MODEL_FILE)
+    optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
+    if ema is not None:
+        saved = load_file(checkpoint / EMA_FILE)
+        for name in ema:
+            ema[name].copy_(saved[name])
+    return int(json.loads((checkpoint / STATE_FILE).read_text())["step"])

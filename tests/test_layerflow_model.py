@@ -1,0 +1,285 @@
+"""The compact LayerFlow model: layout, layer embedding, adapters and stages, objective, sampler conditions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from layerflow_model.components import build
+from layerflow_model.config import ConfigError, ModelConfig, Stage, preset
+from layerflow_model.diffusion import Diffusion, Sampler, masked_mse, sample
+from layerflow_model.layout import (
+    PROMPT_OF_SLOT,
+    Layout,
+    Slot,
+    Task,
+    condition_mask,
+    pack,
+    premultiply_on_grey,
+    prompts_for,
+    slots_of,
+    split_slots,
+    unpack,
+    unpremultiply_from_grey,
+)
+from layerflow_model.model import CONTENT, MOTION
+from manifests.layers import Layer
+
+TINY = {"depth": 2, "heads": 2, "head_dim": 8, "height": 16, "width": 16, "frames": 2, "text_tokens": 8,
+        "tiny_t5_d_model": 16, "tiny_t5_layers": 1, "motion_rank": 2, "content_rank": 4, "patch_size": 4,
+        "time_embed_dim": 16}
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    return preset("toy", **{**TINY, **overrides})
+
+
+def random_layers(frames: int = 3, size: int = 8, seed: int = 0) -> dict[Layer, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    fg = rng.random((frames, size, size, 3), dtype=np.float32)
+    bg = rng.random((frames, size, size, 3), dtype=np.float32)
+    alpha = rng.random((frames, size, size), dtype=np.float32)
+    alpha[:, :2] = 0.0  # some fully transparent rows
+    alpha[:, -2:] = 1.0
+    blended = alpha[..., None] * fg + (1 - alpha[..., None]) * bg
+    return {Layer.FOREGROUND: fg, Layer.ALPHA: alpha, Layer.BACKGROUND: bg, Layer.BLENDED: blended}
+
+
+def test_premultiply_round_trip_recovers_colour_where_alpha_is_above_eps():
+    layers = random_layers()
+    fg, alpha = layers[Layer.FOREGROUND], layers[Layer.ALPHA]
+    on_grey = premultiply_on_grey(fg, alpha)
+    assert np.allclose(on_grey[alpha == 0], 0.5)  # transparent pixels are mid-grey
+    back = unpremultiply_from_grey(on_grey, alpha)
+    visible = alpha > 0.01
+    assert np.allclose(back[visible], fg[visible], atol=1e-4)
+    assert (back[alpha == 0] == 0).all()
+
+
+def test_pack_orders_sub_clips_and_maps_alpha_to_minus_one_plus_one():
+    layers = random_layers(frames=3)
+    clip = pack(layers, Layout.RGBA)
+    assert clip.shape == (12, 3, 8, 8)  # 4 sub-clips x 3 frames
+    parts = split_slots(clip, Layout.RGBA)
+    assert list(parts) == [Slot.FOREGROUND, Slot.ALPHA, Slot.BACKGROUND, Slot.BLENDED]
+    alpha = torch.from_numpy(layers[Layer.ALPHA])
+    assert torch.allclose(parts[Slot.ALPHA][:, 0], alpha * 2 - 1)
+    background = torch.from_numpy(layers[Layer.BACKGROUND]) * 2 - 1
+    assert torch.allclose(parts[Slot.BACKGROUND].permute(0, 2, 3, 1), background)
+    assert pack(layers, Layout.RGB).shape == (9, 3, 8, 8)
+
+
+def test_pack_unpack_round_trip():
+    layers = random_layers()
+    out = unpack(pack(layers, Layout.RGBA), Layout.RGBA)
+    for layer in (Layer.ALPHA, Layer.BACKGROUND, Layer.BLENDED):
+        assert np.allclose(out[layer], layers[layer], atol=1e-5), layer
+    visible = layers[Layer.ALPHA] > 0.01
+    assert np.allclose(out[Layer.FOREGROUND][visible], layers[Layer.FOREGROUND][visible], atol=1e-3)
+    rgb = unpack(pack(layers, Layout.RGB), Layout.RGB)
+    assert Layer.ALPHA not in rgb  # the RGB layout carries no matte
+    assert np.allclose(rgb[Layer.FOREGROUND], premultiply_on_grey(layers[Layer.FOREGROUND], layers[Layer.ALPHA]),
+                       atol=1e-5)
+
+
+def test_condition_mask_marks_exactly_the_given_slots():
+    mask = condition_mask(Layout.RGBA, Task.FG2BG, 2)
+    assert mask.tolist() == [True, True, True, True, False, False, False, False]  # fg and alpha given
+    assert condition_mask(Layout.RGBA, Task.DECOMPOSE, 1).tolist() == [False, False, False, True]
+    assert condition_mask(Layout.RGB, Task.BG2FG, 1).tolist() == [False, True, False]
+    assert not condition_mask(Layout.RGBA, Task.GENERATE, 3).any()
+
+
+def test_prompts_carry_the_index_prefix_and_decompose_empties_the_blend_prompt():
+    captions = {Layer.FOREGROUND: "a cat", Layer.BACKGROUND: "a lawn", Layer.BLENDED: "a cat on a lawn"}
+    assert prompts_for(captions) == ["0, a cat", "1, a lawn", "2, a cat on a lawn"]
+    assert prompts_for(captions, Task.DECOMPOSE) == ["0, a cat", "1, a lawn", ""]
+    assert PROMPT_OF_SLOT[Slot.ALPHA] == PROMPT_OF_SLOT[Slot.FOREGROUND] == 0
+
+
+def test_layer_embedding_is_one_vector_per_prompt_and_differs_across_prompts():
+    parts = build(tiny_config())
+    embedding = parts.model.layer_embedding()  # (3 * n, D)
+    n = parts.config.text_tokens
+    assert embedding.shape == (3 * n, parts.config.width_dim)
+    blocks = embedding.view(3, n, -1)
+    for i in range(3):
+        assert torch.equal(blocks[i], blocks[i, :1].expand(n, -1))  # identical within a prompt
+    assert not torch.allclose(blocks[0, 0], blocks[1, 0])
+    assert not torch.allclose(blocks[1, 0], blocks[2, 0])
+    module = parts.model.layer_embedding
+    assert torch.allclose(blocks[0, 0], module.norm(module.proj.bias), atol=1e-6)  # index 0: LN(bias)
+
+
+def test_layer_embedding_is_added_to_prompt_tokens_only():
+    parts = build(tiny_config())
+    patch = parts.model.transformer.patch_embed
+    text = torch.randn(1, parts.config.text_length, parts.text.dim)
+    video = torch.randn(1, 4 * parts.config.frames, 3, 16, 16)
+    with torch.no_grad():
+        with_layers = patch(text, video)
+        plain = patch.inner(text, video)
+    t = parts.config.text_length
+    assert torch.allclose(with_layers[:, :t] - plain[:, :t], patch.layers()[None], atol=1e-6)
+    assert torch.equal(with_layers[:, t:], plain[:, t:])  # visual tokens get no layer signal
+
+
+def test_empty_and_dropped_prompts_are_all_zero_embeddings():
+    parts = build(tiny_config())
+    prompts = [["0, a cat", "1, a lawn", ""], ["0, a dog", "1, snow", "2, a dog in snow"]]
+    drop = torch.tensor([[False, False, False], [False, True, False]])
+    text = parts.encode_prompts(prompts, drop).view(2, 3, parts.config.text_tokens, -1)
+    assert (text[0, 2] == 0).all() and (text[1, 1] == 0).all()
+    assert (text[0, 0] != 0).any() and (text[1, 2] != 0).any()
+
+
+def _randomise_adapter(parts, name: str) -> None:
+    with torch.no_grad():
+        for n, p in parts.model.named_parameters():
+            if f".{name}." in n:
+                p.normal_(0, 0.5)
+
+
+def test_motion_gate_off_means_the_motion_adapter_contributes_exactly_zero():
+    parts = build(tiny_config())
+    _randomise_adapter(parts, CONTENT)
+    clip = torch.randn(2, 4 * 2, 3, 16, 16)
+    text = torch.randn(2, parts.config.text_length, parts.text.dim)
+    t = torch.tensor([10, 700])
+    parts.model.eval()
+    with torch.no_grad():
+        before = parts.model(clip, text, t)
+        _randomise_adapter(parts, MOTION)
+        parts.model.set_motion(False)
+        gated_off = parts.model(clip, text, t)
+        parts.model.set_motion(True)
+        gated_on = parts.model(clip, text, t)
+    assert torch.equal(before, gated_off)
+    assert not torch.allclose(gated_on, gated_off)
+
+
+def test_fresh_adapters_leave_the_model_unchanged():
+    parts = build(tiny_config())
+    clip = torch.randn(1, 8, 3, 16, 16)
+    text = torch.randn(1, parts.config.text_length, parts.text.dim)
+    t = torch.tensor([500])
+    with torch.no_grad():
+        off = parts.model(clip, text, t)
+        parts.model.set_motion(True)
+        on = parts.model(clip, text, t)
+    assert torch.equal(off, on)  # B = 0 at init
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_only_the_stage_parameters_get_gradients(stage):
+    parts = build(tiny_config())
+    _randomise_adapter(parts, MOTION)  # non-zero adapters, so every path carries gradient
+    _randomise_adapter(parts, CONTENT)
+    trained = parts.model.freeze_for(stage)
+    parts.model.set_motion(True)
+    clip = torch.randn(1, 8, 3, 16, 16)
+    text = torch.randn(1, parts.config.text_length, parts.text.dim)
+    parts.model(clip, text, torch.tensor([300])).square().mean().backward()
+    with_grad = {n for n, p in parts.model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad, "nothing trained"
+    assert with_grad <= set(trained)
+    if stage is Stage.MOTION:
+        assert all(f".{MOTION}." in n for n in with_grad)
+    elif stage is Stage.CONTENT:
+        assert all(f".{CONTENT}." in n for n in with_grad)
+    else:
+        assert not any(f".{MOTION}." in n or f".{CONTENT}." in n for n in with_grad)
+        assert any("patch_embed.layers." in n for n in with_grad)  # the layer embedding trains in base
+
+
+def test_base_every_trains_only_every_nth_block_and_the_layer_embedding():
+    parts = build(tiny_config(depth=4, base_every=2, lora_every=2))
+    names = set(parts.model.stage_parameters(Stage.BASE))
+    blocks = {int(n.split("transformer_blocks.")[1].split(".")[0]) for n in names if "transformer_blocks." in n}
+    assert blocks == {1, 3}
+    assert any("patch_embed.layers." in n for n in names)
+    lora_blocks = {int(n.split("transformer_blocks.")[1].split(".")[0])
+                   for n in parts.model.stage_parameters(Stage.CONTENT)}
+    assert lora_blocks == {1, 3}
+
+
+def test_v_loss_equals_mse_to_the_velocity_and_the_weighted_x0_loss():
+    diffusion = Diffusion(snr_shift=3.0)
+    x0 = torch.randn(3, 4, 3, 8, 8, dtype=torch.float64)
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 400, 900])
+    prediction = torch.randn_like(x0)
+    everything = torch.ones(4, dtype=torch.bool).view(1, -1, 1, 1, 1)
+    v = diffusion.velocity(x0, noise, t)
+    assert torch.allclose(masked_mse(prediction, v, everything), ((prediction - v) ** 2).mean().float(), rtol=1e-6)
+    # The original's loss: w * (D - x0)^2 with D = sqrt(a) x_t - sqrt(1-a) F and w = 1 / (1 - a) (notes §8).
+    a = diffusion.alphas_cumprod.double()[t].view(-1, 1, 1, 1, 1)
+    x_t = diffusion.add_noise(x0, noise, t)
+    denoised = a.sqrt() * x_t - (1 - a).sqrt() * prediction
+    weighted = ((denoised - x0) ** 2 / (1 - a)).mean()
+    assert torch.allclose(weighted, ((prediction - v) ** 2).mean(), rtol=1e-6)
+    # and the scheduler agrees on the target
+    assert torch.allclose(diffusion.scheduler.get_velocity(x0.float(), noise.float(), t), v.float(), atol=1e-5)
+
+
+def test_schedule_has_zero_terminal_snr():
+    a = Diffusion(snr_shift=3.0).alphas_cumprod
+    assert a[-1] < 1e-6 and a[0] > 0.99
+
+
+def test_condition_frames_get_no_loss():
+    diffusion = Diffusion(snr_shift=1.0)
+    given = condition_mask(Layout.RGBA, Task.DECOMPOSE, 2)
+    x0 = torch.randn(2, 8, 3, 4, 4)
+    text = torch.zeros(2, 3, 4)
+    seen = {}
+
+    def model(x, _text, _t):
+        seen["input"] = x
+        out = torch.zeros_like(x, requires_grad=True)
+        seen["out"] = out
+        return out
+
+    diffusion.loss(model, x0, text, given, torch.Generator().manual_seed(0)).backward()
+    grad = seen["out"].grad
+    assert (grad[:, given] == 0).all() and (grad[:, ~given] != 0).any()
+    assert torch.equal(seen["input"][:, given], x0[:, given])  # the condition is never noised
+
+
+@pytest.mark.parametrize("sampler", list(Sampler))
+@pytest.mark.parametrize("task", [Task.DECOMPOSE, Task.FG2BG, Task.BG2FG])
+def test_condition_slots_of_the_output_equal_the_input_bit_for_bit(task, sampler):
+    parts = build(tiny_config())
+    given = condition_mask(Layout.RGBA, task, 2)
+    condition = torch.rand(1, 8, 3, 16, 16) * 2 - 1
+    text = parts.encode_prompts([["0, a", "1, b", "2, c"]])
+    out = sample(parts.model, text, (1, 8, 3, 16, 16), given=given, condition=condition, steps=3, cfg=4.0,
+                 sampler=sampler, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, given], condition[:, given])
+    assert not torch.equal(out[:, ~given], condition[:, ~given])
+    assert torch.isfinite(out).all()
+
+
+def test_sampling_is_reproducible_with_a_seed():
+    parts = build(tiny_config())
+    text = parts.encode_prompts([["0, a", "1, b", "2, c"]])
+    mask = condition_mask(Layout.RGBA, Task.GENERATE, 2)
+
+    def run(seed):
+        return sample(parts.model, text, (1, 8, 3, 16, 16), given=mask, steps=2,
+                      generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="height and width"):
+        preset("toy", height=30)
+    with pytest.raises(ConfigError, match="unknown"):
+        preset("nope")
+    with pytest.raises(ConfigError, match="pretrained"):
+        build(preset("cogvideox-2b"))
+    assert preset("cogvideox-2b").tokens() == 22278  # 3 x 226 text + 16 latent frames x 1350 (notes §1)
+    assert len(slots_of(Layout.RGBA)) == 4
