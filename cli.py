@@ -319,6 +319,178 @@ def eval_matting(
     print(json.dumps(evaluate_matting(videos, str(masks), matting, config), sort_keys=True))
 
 
+TASK_WEIGHTS_HELP = "Task mix as task=weight pairs, e.g. `generate=1,decompose=2,fg2bg=1,bg2fg=1`."
+
+
+def _task_weights(text: str) -> dict[str, float]:
+    from datagen.errors import ConfigError
+
+    weights = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--tasks: {part!r} is not task=weight ({TASK_WEIGHTS_HELP})") from None
+    return weights
+
+
+@app.command()
+def train(
+    manifest: Annotated[str, typer.Option(help="Dataset root (local path, or s3://, gs://, ... via pyarrow).")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints go to OUT/checkpoint-<step>/.")],
+    stage: Annotated[str, typer.Option(help="base | motion | content (motion and content need --init).")] = "base",
+    preset: Annotated[str, typer.Option(help="Model preset for the base stage: toy | small | cogvideox-2b.")] = "toy",
+    init: Annotated[str | None, typer.Option(help="Checkpoint (or run folder) of the previous stage.")] = None,
+    pretrained: Annotated[str | None, typer.Option(
+        help="Local CogVideoX-2b diffusers folder (small and cogvideox-2b presets).")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps of this stage.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Samples per step and worker (one kind per batch).")] = 4,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate after warm-up.")] = 3e-4,
+    warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 50,
+    grad_clip: Annotated[float, typer.Option(help="Gradient norm clip (0: off).")] = 1.0,
+    ema: Annotated[float | None, typer.Option(help="EMA decay of the trained weights, e.g. 0.999.")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Write a checkpoint every N steps (and at the end).")] = 500,
+    tasks: Annotated[str, typer.Option(help=TASK_WEIGHTS_HELP)] = "generate=1,decompose=1,fg2bg=1,bg2fg=1",
+    split: Annotated[str, typer.Option(help="Manifest split to train on.")] = "train",
+    seed: Annotated[int, typer.Option(help="Seed of data order, noise and initialisation.")] = 0,
+    workers: Annotated[int, typer.Option(help="Data-parallel workers with Ray Train (1: this process).")] = 1,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster for --workers > 1 (default: local).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 on GPU) | fp32 | bf16")] = "auto",
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations (less memory).")] = False,
+    cache_dir: Annotated[str | None, typer.Option(
+        help="Keep VAE latents and T5 embeddings here and reuse them (GPU presets).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT from its last checkpoint.")] = False,
+) -> None:
+    """Train one stage of the LayerFlow model on the `keep` rows of a manifest.
+
+    Example: `layerflow-data train --manifest ./ds --out runs/base --steps 1000`
+
+    Example: `layerflow-data train --manifest ./ds --out runs/motion --stage motion --init runs/base --steps 200`
+
+    Example: `layerflow-data train --manifest ./ds --out runs/content --stage content --init runs/motion`
+
+    Example: `layerflow-data train --manifest ./ds --out runs/base --resume` (continue after a crash)
+    """
+    from layerflow_model.config import TrainConfig
+    from layerflow_model.config import preset as model_preset
+
+    config = TrainConfig(
+        manifest=manifest, out=str(out), stage=stage, init=init, steps=steps, batch_size=batch_size, lr=lr,
+        warmup=warmup, grad_clip=grad_clip, ema=ema, checkpoint_every=checkpoint_every, seed=seed,
+        task_weights=_task_weights(tasks), split=split, workers=workers, device=device, precision=precision,
+        gradient_checkpointing=gradient_checkpointing, pretrained=pretrained, cache_dir=cache_dir,
+    )
+    model = model_preset(preset, pretrained=pretrained) if config.stage.value == "base" else None
+    if workers > 1:
+        from layerflow_model.ray_train import train_distributed
+
+        result = train_distributed(config, model, resume=resume, ray_address=ray_address)
+    else:
+        from layerflow_model.train import train as run_train
+
+        result = run_train(config, model, resume=resume)
+    console.print(f"{config.stage.value}: {result.steps} steps in {result.seconds:.1f} s "
+                  f"({result.samples_per_second:.1f} samples/s), last loss {result.last_loss:.4f}, "
+                  f"{result.trained_parameters:,} trained parameters -> {result.checkpoint}", highlight=False)
+
+
+class TaskChoice(str, Enum):
+    generate = "generate"
+    decompose = "decompose"
+    fg2bg = "fg2bg"
+    bg2fg = "bg2fg"
+
+
+@app.command()
+def sample(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder, or a run folder (its last checkpoint).")],
+    task: Annotated[TaskChoice, typer.Option(help="What to make.")],
+    out: Annotated[Path, typer.Option(help="Folder for the layers and the preview.")],
+    prompts: Annotated[str, typer.Option(
+        help="`foreground; background; blended` (decompose reads the first two).")] = "",
+    input: Annotated[Path | None, typer.Option(
+        "--input", help="decompose: the blended video; bg2fg: the background video; fg2bg: a video with alpha "
+                        "(WebM VP9 / ProRes 4444) or a folder of RGBA PNGs.")] = None,
+    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 25,
+    cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale (constant).")] = 5.0,
+    sampler: Annotated[str, typer.Option(help="ddim | dpm (DPM-Solver++ 2M)")] = "ddim",
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    fps: Annotated[float, typer.Option(help="Frame rate of the written videos.")] = 8.0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Sample one task: RGBA foreground (PNG sequence + WebM with alpha), background and blended mp4, preview.
+
+    Example: `layerflow-data sample --checkpoint runs/content --task generate --out s/gen
+    --prompts "a cat; a lawn; a cat on a lawn"`
+
+    Example: `layerflow-data sample --checkpoint runs/content --task decompose --input clip.mp4 --out s/dec
+    --prompts "a cat; a lawn"`
+
+    Example: `layerflow-data sample --checkpoint runs/content --task fg2bg --input fg.webm --out s/bg
+    --prompts "a cat; a beach; a cat on a beach"`
+    """
+    from layerflow_model.sample import SampleSettings, sample_to_folder
+
+    settings = SampleSettings(steps=steps, cfg=cfg, sampler=sampler, seed=seed)
+    written = sample_to_folder(checkpoint, task.value, prompts, out, input, settings, device=device, fps=fps)
+    console.print(f"{task.value}: wrote {_joined({k: Path(v).name for k, v in written.items()})} in {out}",
+                  highlight=False)
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder, or a run folder (its last checkpoint).")],
+    manifest: Annotated[str, typer.Option(help="Dataset root.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "val",
+    steps: Annotated[int, typer.Option(help="Denoising steps per sample.")] = 25,
+    cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 3.0,
+    seed: Annotated[int, typer.Option(help="Noise seed (per sample: seed + index).")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Evaluate on the first N samples only.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write eval.json, per-sample results and the table.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Decomposition and generation metrics on a split, next to the untrained model and a trivial predictor
+    (background = input blend, alpha = 0). Prints one JSON line (stdout) and a table (stderr).
+
+    Example: `layerflow-data eval --checkpoint runs/content --manifest ./ds`
+    """
+    from layerflow_model.evaluate import evaluate, write_eval
+    from layerflow_model.sample import SampleSettings
+
+    result = evaluate(checkpoint, manifest, split, SampleSettings(steps=steps, cfg=cfg, seed=seed), limit=limit,
+                      device=device)
+    if out:
+        write_eval(result, out)
+    console.print(result.table(), highlight=False)
+    print(json.dumps(result.summary, sort_keys=True))
+
+
+@app.command()
+def reproduce(
+    out: Annotated[Path, typer.Option(help="Empty folder for everything: source, dataset, runs, samples, eval.")],
+    base_steps: Annotated[int, typer.Option(help="Steps of the base stage.")] = 1000,
+    motion_steps: Annotated[int, typer.Option(help="Steps of the motion LoRA stage.")] = 150,
+    content_steps: Annotated[int, typer.Option(help="Steps of the content LoRA stage.")] = 250,
+    seed: Annotated[int, typer.Option(help="Training and sampling seed.")] = 0,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Build without Ray.")] = False,
+) -> None:
+    """The whole system on its embedded defaults: demo source -> build -> filter -> train base, motion, content
+    -> sample all four tasks -> eval -> report. About 20 minutes on 2 CPU cores, no network.
+
+    Example: `layerflow-data reproduce --out ./repro`
+    """
+    from layerflow_model.reproduce import ReproduceConfig
+    from layerflow_model.reproduce import reproduce as run
+
+    record = run(ReproduceConfig(out=str(out), base_steps=base_steps, motion_steps=motion_steps,
+                                 content_steps=content_steps, seed=seed, no_ray=no_ray),
+                 log=lambda line: console.print(line, highlight=False))
+    console.print(f"done in {record['seconds']['total']:.0f} s: {out}/reproduce.json, {out}/eval/table.txt, "
+                  f"{out}/samples/, {record['report']}", highlight=False)
+
+
 def main() -> None:
     """Entry point: known errors become one clear line (exit 2); `--debug` shows the traceback."""
     from datagen.errors import LayerflowError

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from layerflow_model.cache import EncoderCache
 from layerflow_model.config import ConfigError, ModelConfig, Space, TextModel, TrainConfig
 from layerflow_model.latents import CogVideoXLatents, LatentSpace, PixelSpace
 from layerflow_model.layout import join_slots, slots_of, split_slots
@@ -47,12 +48,17 @@ class Components:
         self.latents.to(device)
         return self
 
-    def encode_prompts(self, prompts: list[list[str]], drop: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_prompts(self, prompts: list[list[str]], drop: torch.Tensor | None = None,
+                       cache: EncoderCache | None = None) -> torch.Tensor:
         """B lists of three prompts -> (B, 3 * n, D). An empty prompt, or one dropped by `drop` (B, 3) bool, is
         all zeros: the unconditional embedding (notes §4.4)."""
         b, layers = len(prompts), len(prompts[0])
         flat = [p for row in prompts for p in row]
-        embeds = self.text.encode(flat).to(self.device)  # (B * 3, n, D)
+        if cache is None:
+            embeds = self.text.encode(flat)
+        else:
+            embeds = cache.get_or_compute(flat, lambda idx: self.text.encode([flat[i] for i in idx]))
+        embeds = embeds.to(self.device)  # (B * 3, n, D)
         empty = torch.tensor([p == "" for p in flat], device=self.device)
         if drop is not None:
             empty = empty | drop.to(self.device).reshape(-1)
@@ -64,6 +70,12 @@ class Components:
         layer's latents never depend on the layers to be generated."""
         parts = split_slots(clips.to(self.device), self.config.layout)
         return join_slots({slot: self.latents.encode(x, generator) for slot, x in parts.items()}, self.config.layout)
+
+    def text_cache(self, folder: Path | str) -> EncoderCache:
+        return EncoderCache(Path(folder) / "text", f"{self.text.source}|{self.config.text_tokens}")
+
+    def latent_cache(self, folder: Path | str) -> EncoderCache:
+        return EncoderCache(Path(folder) / "latents", f"{self.latents.source}|{self.config.space.value}")
 
     def decode_clip(self, latents: torch.Tensor) -> torch.Tensor:
         parts = split_slots(latents, self.config.layout)

@@ -21,6 +21,11 @@ class TextModel(str, Enum):
     T5 = "t5"  # T5EncoderModel + tokenizer from the `pretrained` folder (CogVideoX-2b: T5-v1.1-XXL)
 
 
+class Positions(str, Enum):
+    CONTINUOUS = "continuous"  # the original: time runs on across sub-clips, visual tokens get no layer signal
+    PER_LAYER = "per-layer"  # time restarts in each sub-clip, plus a learned sub-clip embedding (deviation)
+
+
 class Stage(str, Enum):
     BASE = "base"  # the whole model (or every `base_every`-th block) on video samples
     MOTION = "motion"  # the `motion` LoRA on frozen clips
@@ -48,6 +53,7 @@ class ModelConfig:
     patch_size: int = 4
     time_embed_dim: int = 128
     spatial_interpolation_scale: float = 1.0
+    positions: Positions = Positions.PER_LAYER  # see model.LayerPatchEmbed; CONTINUOUS for pretrained weights
     # The tiny T5 (TextModel.TINY_T5 only).
     tiny_t5_d_model: int = 64
     tiny_t5_layers: int = 2
@@ -64,6 +70,7 @@ class ModelConfig:
         object.__setattr__(self, "layout", Layout(self.layout))
         object.__setattr__(self, "space", Space(self.space))
         object.__setattr__(self, "text", TextModel(self.text))
+        object.__setattr__(self, "positions", Positions(self.positions))
         for name in ("frames", "height", "width", "heads", "head_dim", "depth", "patch_size", "text_tokens",
                      "motion_rank", "content_rank", "lora_every", "base_every"):
             if getattr(self, name) < 1:
@@ -142,7 +149,7 @@ PRESETS: dict[str, ModelConfig] = {
                                 space=Space.COGVIDEOX_VAE, text=TextModel.T5, text_tokens=226,
                                 load_transformer=True, heads=30, head_dim=64, depth=30, patch_size=2,
                                 time_embed_dim=512, spatial_interpolation_scale=1.875, content_rank=256,
-                                lora_every=6, base_every=6, snr_shift=3.0),
+                                lora_every=6, base_every=6, snr_shift=3.0, positions=Positions.CONTINUOUS),
 }
 
 
@@ -181,6 +188,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     gradient_checkpointing: bool = False
     cache_dir: str | None = None  # latent and text-embedding cache (GPU presets)
+    pretrained: str | None = None  # this machine's CogVideoX-2b folder, if the checkpoint's moved
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage", Stage(self.stage))

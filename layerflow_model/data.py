@@ -79,28 +79,33 @@ def fit(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 class ClipStore:
-    """Decodes the four layers of a sample once, at the model's size, float32 in [0, 1]; keeps the last `keep`."""
+    """Decodes the four layers of a sample at the model's size and keeps the most recent ones as uint8, up to
+    `max_bytes`; `layers` returns float32 in [0, 1]."""
 
-    def __init__(self, uri: str, height: int, width: int, keep: int = 256) -> None:
+    def __init__(self, uri: str, height: int, width: int, max_bytes: int = 2 << 30) -> None:
         self.fs, self.root = open_dataset(uri)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
-        self.height, self.width, self.keep = height, width, keep
+        self.height, self.width, self.max_bytes = height, width, max_bytes
         self._cache: OrderedDict[str, dict[Layer, np.ndarray]] = OrderedDict()
+        self._bytes = 0
         self._download = None if self.local else Path(tempfile.mkdtemp(prefix="layerflow-media-"))
 
     def layers(self, row: Row) -> dict[Layer, np.ndarray]:
+        return {layer: x.astype(np.float32) / 255.0 for layer, x in self._decoded(row).items()}
+
+    def _decoded(self, row: Row) -> dict[Layer, np.ndarray]:
         if row.sample_id in self._cache:
             self._cache.move_to_end(row.sample_id)
             return self._cache[row.sample_id]
         from datagen.video_io import read_layer  # PyAV; imported here so that reading a manifest stays light
 
-        out = {}
-        for layer, uri in row.uris.items():
-            frames = read_layer(self._media(uri), layer).astype(np.float32) / 255.0
-            out[layer] = fit(frames, self.height, self.width)
+        out = {layer: fit(read_layer(self._media(uri), layer), self.height, self.width)
+               for layer, uri in row.uris.items()}
         self._cache[row.sample_id] = out
-        while len(self._cache) > self.keep:
-            self._cache.popitem(last=False)
+        self._bytes += sum(x.nbytes for x in out.values())
+        while self._bytes > self.max_bytes and len(self._cache) > 1:
+            _, dropped = self._cache.popitem(last=False)
+            self._bytes -= sum(x.nbytes for x in dropped.values())
         return out
 
     def _media(self, uri: str) -> Path:
@@ -122,6 +127,20 @@ class ClipStore:
 
 
 @dataclass(frozen=True)
+class Pick:
+    """One clip of a batch: a sample, where its crop starts, and (motion stage) the frame it is frozen to."""
+
+    row: Row
+    start: int
+    frozen_at: int | None
+
+    def key(self, config: ModelConfig) -> str:
+        """What the clip's pixels depend on (the encoder cache key)."""
+        return (f"{self.row.sample_id}:{self.start}:{self.frozen_at}:{config.frames}:{config.height}x{config.width}"
+                f":{config.layout.value}")
+
+
+@dataclass(frozen=True)
 class Batch:
     """One homogeneous training batch: one kind, one task, one motion-gate setting."""
 
@@ -129,9 +148,18 @@ class Batch:
     task: Task
     motion: bool  # the motion adapter is on (frozen clips in the motion and content stages)
     frozen: bool  # every layer is one repeated frame
-    clips: torch.Tensor  # (B, S*T, 3, H, W) in [-1, 1]
+    picks: list[Pick]
     prompts: list[list[str]]  # B lists of three "i, ..." prompts ('' where the task gives no prompt)
-    sample_ids: list[str]
+
+    @property
+    def sample_ids(self) -> list[str]:
+        return [p.row.sample_id for p in self.picks]
+
+    def clips(self, store: ClipStore, config: ModelConfig, indices: list[int] | None = None) -> torch.Tensor:
+        """(B, S*T, 3, H, W) in [-1, 1] (only the picks at `indices` when given)."""
+        picks = self.picks if indices is None else [self.picks[i] for i in indices]
+        return torch.stack([pack(crop(store.layers(p.row), p.start, config.frames, p.frozen_at), config.layout)
+                            for p in picks])
 
 
 def stage_kinds(stage: Stage) -> tuple[SampleKind, ...]:
@@ -162,8 +190,8 @@ class BatchPlan:
     def rng(self, step: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, step])
 
-    def draw(self, step: int, world_size: int = 1) -> tuple[SampleKind, Task, list[tuple[Row, int, int | None]]]:
-        """(kind, task, [(row, crop start, frozen frame or None)]) for the global batch of a step."""
+    def draw(self, step: int, world_size: int = 1) -> tuple[SampleKind, Task, list[Pick]]:
+        """(kind, task, picks) for the global batch of a step."""
         rng = self.rng(step)
         kinds = sorted(self.buckets, key=lambda k: k.value)
         sizes = np.array([len(self.buckets[k]) for k in kinds], dtype=np.float64)
@@ -178,21 +206,17 @@ class BatchPlan:
             start = int(rng.integers(0, row.num_frames - self.config.frames + 1)) if kind in VIDEO_KINDS else 0
             frozen = int(rng.integers(0, self.config.frames)) if self.stage is Stage.MOTION and kind in VIDEO_KINDS \
                 else None
-            out.append((row, start, frozen))
+            out.append(Pick(row, start, frozen))
         return kind, task, out
 
-    def batch(self, step: int, store: ClipStore, rank: int = 0, world_size: int = 1) -> Batch:
+    def batch(self, step: int, rank: int = 0, world_size: int = 1) -> Batch:
+        """This rank's slice of the step's global batch (pixels are decoded later, by `Batch.clips`)."""
         kind, task, picks = self.draw(step, world_size)
         mine = picks[rank * self.batch_size:(rank + 1) * self.batch_size]
-        clips, prompts = [], []
-        for row, start, frozen_at in mine:
-            layers = crop(store.layers(row), start, self.config.frames, frozen_at)
-            clips.append(pack(layers, self.config.layout))
-            prompts.append(prompts_for(row.captions, task))
         frozen = kind in FROZEN_KINDS or self.stage is Stage.MOTION
         # The motion adapter is on for frozen clips once it exists (motion stage, and frozen images in content).
         motion = frozen and self.stage is not Stage.BASE
-        return Batch(kind, task, motion, frozen, torch.stack(clips), prompts, [r.sample_id for r, _, _ in mine])
+        return Batch(kind, task, motion, frozen, mine, [prompts_for(p.row.captions, task) for p in mine])
 
 
 def crop(layers: dict[Layer, np.ndarray], start: int, frames: int, frozen_at: int | None = None

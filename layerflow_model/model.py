@@ -16,7 +16,7 @@ from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from layerflow_model.config import ModelConfig, Space, Stage
+from layerflow_model.config import ModelConfig, Positions, Space, Stage
 from layerflow_model.layout import PROMPT_LAYERS, slots_of
 from layerflow_model.text import require_subfolder
 
@@ -44,20 +44,46 @@ class LayerPatchEmbed(nn.Module):
     """CogVideoX's patch embedding (text projection, patches, 3D sin-cos positions) plus the layer embedding.
 
     The sin-cos table gives text positions zero, so adding the layer embedding here is adding it "together
-    with the position embedding", as the original does. Visual tokens get no layer signal: the sub-clips are
-    told apart by their time position, which runs on across sub-clips (notes §5).
+    with the position embedding", as the original does.
+
+    Visual positions, by `Positions`: CONTINUOUS (the original) runs the time index on across sub-clips and
+    gives visual tokens no layer signal (notes §5). PER_LAYER restarts time in every sub-clip, so the same
+    pixel of every layer has the same position, and adds a learned sub-clip embedding (a deviation, notes
+    §12.3): a model trained from scratch then finds the given layer's matching pixels by position at once.
     """
 
-    def __init__(self, inner: nn.Module, layers: LayerEmbedding) -> None:
+    def __init__(self, inner: nn.Module, layers: LayerEmbedding, positions: Positions, slots: int) -> None:
         super().__init__()
         self.inner = inner
         self.layers = layers
+        self.positions = Positions(positions)
+        self.slots = slots
+        if self.positions is Positions.PER_LAYER:
+            inner.use_positional_embeddings = False  # positions are added here instead
+            self.slot_embedding = nn.Parameter(torch.zeros(slots, inner.embed_dim))
+        self._table: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    def _per_layer_positions(self, frames: int, height: int, width: int) -> torch.Tensor:
+        """(S * frames * h' * w', D): one sub-clip's sin-cos table, repeated for every sub-clip."""
+        key = (frames, height, width)
+        if key not in self._table:
+            inner = self.inner
+            pre_compression = (frames - 1) * inner.temporal_compression_ratio + 1
+            table = inner._get_positional_embeddings(height, width, pre_compression)[0, inner.max_text_seq_length:]
+            self._table[key] = table.repeat(self.slots, 1)
+        return self._table[key]
 
     def forward(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         embeds = self.inner(text_embeds, image_embeds)  # (B, L_text + N_visual, D)
         text_len = text_embeds.shape[1]
-        layer = self.layers().to(embeds.dtype)  # (L_text, D)
-        return torch.cat([embeds[:, :text_len] + layer, embeds[:, text_len:]], dim=1)
+        text = embeds[:, :text_len] + self.layers().to(embeds.dtype)  # (B, L_text, D)
+        visual = embeds[:, text_len:]  # (B, N_visual, D)
+        if self.positions is Positions.PER_LAYER:
+            frames, height, width = image_embeds.shape[1] // self.slots, image_embeds.shape[-2], image_embeds.shape[-1]
+            table = self._per_layer_positions(frames, height, width).to(visual.device, visual.dtype)
+            per_slot = visual.shape[1] // self.slots
+            visual = visual + table + self.slot_embedding.to(visual.dtype).repeat_interleave(per_slot, dim=0)
+        return torch.cat([text, visual], dim=1)
 
 
 def transformer_kwargs(config: ModelConfig) -> dict:
@@ -83,9 +109,15 @@ def transformer_kwargs(config: ModelConfig) -> dict:
     }
 
 
+def every_nth_block(depth: int, every: int) -> list[int]:
+    """Blocks every-1, 2*every-1, ... (5, 11, 17, 23, 29 for 30 blocks and every 6, as the original); the last
+    block when the model is shallower than `every`."""
+    return [i for i in range(depth) if i % every == every - 1] or [depth - 1]
+
+
 def lora_target(config: ModelConfig) -> str:
-    """A peft regex naming the attention projections of every `lora_every`-th block (the last of each group)."""
-    blocks = "|".join(str(i) for i in range(config.depth) if i % config.lora_every == config.lora_every - 1)
+    """A peft regex naming the attention projections of every `lora_every`-th block."""
+    blocks = "|".join(str(i) for i in every_nth_block(config.depth, config.lora_every))
     names = "|".join(re.escape(name) for name in ADAPTER_TARGETS)
     return rf"transformer_blocks\.({blocks})\.attn1\.({names})"
 
@@ -100,7 +132,8 @@ class LayerFlow(nn.Module):
             raise ValueError(f"the transformer reads {transformer.config.text_embed_dim}-d text, the encoder gives "
                              f"{text_dim}-d")
         layers = LayerEmbedding(config.width_dim, len(PROMPT_LAYERS), config.text_tokens)
-        transformer.patch_embed = LayerPatchEmbed(transformer.patch_embed, layers)
+        transformer.patch_embed = LayerPatchEmbed(transformer.patch_embed, layers, config.positions,
+                                                  len(slots_of(config.layout)))
         for name, rank in ((MOTION, config.motion_rank), (CONTENT, config.content_rank)):
             # B starts at zero, so a fresh adapter leaves the model unchanged; lora_alpha = rank gives scaling 1.
             with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter: it is meant
@@ -153,17 +186,17 @@ class LayerFlow(nn.Module):
             return {n: p for n, p in named.items() if f".{MOTION}." in n}
         if stage is Stage.CONTENT:
             return {n: p for n, p in named.items() if f".{CONTENT}." in n}
-        every = self.config.base_every
         lora = re.compile(rf"\.({MOTION}|{CONTENT})\.")
         block = re.compile(r"transformer_blocks\.(\d+)\.")
+        blocks = set(every_nth_block(self.config.depth, self.config.base_every))
 
         def trains(name: str) -> bool:
             if lora.search(name):
                 return False
-            if every == 1:
+            if self.config.base_every == 1 or "patch_embed.layers." in name or "patch_embed.slot_embedding" in name:
                 return True
             match = block.search(name)
-            return bool(match) and int(match.group(1)) % every == every - 1 or "patch_embed.layers." in name
+            return bool(match) and int(match.group(1)) in blocks
 
         return {n: p for n, p in named.items() if trains(n)}
 

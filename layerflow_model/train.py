@@ -11,6 +11,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from layerflow_model.components import (
     save_checkpoint,
 )
 from layerflow_model.config import ConfigError, ModelConfig, TrainConfig
-from layerflow_model.data import BatchPlan, ClipStore, read_rows
+from layerflow_model.data import Batch, BatchPlan, ClipStore, read_rows
 from layerflow_model.diffusion import Diffusion
 from layerflow_model.layout import condition_mask
 
@@ -78,8 +79,7 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 def prepare(config: TrainConfig, model_config: ModelConfig | None, device: torch.device) -> Components:
     """The model this stage starts from: the previous stage's checkpoint, or a fresh model for `base`."""
     if config.init:
-        parts, _ = load_checkpoint(config.init, device, use_ema=True,
-                                   pretrained=model_config.pretrained if model_config else None)
+        parts, _ = load_checkpoint(config.init, device, use_ema=True, pretrained=config.pretrained)
         return parts
     if model_config is None:
         raise ConfigError("the base stage needs a model preset (e.g. --preset toy)")
@@ -114,6 +114,8 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
     plan = BatchPlan(read_rows(config.manifest, config.split), parts.config, config.stage, config.batch_size,
                      config.task_weights, config.seed)
     store = ClipStore(config.manifest, parts.config.height, parts.config.width)
+    text_cache = parts.text_cache(config.cache_dir) if config.cache_dir else None
+    latent_cache = parts.latent_cache(config.cache_dir) if config.cache_dir else None
     network = model
     if world.size > 1:
         network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
@@ -127,14 +129,19 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
     model.train()
     for step in range(start, config.steps):
         # 1. The batch of this step: one kind, one task, one motion-gate setting for every rank.
-        batch = plan.batch(step, store, world.rank, world.size)
+        batch = plan.batch(step, world.rank, world.size)
         generator = step_generator(config.seed, step, world.rank)
         model.set_motion(batch.motion)
         given = condition_mask(parts.config.layout, batch.task, parts.config.latent_frames)
         with torch.no_grad():
-            x0 = parts.encode_clip(batch.clips, generator)  # (B, F, C, h, w)
+            if latent_cache is None:
+                x0 = parts.encode_clip(batch.clips(store, parts.config), generator)  # (B, F, C, h, w)
+            else:
+                keys = [pick.key(parts.config) for pick in batch.picks]
+                x0 = latent_cache.get_or_compute(
+                    keys, partial(_encode_picks, parts, batch, store, generator)).to(device)
             drop = torch.rand(len(batch.prompts), 3, generator=generator) < parts.config.prompt_dropout
-            text = parts.encode_prompts(batch.prompts, drop)  # (B, 3 * n, D)
+            text = parts.encode_prompts(batch.prompts, drop, text_cache)  # (B, 3 * n, D)
         # 2. v-prediction loss on the generated slots only.
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
@@ -169,6 +176,11 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
         checkpoint = latest_checkpoint(out)
     return TrainResult(Path(checkpoint), config.steps - start, seconds, seen / max(seconds, 1e-9), loss_value,
                        sum(p.numel() for p in params))
+
+
+def _encode_picks(parts: Components, batch: Batch, store: ClipStore, generator: torch.Generator,
+                  indices: list[int]) -> torch.Tensor:
+    return parts.encode_clip(batch.clips(store, parts.config, indices), generator)
 
 
 def _restore(checkpoint: Path, parts: Components, optimizer: torch.optim.Optimizer,

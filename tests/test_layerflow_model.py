@@ -112,8 +112,8 @@ def test_layer_embedding_is_one_vector_per_prompt_and_differs_across_prompts():
     assert torch.allclose(blocks[0, 0], module.norm(module.proj.bias), atol=1e-6)  # index 0: LN(bias)
 
 
-def test_layer_embedding_is_added_to_prompt_tokens_only():
-    parts = build(tiny_config())
+def test_continuous_positions_add_the_layer_embedding_to_prompt_tokens_only():
+    parts = build(tiny_config(positions="continuous"))
     patch = parts.model.transformer.patch_embed
     text = torch.randn(1, parts.config.text_length, parts.text.dim)
     video = torch.randn(1, 4 * parts.config.frames, 3, 16, 16)
@@ -122,7 +122,22 @@ def test_layer_embedding_is_added_to_prompt_tokens_only():
         plain = patch.inner(text, video)
     t = parts.config.text_length
     assert torch.allclose(with_layers[:, :t] - plain[:, :t], patch.layers()[None], atol=1e-6)
-    assert torch.equal(with_layers[:, t:], plain[:, t:])  # visual tokens get no layer signal
+    assert torch.equal(with_layers[:, t:], plain[:, t:])  # visual tokens get no layer signal (notes §5)
+
+
+def test_per_layer_positions_repeat_in_every_sub_clip_plus_a_sub_clip_embedding():
+    parts = build(tiny_config(positions="per-layer"))
+    patch = parts.model.transformer.patch_embed
+    with torch.no_grad():
+        patch.slot_embedding.normal_()
+        text = torch.zeros(1, parts.config.text_length, parts.text.dim)
+        video = torch.zeros(1, 4 * 2, 3, 16, 16)  # zero pixels: what remains is bias + positions
+        visual = patch(text, video)[0, parts.config.text_length:].view(4, -1, parts.config.width_dim)
+    without_slot = visual - patch.slot_embedding[:, None]
+    for slot in range(1, 4):
+        assert torch.allclose(without_slot[slot], without_slot[0], atol=1e-6)  # same pixel, same position
+    frames = without_slot[0].view(2, 16, -1)
+    assert not torch.allclose(frames[0], frames[1])  # time still differs within a sub-clip
 
 
 def test_empty_and_dropped_prompts_are_all_zero_embeddings():
