@@ -7,6 +7,7 @@ Deterministic: a foreground's backgrounds are the candidates with the smallest h
 from __future__ import annotations
 
 import hashlib
+from pathlib import PurePosixPath
 
 from datagen.config import BuildConfig
 from datagen.stages import OK, can_be_foreground
@@ -25,9 +26,12 @@ def sample_id(kind: SampleKind, fg_id: str, bg_id: str, config: BuildConfig) -> 
     return _hash(kind.value, fg_id, bg_id, config.fingerprint())[:16]
 
 
-def split_of(fg_id: str, config: BuildConfig) -> str:
-    """Split by foreground input, so no foreground appears in both train and val."""
-    return "val" if int(_hash("split", config.seed, fg_id)[:8], 16) / 0xFFFFFFFF < config.val_fraction else "train"
+def split_of(fg_uri: str, config: BuildConfig) -> str:
+    """Split by foreground input, so no foreground appears in both train and val. The key is the input's file
+    or folder name, not its full path: the same source copied elsewhere splits the same way, and inputs that
+    share a name (one DAVIS sequence in two folders) share a split."""
+    key = PurePosixPath(fg_uri.rstrip("/")).name
+    return "val" if int(_hash("split", config.seed, key)[:8], 16) / 0xFFFFFFFF < config.val_fraction else "train"
 
 
 def plan_samples(inputs: list[dict], config: BuildConfig) -> list[dict]:
@@ -68,7 +72,7 @@ def _plan(kind: SampleKind, fg: dict, bg: dict, bg_clip_path: str, config: Build
         "key": sid,
         "sample_id": sid,
         "kind": kind.value,
-        "split": split_of(fg["input_id"], config),
+        "split": split_of(fg["uri"], config),
         "fg": {k: fg.get(k) for k in CARRIED},
         "bg": {k: bg.get(k) for k in CARRIED},
         "bg_clip_path": bg_clip_path,

@@ -4,10 +4,11 @@ nccl on GPU). The only module of `layerflow_model` that imports Ray.
 
 from __future__ import annotations
 
+import json
 import tempfile
-from dataclasses import asdict, fields
 from pathlib import Path
 
+from layerflow_model.components import STATE_FILE, checkpoint_dir
 from layerflow_model.config import ModelConfig, TrainConfig
 from layerflow_model.train import TrainResult, World, resolve_device, train
 
@@ -20,10 +21,8 @@ def _worker(loop_config: dict) -> None:
     torch.set_num_threads(loop_config["threads"])
     config = TrainConfig.from_dict(loop_config["train"])
     model = ModelConfig.from_dict(loop_config["model"]) if loop_config["model"] else None
-    result = train(config, model, resume=loop_config["resume"], progress=loop_config["progress"],
-                   world=World(context.get_world_rank(), context.get_world_size()))
-    # Every worker reports (Ray Train waits for all); the driver keeps rank 0's metrics.
-    ray.train.report({**asdict(result), "checkpoint": str(result.checkpoint)})
+    train(config, model, resume=loop_config["resume"], progress=loop_config["progress"],
+          world=World(context.get_world_rank(), context.get_world_size()))
 
 
 def train_distributed(config: TrainConfig, model: ModelConfig | None = None, *, resume: bool = False,
@@ -48,9 +47,12 @@ def train_distributed(config: TrainConfig, model: ModelConfig | None = None, *, 
                                              resources_per_worker={"CPU": threads_per_worker}),
                 run_config=RunConfig(name="layerflow-train", storage_path=scratch),
             )
-            metrics = trainer.fit().metrics
+            trainer.fit()
     finally:
         if started:
             ray.shutdown()
-    return TrainResult(**{**{f.name: metrics[f.name] for f in fields(TrainResult)},
-                          "checkpoint": Path(metrics["checkpoint"])})
+    # Rank 0 wrote the last checkpoint, with what the run measured, to the (shared) run folder.
+    checkpoint = checkpoint_dir(Path(config.out), config.steps)
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    return TrainResult(checkpoint, state["steps_run"], state["seconds"], state["samples_per_second"], state["loss"],
+                       state["trained_parameters"])

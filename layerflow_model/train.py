@@ -125,7 +125,6 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
     bar = tqdm(total=config.steps, initial=start, desc=f"train {config.stage.value}", unit="step",
                disable=not (progress and world.main), dynamic_ncols=True)
     began, seen, loss_value = time.perf_counter(), 0, math.nan
-    checkpoint = previous
     model.train()
     for step in range(start, config.steps):
         # 1. The batch of this step: one kind, one task, one motion-gate setting for every rank.
@@ -165,17 +164,18 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
         bar.update(1)
         done = step + 1
         if world.main and (done % config.checkpoint_every == 0 or done == config.steps):
-            state = {"step": done, "stage": config.stage.value, "loss": loss_value,
-                     "skipped_short_samples": plan.skipped}
-            checkpoint = save_checkpoint(checkpoint_dir(out, done), parts, config, state, optimizer, ema)
+            state = {"step": done, "stage": config.stage.value, "loss": loss_value, "steps_run": done - start,
+                     "seconds": time.perf_counter() - began, "samples_per_second": rate,
+                     "trained_parameters": sum(p.numel() for p in params), "skipped_short_samples": plan.skipped}
+            save_checkpoint(checkpoint_dir(out, done), parts, config, state, optimizer, ema)
     bar.close()
     store.close()
     model.set_motion(False)
     seconds = time.perf_counter() - began
-    if checkpoint is None:  # nothing left to do: the run had already reached its last step
-        checkpoint = latest_checkpoint(out)
-    return TrainResult(Path(checkpoint), config.steps - start, seconds, seen / max(seconds, 1e-9), loss_value,
-                       sum(p.numel() for p in params))
+    if world.size > 1:
+        torch.distributed.barrier()  # rank 0 has written the last checkpoint when every rank returns
+    return TrainResult(checkpoint_dir(out, config.steps), config.steps - start, seconds,
+                       seen / max(seconds, 1e-9), loss_value, sum(p.numel() for p in params))
 
 
 def _encode_picks(parts: Components, batch: Batch, store: ClipStore, generator: torch.Generator,
