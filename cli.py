@@ -396,17 +396,10 @@ def train(
                   f"{result.trained_parameters:,} trained parameters -> {result.checkpoint}", highlight=False)
 
 
-class TaskChoice(str, Enum):
-    generate = "generate"
-    decompose = "decompose"
-    fg2bg = "fg2bg"
-    bg2fg = "bg2fg"
-
-
 @app.command()
 def sample(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder, or a run folder (its last checkpoint).")],
-    task: Annotated[TaskChoice, typer.Option(help="What to make.")],
+    task: Annotated[str, typer.Option(help="What to make: generate | decompose | fg2bg | bg2fg.")],
     out: Annotated[Path, typer.Option(help="Folder for the layers and the preview.")],
     prompts: Annotated[str, typer.Option(
         help="`foreground; background; blended` (decompose reads the first two).")] = "",
@@ -434,8 +427,8 @@ def sample(
     from layerflow_model.sample import SampleSettings, sample_to_folder
 
     settings = SampleSettings(steps=steps, cfg=cfg, sampler=sampler, seed=seed)
-    written = sample_to_folder(checkpoint, task.value, prompts, out, input, settings, device=device, fps=fps)
-    console.print(f"{task.value}: wrote {_joined({k: Path(v).name for k, v in written.items()})} in {out}",
+    written = sample_to_folder(checkpoint, task, prompts, out, input, settings, device=device, fps=fps)
+    console.print(f"{task}: wrote {_joined({k: Path(v).name for k, v in written.items()})} in {out}",
                   highlight=False)
 
 

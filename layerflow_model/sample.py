@@ -127,6 +127,8 @@ def sample_to_folder(checkpoint: Path, task: Task, prompts: str | list[str], out
     """Load a checkpoint, run one task and write its layers (see `outputs.write_layers`)."""
     from layerflow_model.train import resolve_device
 
+    if task not in {t.value for t in Task}:
+        raise ConfigError(f"--task: {task!r} is not one of {', '.join(t.value for t in Task)}")
     task = Task(task)
     parts, state = load_checkpoint(checkpoint, resolve_device(device))
     config = parts.config
