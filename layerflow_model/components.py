@@ -8,7 +8,6 @@ toy's tiny T5, which has no folder to come from), `ema.safetensors` (optional), 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,7 +185,3 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu", use_em
     state["path"] = str(checkpoint)
     return parts.to(device), state
 
-
-def checkpoint_step(path: Path) -> int:
-    match = re.search(rf"{CHECKPOINT_PREFIX}(\d+)$", Path(path).name)
-    return int(match.group(1)) if match else -1

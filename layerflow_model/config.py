@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
@@ -219,7 +218,3 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         return cls(**data)
 
-
-def write_config(path: Path, model: ModelConfig, train: TrainConfig | None = None) -> None:
-    data = {"model": model.to_dict(), "train": train.to_dict() if train else None}
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

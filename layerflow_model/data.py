@@ -68,14 +68,13 @@ def read_rows(uri: str, split: str | None = "train") -> list[Row]:
 
 def fit(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     """(T, H, W[, C]) -> (T, height, width[, C]): area resize to cover, then centre crop (as the build does)."""
-    t, h, w = frames.shape[:3]
+    h, w = frames.shape[1:3]
     scale = max(height / h, width / w)
     size = (max(width, round(w * scale)), max(height, round(h * scale)))
     if size != (w, h):
         frames = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
-    resized = frames
-    top, left = (resized.shape[1] - height) // 2, (resized.shape[2] - width) // 2
-    return resized[:, top:top + height, left:left + width]
+    top, left = (frames.shape[1] - height) // 2, (frames.shape[2] - width) // 2
+    return frames[:, top:top + height, left:left + width]
 
 
 class ClipStore:
