@@ -94,7 +94,7 @@ def build(
     Example: `layerflow-data build --source ./clips --out ./ds --clip openclip:ViT-B-32:laion2b_s34b_b79k`
     """
     from datagen.build import build as run_build
-    from datagen.build import resolve_clip
+    from datagen.build import make_runner, resolve_clip
     from datagen.config import BuildConfig, parse_size
     from filters.policy import Policy
 
@@ -110,7 +110,7 @@ def build(
         console.print(f"[yellow]no CLIP scores[/yellow]: {clip_choice.unavailable}", highlight=False)
     if source == DEMO_SOURCE:
         source = str(_demo_source(out))
-    runner = _runner(no_ray, ray_address, num_cpus)
+    runner = make_runner(no_ray, ray_address, num_cpus)
     try:
         summary = run_build(source, out, config, runner, backgrounds=backgrounds, overwrite=overwrite,
                             keep_work=keep_work, concurrency=concurrency, policy=chosen_policy, clip=clip_choice)
@@ -138,16 +138,6 @@ def _check_backends(config) -> None:
 
     load_matting(config.matting)
     load_captioner(config.captioner)
-
-
-def _runner(no_ray: bool, ray_address: str | None, num_cpus: int | None):
-    if no_ray:
-        from datagen.pipeline import LocalRunner
-
-        return LocalRunner()
-    from datagen.ray_runner import RayRunner
-
-    return RayRunner(address=ray_address, num_cpus=num_cpus)
 
 
 def _joined(counts: dict) -> str:

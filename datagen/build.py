@@ -88,6 +88,18 @@ def resolve_clip(setting: str) -> ClipChoice:
     return ClipChoice(spec=str(spec), arch=spec.arch, weights=str(weights), tag=spec.tag)
 
 
+def make_runner(no_ray: bool = False, ray_address: str | None = None, num_cpus: int | None = None) -> Runner:
+    """The plain-Python runner, or Ray Data (local, or the cluster at `ray_address`); Ray is imported only here,
+    lazily, through `datagen.ray_runner`."""
+    if no_ray:
+        from datagen.pipeline import LocalRunner
+
+        return LocalRunner()
+    from datagen.ray_runner import RayRunner
+
+    return RayRunner(address=ray_address, num_cpus=num_cpus)
+
+
 def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, backgrounds: str | None = None,
           overwrite: bool = False, keep_work: bool = False, concurrency: int = 2, policy: Policy | None = None,
           clip: ClipChoice | None = None) -> dict:

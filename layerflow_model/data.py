@@ -21,7 +21,7 @@ import torch
 
 from layerflow_model.config import ConfigError, ModelConfig, Stage
 from layerflow_model.layout import Task, pack, prompts_for
-from manifests.io import MANIFEST_DIR, DatasetError
+from manifests.io import MANIFEST_DIR, DatasetError, resolve_media
 from manifests.layers import CAPTIONED_LAYERS, Layer, SampleKind
 from manifests.schema import SAMPLE_SCHEMA, caption_column, uri_column
 
@@ -108,12 +108,9 @@ class ClipStore:
         return out
 
     def _media(self, uri: str) -> Path:
-        pure = PurePosixPath(uri)
-        if pure.is_absolute() or ".." in pure.parts or not uri:
-            raise DatasetError(f"media path {uri!r} is not a relative path inside the dataset")
         if self.local:
-            return Path(self.root, *pure.parts)
-        target = self._download / Path(*pure.parts)
+            return resolve_media(Path(self.root), uri)
+        target = resolve_media(self._download, uri)  # the same refusal of unsafe paths
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             with self.fs.open_input_stream(f"{self.root}/{uri}") as src, open(target, "wb") as dst:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from filters.recomposition import psnr
+from filters.recomposition import psnr, recomposition_psnr
 from layerflow_model.components import Components, build, load_checkpoint
 from layerflow_model.config import ConfigError
 from layerflow_model.data import ClipStore, crop, read_rows
@@ -65,9 +65,9 @@ def decomposition_metrics(truth: dict[Layer, np.ndarray], predicted: dict[Layer,
 
 
 def recomposition_consistency(layers: dict[Layer, np.ndarray]) -> float:
-    a = layers[Layer.ALPHA][..., None]
-    recomposed = a * layers[Layer.FOREGROUND] + (1.0 - a) * layers[Layer.BACKGROUND]
-    return psnr(_u8(layers[Layer.BLENDED]), _u8(recomposed))
+    """PSNR of the blended layer against alpha * fg + (1 - alpha) * bg, on the 0..255 scale."""
+    return recomposition_psnr(*(_u8(layers[layer]) for layer in (Layer.FOREGROUND, Layer.ALPHA, Layer.BACKGROUND,
+                                                                    Layer.BLENDED)))
 
 
 def trivial_decomposition(blended: np.ndarray) -> dict[Layer, np.ndarray]:

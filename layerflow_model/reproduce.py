@@ -50,7 +50,7 @@ class ReproduceConfig:
 
 def reproduce(config: ReproduceConfig, progress: bool = True, log=print) -> dict:
     """Run every step under `config.out`; returns (and writes to OUT/reproduce.json) what each step produced."""
-    from datagen.build import build, resolve_clip
+    from datagen.build import build, make_runner, resolve_clip
     from datagen.config import BuildConfig
     from datagen.demo import make_demo_source
     from filters.apply import apply_policy
@@ -78,7 +78,7 @@ def reproduce(config: ReproduceConfig, progress: bool = True, log=print) -> dict
     dataset = out / "dataset"
     build_config = BuildConfig(size=(BUILD_SIZE, BUILD_SIZE), seed=BUILD_SEED, val_fraction=VAL_FRACTION,
                                backgrounds_per_foreground=BACKGROUNDS_PER_FOREGROUND)
-    runner = _runner(config.no_ray)
+    runner = make_runner(config.no_ray)
     try:
         summary = build(str(source), dataset, build_config, runner, clip=resolve_clip(build_config.clip))
     finally:
@@ -131,16 +131,6 @@ def reproduce(config: ReproduceConfig, progress: bool = True, log=print) -> dict
     (out / "reproduce.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     (out / "eval" / "table.txt").write_text(result.table() + "\n")
     return record
-
-
-def _runner(no_ray: bool):
-    if no_ray:
-        from datagen.pipeline import LocalRunner
-
-        return LocalRunner()
-    from datagen.ray_runner import RayRunner
-
-    return RayRunner()
 
 
 def _sample_all(checkpoint: Path, dataset: Path, out: Path, settings) -> dict[str, dict[str, str]]:
