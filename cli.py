@@ -453,23 +453,24 @@ def eval_(
 @app.command()
 def reproduce(
     out: Annotated[Path, typer.Option(help="Empty folder for everything: source, dataset, runs, samples, eval.")],
-    base_steps: Annotated[int, typer.Option(help="Steps of the base stage.")] = 1000,
-    motion_steps: Annotated[int, typer.Option(help="Steps of the motion LoRA stage.")] = 150,
-    content_steps: Annotated[int, typer.Option(help="Steps of the content LoRA stage.")] = 250,
+    base_steps: Annotated[int | None, typer.Option(help="Steps of the base stage (default: 3000).")] = None,
+    motion_steps: Annotated[int | None, typer.Option(help="Steps of the motion LoRA stage (default: 150).")] = None,
+    content_steps: Annotated[int | None, typer.Option(help="Steps of the content LoRA stage (default: 250).")] = None,
     seed: Annotated[int, typer.Option(help="Training and sampling seed.")] = 0,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Build without Ray.")] = False,
 ) -> None:
     """The whole system on its embedded defaults: demo source -> build -> filter -> train base, motion, content
-    -> sample all four tasks -> eval -> report. About 16 minutes on 2 CPU cores, no network.
+    -> sample all four tasks -> eval -> report. About 20 minutes on 2 CPU cores, no network.
 
     Example: `layerflow-data reproduce --out ./repro`
     """
     from layerflow_model.reproduce import ReproduceConfig
     from layerflow_model.reproduce import reproduce as run
 
-    record = run(ReproduceConfig(out=str(out), base_steps=base_steps, motion_steps=motion_steps,
-                                 content_steps=content_steps, seed=seed, no_ray=no_ray),
-                 log=lambda line: console.print(line, highlight=False))
+    steps = {"base_steps": base_steps, "motion_steps": motion_steps, "content_steps": content_steps}
+    config = ReproduceConfig(out=str(out), seed=seed, no_ray=no_ray,
+                             **{name: value for name, value in steps.items() if value is not None})
+    record = run(config, log=lambda line: console.print(line, highlight=False))
     console.print(f"done in {record['seconds']['total']:.0f} s: {out}/reproduce.json, {out}/eval/table.txt, "
                   f"{out}/samples/, {record['report']}", highlight=False)
 
