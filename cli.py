@@ -460,7 +460,7 @@ def reproduce(
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Build without Ray.")] = False,
 ) -> None:
     """The whole system on its embedded defaults: demo source -> build -> filter -> train base, motion, content
-    -> sample all four tasks -> eval -> report. About 20 minutes on 2 CPU cores, no network.
+    -> sample all four tasks -> eval -> report. About 17 minutes on 2 CPU cores (measured), no network.
 
     Example: `layerflow-data reproduce --out ./repro`
     """
