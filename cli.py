@@ -63,7 +63,8 @@ def build(
     frames: Annotated[int, typer.Option(help="Frames per layer clip.")] = 16,
     fps: Annotated[float, typer.Option(help="Frame rate the frames are sampled at.")] = 8.0,
     size: Annotated[str, typer.Option(help="HEIGHTxWIDTH (or one number), resize + centre-crop.")] = "256x256",
-    matting: Annotated[str, typer.Option(help="auto | given | bgsub | chroma")] = "auto",
+    matting: Annotated[str, typer.Option(
+        help="auto | given | bgsub | chroma[:green|:blue] | rembg:MODEL_OR_ONNX | tflite:PATH")] = "auto",
     captioner: Annotated[str, typer.Option(help="sidecar | none")] = "sidecar",
     clip: Annotated[str, typer.Option(
         help="CLIP scores: `auto` (the default model if its weights are on this machine, else null scores), "
@@ -78,6 +79,8 @@ def build(
     max_megapixels: Annotated[float, typer.Option(help="Refuse images larger than this.")] = 50.0,
     ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster (default: a local Ray).")] = None,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
+    device: Annotated[str, typer.Option(
+        help="Device of the learned backends: auto (a GPU if visible), cpu, or cuda (a GPU or an error).")] = "auto",
     concurrency: Annotated[int, typer.Option(help="Copies of each CPU stage that run at once.")] = 2,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run the stages in this process, without Ray.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a dataset already at --out.")] = False,
@@ -101,9 +104,9 @@ def build(
     config = BuildConfig(
         frames=frames, fps=fps, size=parse_size(size), matting=matting, captioner=captioner, seed=seed,
         backgrounds_per_foreground=backgrounds_per_foreground, val_fraction=val_fraction, crf=crf,
-        frame_folder_fps=frame_folder_fps, max_pixels=int(max_megapixels * 1e6), clip=clip,
+        frame_folder_fps=frame_folder_fps, max_pixels=int(max_megapixels * 1e6), clip=clip, device=device,
     )
-    _check_backends(config)
+    _check_backends(config, on_cluster=bool(ray_address or os.environ.get("RAY_ADDRESS")))
     chosen_policy = Policy.load(policy)
     clip_choice = resolve_clip(config.clip)
     if clip_choice.unavailable:
@@ -131,12 +134,18 @@ def _demo_source(out: Path) -> Path:
     return folder
 
 
-def _check_backends(config) -> None:
-    """Refuse unknown backends before any work starts."""
+def _check_backends(config, on_cluster: bool = False) -> None:
+    """Refuse unknown backends, and a GPU request this machine cannot serve, before any work starts (on a cluster
+    the GPUs are the workers', which `doctor --ray-address` checks)."""
     from datagen.captioning import load_captioner
+    from datagen.device import resolve_device
     from datagen.matting import load_matting
 
-    load_matting(config.matting)
+    # On a cluster the spec is checked here on the CPU; the workers check the device when they load it.
+    device = config.device if not on_cluster else "cpu"
+    if not on_cluster:
+        resolve_device(config.device)
+    load_matting(config.matting, device)
     load_captioner(config.captioner)
 
 
@@ -288,11 +297,43 @@ def preview(
     console.print(f"wrote {sheet} and {moving}")
 
 
+@app.command()
+def doctor(
+    matting: Annotated[str, typer.Option(help="The matting backend the build will use.")] = "auto",
+    captioner: Annotated[str, typer.Option(help="The captioner the build will use.")] = "sidecar",
+    clip: Annotated[str, typer.Option(help="auto | none | openclip:ARCH:TAG_OR_FILE")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda, as for build.")] = "auto",
+    ray_address: Annotated[str | None, typer.Option(help="Check this Ray cluster's resources.")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs the local Ray would get (default: all).")] = None,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="The build will run without Ray.")] = False,
+) -> None:
+    """Preflight: codecs (H.264 both ways, VP9 with alpha), torch and onnxruntime devices, the requested backends and
+    which learned backends have weights here, and Ray resources against what the stages request. One line per
+    check; a failed one says what to do. Exits 1 if the requested build cannot run.
+
+    Example: `layerflow-data doctor`
+
+    Example: `layerflow-data doctor --matting rembg:u2net --device cuda --ray-address ray://head:10001`
+    """
+    from datagen.config import BuildConfig
+    from datagen.doctor import Request, can_run, diagnose
+
+    config = BuildConfig(matting=matting, captioner=captioner, clip=clip, device=device)
+    checks = diagnose(Request(config, ray_address, num_cpus, no_ray))
+    for check in checks:
+        console.print(check.line(), highlight=False, soft_wrap=True)
+    if not can_run(checks):
+        console.print("[red]the requested build cannot run here[/red] (see the FAIL lines)")
+        raise typer.Exit(1)
+    console.print("[green]the requested build can run here[/green]")
+
+
 @app.command("eval-matting")
 def eval_matting(
     videos: Annotated[str, typer.Option(help="Folder (or glob) of videos / frame folders.")],
     masks: Annotated[Path, typer.Option(help="Ground truth: MASKS/<video name>/<frame>.png (DAVIS layout).")],
-    matting: Annotated[str, typer.Option(help="Backend to score: bgsub | chroma | given | auto")] = "bgsub",
+    matting: Annotated[str, typer.Option(
+        help="Backend to score: bgsub | chroma | given | auto | rembg:MODEL_OR_ONNX | tflite:PATH")] = "bgsub",
     frames: Annotated[int, typer.Option(help="Frames per clip, as in `build`.")] = 16,
     fps: Annotated[float, typer.Option(help="Sampling rate, as in `build`.")] = 8.0,
     size: Annotated[str, typer.Option(help="HEIGHTxWIDTH, as in `build`.")] = "256x256",

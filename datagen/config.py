@@ -27,6 +27,8 @@ def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
 
 
 SCORING_FIELDS = ("clip",)  # fields that change scores only, so they stay out of the fingerprint
+RUNTIME_FIELDS = ("device",)  # where the work runs, not what it makes: also out of the fingerprint
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class BuildConfig:
     # auto: the default open_clip model if its weights are already on this machine, else CLIP scores are null;
     # none: no CLIP scores; openclip:<arch>:<pretrained tag or weights file>: that model (downloaded if needed).
     clip: str = "auto"
+    # Runtime only: the device learned backends run on. auto: a GPU if one is visible, else the CPU; cuda: a GPU
+    # or a start-up error (never a silent CPU run).
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         h, w = self.size
@@ -67,6 +72,8 @@ class BuildConfig:
             raise ConfigError(f"scale_range: need 0.05 <= low <= high <= 1, got {self.scale_range}")
         if not 0 <= self.crf <= 51:
             raise ConfigError(f"crf: must be in 0..51, got {self.crf}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device: one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.clip not in ("auto", "none") and not (self.clip.startswith("openclip:") and self.clip.count(":") >= 2):
             raise ConfigError(f"clip: use auto, none or openclip:<arch>:<pretrained tag or file>, got {self.clip!r}")
 
@@ -75,5 +82,5 @@ class BuildConfig:
 
     def fingerprint(self) -> str:
         """A short hash of everything that changes the samples (goes into sample ids)."""
-        fields = {k: v for k, v in self.to_dict().items() if k not in SCORING_FIELDS}
+        fields = {k: v for k, v in self.to_dict().items() if k not in SCORING_FIELDS + RUNTIME_FIELDS}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]

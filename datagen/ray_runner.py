@@ -89,3 +89,15 @@ class RayRunner:
     def close(self) -> None:
         if self._owned and ray.is_initialized():
             ray.shutdown()
+
+
+def cluster_resources(address: str) -> dict[str, float]:
+    """The total resources of the Ray cluster at `address` (for `doctor`); leaves no connection behind."""
+    owned = not ray.is_initialized()
+    if owned:
+        ray.init(address=address, log_to_driver=False)
+    try:
+        return {name: float(value) for name, value in ray.cluster_resources().items()}
+    finally:
+        if owned:
+            ray.shutdown()

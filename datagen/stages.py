@@ -115,7 +115,7 @@ class MatteStage(RowStage):
     stage = Stage.MATTE
 
     def __init__(self, config: BuildConfig) -> None:
-        self.backend = load_matting(config.matting)
+        self.backend = load_matting(config.matting, config.device)
         self.given = load_matting("given")
 
     def process(self, row: dict) -> None:

@@ -22,7 +22,7 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("command", ["build", "demo-source", "inspect", "validate", "eval-matting", "filter", "report",
-                                     "preview"])
+                                     "preview", "doctor"])
 def test_every_command_has_help_with_an_example(command):
     result = runner.invoke(cli.app, [command, "--help"])
     assert result.exit_code == 0

@@ -229,7 +229,7 @@ def test_load_matting_lists_the_known_specs_for_an_unknown_one():
         load_matting("magic")
 
 
-@pytest.mark.parametrize("spec", ["rembg:u2net", "sam2:tiny", "tflite:selfie"])
+@pytest.mark.parametrize("spec", ["sam2:tiny"])
 def test_load_matting_says_learned_backends_are_not_available(spec):
     with pytest.raises(ConfigError, match=f"{spec}.*not available in this version"):
         load_matting(spec)

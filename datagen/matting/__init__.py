@@ -1,4 +1,5 @@
-"""Matting backends by spec (`auto`, `given`, `bgsub`, `chroma[:green|:blue]`), each loaded once per worker."""
+"""Matting backends by spec (`auto`, `given`, `bgsub`, `chroma[:green|:blue]`, `rembg:<model or .onnx>`,
+`tflite:<path>`), each loaded once per worker."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from datagen.matting.base import BackendInfo, Matte, MattingBackend
 from datagen.matting.bgsub import BackgroundSubtraction
 from datagen.matting.chroma import ChromaKey
 from datagen.matting.given import GivenAlpha
+from datagen.matting.rembg_backend import RembgMatting
+from datagen.matting.tflite import TfliteMatting
 
 __all__ = ["BACKENDS", "AutoMatting", "BackendInfo", "Matte", "MattingBackend", "known_specs", "load_matting"]
 
@@ -35,25 +38,31 @@ BACKENDS: dict[str, type] = {
     "given": GivenAlpha,
     "bgsub": BackgroundSubtraction,
     "chroma": ChromaKey,
+    "rembg": RembgMatting,
+    "tflite": TfliteMatting,
 }
-LATER_BACKENDS = ("rembg", "sam2", "tflite")  # learned backends that need model weights
+LATER_BACKENDS = ("sam2",)  # learned backends that need model weights
 
 
-def load_matting(spec: str) -> MattingBackend:
-    """The backend for `spec`; raises `ConfigError` naming the spec for unknown or unavailable backends."""
+def load_matting(spec: str, device: str = "auto") -> MattingBackend:
+    """The backend for `spec`; raises `ConfigError` naming the spec for unknown or unavailable backends.
+
+    `device` (auto | cpu | cuda, the build's `--device`) goes to backends that have a `device` field.
+    """
     name, has_option, option = spec.strip().partition(":")
     if name in LATER_BACKENDS:
         raise ConfigError(f"matting backend {spec!r} is not available in this version; known: {known_specs()}")
     backend_class = BACKENDS.get(name)
     if backend_class is None:
         raise ConfigError(f"unknown matting backend {spec!r}; known: {known_specs()}")
-    if not has_option:
-        return backend_class()
+    kwargs = {"device": device} if "device" in getattr(backend_class, "__dataclass_fields__", {}) else {}
     option_field = getattr(backend_class, "spec_option", None)
-    if option_field is None:
+    if has_option and option_field is None:
         raise ConfigError(f"matting spec {spec!r}: {name} takes no ':' option; known: {known_specs()}")
+    if has_option:
+        kwargs[option_field] = option
     try:
-        return backend_class(**{option_field: option})
+        return backend_class(**kwargs)
     except ConfigError as exc:
         raise ConfigError(f"matting spec {spec!r}: {exc}") from None
 

@@ -1,0 +1,20 @@
+"""The device a build's learned backends run on (`auto`, `cpu` or `cuda`), checked once at start-up."""
+
+from __future__ import annotations
+
+from datagen.errors import ConfigError
+
+
+def resolve_device(setting: str) -> str:
+    """`cpu` or `cuda`. Asking for `cuda` where torch sees no GPU is an error, never a silent CPU run."""
+    if setting == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if setting == "cuda":
+        build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(f"--device cuda: no CUDA GPU is visible here (torch {torch.__version__} is {build}); "
+                          "run on a machine with a GPU, or pass --device cpu")
+    return "cpu"

@@ -1,0 +1,236 @@
+"""`layerflow-data doctor`: can this machine run the build it is asked for? Each check says what it found, and
+a failed one says in one line what to do about it.
+
+Checks, in order: codecs (H.264 encode and decode through PyAV and decord, VP9 with alpha both ways), devices
+(torch, onnxruntime execution providers), the requested backends (matting, captioner, CLIP weights) and which
+learned backends have weights here, and the Ray resources against what the build's stages request.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datagen.config import BuildConfig
+from datagen.errors import one_line
+
+PROBE_FRAMES, PROBE_SIZE = 4, 32
+PIXEL_TOLERANCE = 12.0  # mean absolute error (0..255) a lossy H.264 round trip of the probe stays under
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding. `required` checks decide whether the requested build can run; the others inform."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+    def line(self) -> str:
+        status = "ok  " if self.ok else ("FAIL" if self.required else "warn")
+        text = f"{status}  {self.name:<22} {self.detail}"
+        return text + (f"  -> {self.fix}" if not self.ok and self.fix else "")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the user wants to run: the build's backends, where, and on what."""
+
+    config: BuildConfig  # its `device` is what the learned backends are asked to run on
+    ray_address: str | None = None
+    num_cpus: int | None = None
+    no_ray: bool = False
+
+
+def diagnose(request: Request) -> list[Check]:
+    with tempfile.TemporaryDirectory(prefix="layerflow-doctor-") as tmp:
+        checks = codec_checks(Path(tmp))
+    return checks + device_checks(request.config) + backend_checks(request.config) + ray_checks(request)
+
+
+def can_run(checks: list[Check]) -> bool:
+    return all(check.ok for check in checks if check.required)
+
+
+def _probe(name: str, run: Callable[[], str], fix: str, required: bool = True) -> Check:
+    """Run one probe; any exception is the finding (a doctor must not crash on what it diagnoses)."""
+    try:
+        return Check(name, True, run(), required=required)
+    except Exception as exc:  # the probe's job is to turn failures into findings
+        return Check(name, False, one_line(exc), fix, required)
+
+
+# Codecs -------------------------------------------------------------------------------------------------------
+
+
+def _probe_frames() -> np.ndarray:
+    """(T, H, W, 3) uint8: smooth colour ramps that move a little from frame to frame."""
+    yy, xx = np.mgrid[:PROBE_SIZE, :PROBE_SIZE].astype(np.float32)
+    frames = [np.stack([xx * 8 + 4 * t, yy * 8, (xx + yy) * 4 + 8 * t], axis=-1) for t in range(PROBE_FRAMES)]
+    return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
+
+
+def codec_checks(tmp: Path) -> list[Check]:
+    from datagen import video_io
+
+    frames = _probe_frames()
+    mp4, webm = tmp / "probe.mp4", tmp / "probe.webm"
+
+    def encode_h264() -> str:
+        video_io.write_rgb_video(mp4, frames, 8.0)
+        return f"PyAV {_version('av')} wrote {PROBE_FRAMES} frames with libx264"
+
+    def decode_h264() -> str:
+        import decord
+
+        decoded = decord.VideoReader(str(mp4), num_threads=1).get_batch(list(range(PROBE_FRAMES))).asnumpy()
+        error = float(np.abs(decoded.astype(np.float32) - frames).mean())
+        if decoded.shape != frames.shape or error > PIXEL_TOLERANCE:
+            raise ValueError(f"decord read {decoded.shape} frames {error:.1f} levels off the {frames.shape} written")
+        return f"decord {decord.__version__} read them back (mean error {error:.1f}/255)"
+
+    def vp9_alpha() -> str:
+        alpha = np.linspace(0, 255, PROBE_SIZE, dtype=np.float32)[None, None, :].repeat(PROBE_SIZE, 1)
+        rgba = np.concatenate([frames, np.broadcast_to(alpha, (PROBE_FRAMES, PROBE_SIZE, PROBE_SIZE))[..., None]
+                               .astype(np.uint8)], axis=-1)
+        video_io.write_rgba_video(webm, rgba, 8.0)
+        back = video_io.read_video(webm, "rgba")
+        error = float(np.abs(back[..., 3].astype(np.float32) - rgba[..., 3]).mean())
+        if back.shape != rgba.shape or error > 1.0:
+            raise ValueError(f"the alpha plane came back {error:.1f} levels off (the decoder dropped it?)")
+        return "libvpx-vp9 wrote and read back RGBA (lossless alpha)"
+
+    h264 = _probe("h264 encode", encode_h264, "install PyAV wheels with libx264 (pip install --force-reinstall av)")
+    checks = [h264]
+    if h264.ok:
+        checks.append(_probe("h264 decode (decord)", decode_h264,
+                             "pip install decord (builds fall back to PyAV, slower on long videos)", required=False))
+    checks.append(_probe("vp9 alpha (webm)", vp9_alpha,
+                         "PyAV's FFmpeg lacks libvpx: RGBA sources and `sample` WebM output will fail",
+                         required=False))
+    return checks
+
+
+def _version(module: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return "?"
+
+
+# Devices ------------------------------------------------------------------------------------------------------
+
+
+def device_checks(config: BuildConfig) -> list[Check]:
+    import torch
+
+    wants_gpu = config.device == "cuda"
+    onnx_backend = config.matting.split(":")[0].split("+")[0] == "rembg"  # the one that runs on onnxruntime
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        torch_check = Check("torch", True, f"torch {torch.__version__}, CUDA {torch.version.cuda}: {names}")
+    else:
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+        torch_check = Check("torch", not wants_gpu, f"torch {torch.__version__} ({build}), no CUDA device visible",
+                            "--device cuda was asked for: run on a machine with a GPU, or use --device cpu",
+                            required=wants_gpu)
+    try:
+        import onnxruntime
+
+        providers = onnxruntime.get_available_providers()
+        has_cuda = "CUDAExecutionProvider" in providers
+        onnx_check = Check("onnxruntime", has_cuda or not wants_gpu,
+                           f"onnxruntime {onnxruntime.__version__}: {', '.join(providers)}",
+                           "pip install onnxruntime-gpu (matching your CUDA), else rembg runs on --device cpu only",
+                           required=wants_gpu and onnx_backend)
+    except ImportError as exc:
+        onnx_check = Check("onnxruntime", False, one_line(exc), "pip install onnxruntime", required=False)
+    return [torch_check, onnx_check]
+
+
+# Backends -----------------------------------------------------------------------------------------------------
+
+
+def backend_checks(config: BuildConfig) -> list[Check]:
+    from datagen.build import resolve_clip
+    from datagen.captioning import load_captioner
+    from datagen.matting import load_matting
+
+    def matting() -> str:
+        backend = load_matting(config.matting)
+        return f"{config.matting} loads ({type(backend).__name__})"
+
+    def captioner() -> str:
+        load_captioner(config.captioner)
+        return f"{config.captioner} loads"
+
+    checks = [
+        _probe("matting", matting, "pick a backend listed in `layerflow-data build --help` or fix its weights path"),
+        _probe("captioner", captioner, "pick a captioner listed in `layerflow-data build --help`"),
+    ]
+    clip = resolve_clip(config.clip)
+    checks.append(Check("clip scores", clip.unavailable is None,
+                        f"{clip.spec}: {clip.weights}" if clip.unavailable is None else clip.unavailable,
+                        required=False))
+    checks.append(Check("local weights", True, _weights_inventory(), required=False))
+    return checks
+
+
+def _weights_inventory() -> str:
+    """Which learned backends could run here without a download (informational)."""
+    # rembg's folders: <home>/models/<name>/ (home: U2NET_HOME, else REMBG_HOME or ~/.rembg) and the flat legacy one.
+    homes = {Path(os.environ.get("U2NET_HOME", "~/.u2net")).expanduser(),
+             Path(os.environ.get("U2NET_HOME") or os.environ.get("REMBG_HOME", "~/.rembg")).expanduser()}
+    rembg = sorted({p.stem for home in homes for pattern in ("*.onnx", "models/*/*.onnx") for p in home.glob(pattern)})
+    parts = [f"rembg models in {', '.join(sorted(map(str, homes)))}: {', '.join(rembg) or 'none'}"]
+    try:
+        import ai_edge_litert  # noqa: F401  (only whether the runtime is installed)
+
+        parts.append("tflite runtime: installed")
+    except ImportError:
+        parts.append("tflite runtime: not installed")
+    return "; ".join(parts)
+
+
+# Ray ----------------------------------------------------------------------------------------------------------
+
+
+def ray_checks(request: Request) -> list[Check]:
+    """The build's stages ask for 1 CPU each (and a GPU each for learned stages on --device cuda)."""
+    wants_gpus = 1 if request.config.device == "cuda" else 0
+    if request.no_ray:
+        return [Check("ray", True, "--no-ray: the stages run in this process", required=False)]
+    address = request.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        try:
+            from datagen.ray_runner import cluster_resources
+
+            resources = cluster_resources(address)
+        except Exception as exc:  # an unreachable cluster is the finding
+            return [Check("ray cluster", False, f"cannot join {address}: {one_line(exc)}",
+                          "start the cluster (`ray start --head`) or fix --ray-address / RAY_ADDRESS")]
+        where = f"cluster at {address}"
+        more_gpus = "add GPU nodes to the cluster"
+    else:
+        import torch
+
+        cpus = request.num_cpus or os.cpu_count() or 1
+        resources = {"CPU": float(cpus), "GPU": float(torch.cuda.device_count())}
+        where = "local Ray (started by the build)"
+        more_gpus = "run on a machine with a GPU"
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    checks = [Check("ray cpus", cpus >= 1, f"{where}: {cpus:g} CPU(s); every stage asks for 1",
+                    "give Ray at least one CPU (--num-cpus)")]
+    if wants_gpus:
+        checks.append(Check("ray gpus", gpus >= wants_gpus, f"{where}: {gpus:g} GPU(s); --device cuda asks for "
+                            f"{wants_gpus} per learned stage", f"{more_gpus}, or use --device cpu"))
+    return checks
