@@ -203,6 +203,23 @@ def _weights_inventory() -> str:
 
 # Ray ----------------------------------------------------------------------------------------------------------
 
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _unreachable(address: str) -> str | None:
+    """Why nothing listens at a `[ray://]host:port` address, or None. A TCP probe first, because Ray itself keeps
+    retrying an address where nothing listens for many minutes."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return None  # "auto" and other forms: let Ray resolve them
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            return None
+    except OSError as exc:
+        return f"nothing answers on {host}:{port} ({exc.strerror or exc})"
+
 
 def ray_checks(request: Request) -> list[Check]:
     """The build's stages ask for 1 CPU each (and a GPU each for learned stages on --device cuda)."""
@@ -211,6 +228,10 @@ def ray_checks(request: Request) -> list[Check]:
         return [Check("ray", True, "--no-ray: the stages run in this process", required=False)]
     address = request.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
+        unreachable = _unreachable(address)
+        if unreachable:
+            return [Check("ray cluster", False, f"cannot reach {address}: {unreachable}",
+                          "start the cluster (`ray start --head`) or fix --ray-address / RAY_ADDRESS")]
         try:
             from datagen.ray_runner import cluster_resources
 

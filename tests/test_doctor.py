@@ -83,3 +83,15 @@ def test_device_is_not_part_of_the_dataset_fingerprint():
     assert BuildConfig(device="cpu").fingerprint() == BuildConfig(device="cuda").fingerprint()
     with pytest.raises(ConfigError, match="device: one of auto, cpu, cuda"):
         BuildConfig(device="tpu")
+
+
+def test_an_unreachable_ray_cluster_is_a_failed_check_not_a_hang():
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on once this socket is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    checks = by_name(diagnose(Request(BuildConfig(clip="none"), ray_address=f"127.0.0.1:{port}")))
+    cluster = checks["ray cluster"]
+    assert not cluster.ok and cluster.required and f"127.0.0.1:{port}" in cluster.detail
+    assert not can_run(list(checks.values()))
