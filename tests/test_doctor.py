@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
+from test_cli import run_main
 
 import cli
 from datagen.config import BuildConfig
@@ -14,14 +13,6 @@ from datagen.doctor import Check, Request, can_run, diagnose
 from datagen.errors import ConfigError
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
-
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["layerflow-data", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out + captured.err
 
 
 def by_name(checks: list[Check]) -> dict[str, Check]:
