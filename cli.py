@@ -65,7 +65,9 @@ def build(
     size: Annotated[str, typer.Option(help="HEIGHTxWIDTH (or one number), resize + centre-crop.")] = "256x256",
     matting: Annotated[str, typer.Option(
         help="auto | given | bgsub | chroma[:green|:blue] | rembg:MODEL_OR_ONNX | tflite:PATH")] = "auto",
-    captioner: Annotated[str, typer.Option(help="sidecar | none")] = "sidecar",
+    captioner: Annotated[str, typer.Option(
+        help="sidecar | none | hf:MODEL_ID_OR_FOLDER (a transformers image-to-text model or chat VLM, on --device; "
+             "captions cached under $LAYERFLOW_CACHE_DIR or ~/.cache/layerflow-data)")] = "sidecar",
     clip: Annotated[str, typer.Option(
         help="CLIP scores: `auto` (the default model if its weights are on this machine, else null scores), "
              "`none`, or `openclip:ARCH:TAG_OR_FILE` (downloaded if needed).")] = "auto",
@@ -146,7 +148,7 @@ def _check_backends(config, on_cluster: bool = False) -> None:
     if not on_cluster:
         resolve_device(config.device)
     load_matting(config.matting, device)
-    load_captioner(config.captioner)
+    load_captioner(config.captioner, device)
 
 
 def _joined(counts: dict) -> str:
@@ -300,7 +302,8 @@ def preview(
 @app.command()
 def doctor(
     matting: Annotated[str, typer.Option(help="The matting backend the build will use.")] = "auto",
-    captioner: Annotated[str, typer.Option(help="The captioner the build will use.")] = "sidecar",
+    captioner: Annotated[str, typer.Option(
+        help="The captioner the build will use: sidecar | none | hf:MODEL_ID_OR_FOLDER.")] = "sidecar",
     clip: Annotated[str, typer.Option(help="auto | none | openclip:ARCH:TAG_OR_FILE")] = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda, as for build.")] = "auto",
     ray_address: Annotated[str | None, typer.Option(help="Check this Ray cluster's resources.")] = None,

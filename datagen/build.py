@@ -56,7 +56,7 @@ def input_stages(config: BuildConfig, work_dir: Path, concurrency: int) -> list[
 def sample_stages(config: BuildConfig, out: Path, concurrency: int, clip: ClipChoice) -> list[StageSpec]:
     return [
         StageSpec(ComposeStage, {"config": config, "out_dir": str(out)}, concurrency),
-        StageSpec(CaptionStage, {"config": config}, 1),
+        StageSpec(CaptionStage, {"config": config, "out_dir": str(out)}, 1),
         StageSpec(ScoreStage, {"config": config, "out_dir": str(out)}, concurrency),
         StageSpec(ClipStage, {"out_dir": str(out), "clip_arch": clip.arch, "clip_weights": clip.weights,
                               "clip_tag": clip.tag, "unavailable": clip.unavailable}, concurrency),
@@ -293,6 +293,7 @@ def make_summary(source: str, backgrounds: str | None, out: Path, config: BuildC
             "matting": {"requested": config.matting, "used": dict(matting_used),
                         "models": [{"backend": b, "model_id": m, "weights_sha256": w} for b, m, w in models]},
             "captioner": config.captioner,
+            "captioner_used": dict(Counter(s["captioner"] for s in samples)),
         },
         "seconds": {k: round(v, 3) for k, v in sorted(seconds.items())},
     }

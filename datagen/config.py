@@ -39,7 +39,7 @@ class BuildConfig:
     fps: float = 8.0  # frames are sampled from the source at this rate
     size: tuple[int, int] = (256, 256)  # (height, width): resize, then centre-crop
     matting: str = "auto"  # auto | given | bgsub | chroma
-    captioner: str = "sidecar"  # sidecar | none
+    captioner: str = "sidecar"  # sidecar | none | hf:<model id or local folder>
     seed: int = 0
     backgrounds_per_foreground: int = 2  # copy-paste samples made from each foreground clip
     val_fraction: float = 0.1  # share of foreground inputs whose samples go to the `val` split

@@ -170,7 +170,7 @@ def backend_checks(config: BuildConfig) -> list[Check]:
         return f"{config.matting} loads ({type(backend).__name__})"
 
     def captioner() -> str:
-        load_captioner(config.captioner)
+        load_captioner(config.captioner, config.device)
         return f"{config.captioner} loads"
 
     checks = [

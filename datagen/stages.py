@@ -177,15 +177,18 @@ class ComposeStage(RowStage):
 
 
 class CaptionStage(RowStage):
-    """Per-layer captions from the configured captioner."""
+    """Per-layer captions from the configured captioner; a learned one sees the layers as written."""
 
     stage = Stage.CAPTION
 
-    def __init__(self, config: BuildConfig) -> None:
-        self.captioner = load_captioner(config.captioner)
+    def __init__(self, config: BuildConfig, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.captioner = load_captioner(config.captioner, config.device)
 
     def process(self, row: dict) -> None:
-        captions = self.captioner(row)
+        # Decoding the four layer files back costs time: only captioners that look at pixels get them.
+        layers = read_layers(self.out_dir, row["sample_id"]) if self.captioner.needs_pixels else None
+        captions = self.captioner(row, layers)
         row["captioner"] = self.captioner.name
         for layer, caption in captions.items():
             row[caption_column(layer)] = caption
