@@ -64,7 +64,8 @@ def build(
     fps: Annotated[float, typer.Option(help="Frame rate the frames are sampled at.")] = 8.0,
     size: Annotated[str, typer.Option(help="HEIGHTxWIDTH (or one number), resize + centre-crop.")] = "256x256",
     matting: Annotated[str, typer.Option(
-        help="auto | given | bgsub | chroma[:green|:blue] | rembg:MODEL_OR_ONNX | tflite:PATH")] = "auto",
+        help="auto | given | bgsub | chroma[:green|:blue] | rembg:MODEL_OR_ONNX | tflite:PATH | "
+             "sam2:CONFIG[:CKPT] | rembg:MODEL+sam2:CONFIG")] = "auto",
     captioner: Annotated[str, typer.Option(
         help="sidecar | none | hf:MODEL_ID_OR_FOLDER (a transformers image-to-text model or chat VLM, on --device; "
              "captions cached under $LAYERFLOW_CACHE_DIR or ~/.cache/layerflow-data)")] = "sidecar",
@@ -336,7 +337,8 @@ def eval_matting(
     videos: Annotated[str, typer.Option(help="Folder (or glob) of videos / frame folders.")],
     masks: Annotated[Path, typer.Option(help="Ground truth: MASKS/<video name>/<frame>.png (DAVIS layout).")],
     matting: Annotated[str, typer.Option(
-        help="Backend to score: bgsub | chroma | given | auto | rembg:MODEL_OR_ONNX | tflite:PATH")] = "bgsub",
+        help="Backend to score: bgsub | chroma | given | auto | rembg:MODEL_OR_ONNX | tflite:PATH | "
+             "sam2:CONFIG[:CKPT] | rembg:MODEL+sam2:CONFIG")] = "bgsub",
     frames: Annotated[int, typer.Option(help="Frames per clip, as in `build`.")] = 16,
     fps: Annotated[float, typer.Option(help="Sampling rate, as in `build`.")] = 8.0,
     size: Annotated[str, typer.Option(help="HEIGHTxWIDTH, as in `build`.")] = "256x256",

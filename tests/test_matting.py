@@ -229,10 +229,9 @@ def test_load_matting_lists_the_known_specs_for_an_unknown_one():
         load_matting("magic")
 
 
-@pytest.mark.parametrize("spec", ["sam2:tiny"])
-def test_load_matting_says_learned_backends_are_not_available(spec):
-    with pytest.raises(ConfigError, match=f"{spec}.*not available in this version"):
-        load_matting(spec)
+def test_load_matting_names_the_sam2_configs_for_an_unknown_one():
+    with pytest.raises(ConfigError, match="'sam2:tiny'.*unknown sam2 config 'tiny'.*sam2.1_hiera_t"):
+        load_matting("sam2:tiny")
 
 
 # --- guided filter and soft edge --------------------------------------------------------------------

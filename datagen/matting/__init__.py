@@ -1,5 +1,6 @@
 """Matting backends by spec (`auto`, `given`, `bgsub`, `chroma[:green|:blue]`, `rembg:<model or .onnx>`,
-`tflite:<path>`), each loaded once per worker."""
+`tflite:<path>`, `sam2:<config>[:<checkpoint>]`, and `<spec>+sam2...`: the first prompts SAM 2), each loaded once
+per worker."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from datagen.matting.bgsub import BackgroundSubtraction
 from datagen.matting.chroma import ChromaKey
 from datagen.matting.given import GivenAlpha
 from datagen.matting.rembg_backend import RembgMatting
+from datagen.matting.sam2_backend import Sam2Matting
 from datagen.matting.tflite import TfliteMatting
 
 __all__ = ["BACKENDS", "AutoMatting", "BackendInfo", "Matte", "MattingBackend", "known_specs", "load_matting"]
@@ -32,7 +34,7 @@ class AutoMatting:
 
 
 # Spec name -> backend class. A class that takes an option (`chroma:green`) names the field it sets in
-# `spec_option` and the values it accepts in `spec_values`. Learned backends register here when they land.
+# `spec_option` and the values it accepts in `spec_values`; one with a `prompter` field can follow a '+'.
 BACKENDS: dict[str, type] = {
     "auto": AutoMatting,
     "given": GivenAlpha,
@@ -40,22 +42,32 @@ BACKENDS: dict[str, type] = {
     "chroma": ChromaKey,
     "rembg": RembgMatting,
     "tflite": TfliteMatting,
+    "sam2": Sam2Matting,
 }
-LATER_BACKENDS = ("sam2",)  # learned backends that need model weights
 
 
 def load_matting(spec: str, device: str = "auto") -> MattingBackend:
     """The backend for `spec`; raises `ConfigError` naming the spec for unknown or unavailable backends.
 
     `device` (auto | cpu | cuda, the build's `--device`) goes to backends that have a `device` field.
+    `<first>+<second>` builds both; the first (`rembg`, `rembg:isnet-general-use`, ...) becomes the prompter of the
+    second (`sam2`, `sam2:<config>[:<checkpoint>]`), e.g. `rembg+sam2` = `rembg:u2net+sam2:sam2.1_hiera_t`.
     """
+    first, combined, second = spec.strip().partition("+")
+    if not combined:
+        return _load_one(first, device)
+    if "+" in second or "prompter" not in _fields(BACKENDS.get(second.partition(":")[0])):
+        raise ConfigError(f"matting spec {spec!r}: only `<spec>+sam2[:<config>[:<checkpoint>]]` combines backends "
+                          "(the first one's mask of frame 0 prompts SAM 2)")
+    return _load_one(second, device, prompter=_load_one(first, device))
+
+
+def _load_one(spec: str, device: str, **extra: object) -> MattingBackend:
     name, has_option, option = spec.strip().partition(":")
-    if name in LATER_BACKENDS:
-        raise ConfigError(f"matting backend {spec!r} is not available in this version; known: {known_specs()}")
     backend_class = BACKENDS.get(name)
     if backend_class is None:
         raise ConfigError(f"unknown matting backend {spec!r}; known: {known_specs()}")
-    kwargs = {"device": device} if "device" in getattr(backend_class, "__dataclass_fields__", {}) else {}
+    kwargs = {"device": device, **extra} if "device" in _fields(backend_class) else extra
     option_field = getattr(backend_class, "spec_option", None)
     if has_option and option_field is None:
         raise ConfigError(f"matting spec {spec!r}: {name} takes no ':' option; known: {known_specs()}")
@@ -67,10 +79,16 @@ def load_matting(spec: str, device: str = "auto") -> MattingBackend:
         raise ConfigError(f"matting spec {spec!r}: {exc}") from None
 
 
+def _fields(backend_class: type | None) -> dict:
+    return getattr(backend_class, "__dataclass_fields__", {})
+
+
 def known_specs() -> str:
     """The specs `load_matting` accepts, for error messages and help text."""
     specs = []
     for name, backend_class in BACKENDS.items():
         specs.append(name)
         specs.extend(f"{name}:{value}" for value in getattr(backend_class, "spec_values", ()))
+        if "prompter" in _fields(backend_class):
+            specs.append(f"<spec>+{name}")
     return ", ".join(specs)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -34,3 +36,12 @@ class MattingBackend(Protocol):
     name: str
 
     def __call__(self, clip: Clip) -> Matte: ...
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a weights file, read in 1 MiB blocks (what `BackendInfo.weights_sha256` records)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

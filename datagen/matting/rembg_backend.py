@@ -3,7 +3,6 @@ batched over a clip's frames, with the device chosen explicitly and weights take
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from PIL import Image
 
 from datagen.clip import Clip
 from datagen.errors import ConfigError
-from datagen.matting.base import BackendInfo, Matte
+from datagen.matting.base import BackendInfo, Matte, file_sha256
 from datagen.matting.refine import soft_edge
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ class RembgMatting:
         self.session, device = self._open_session(path)
         self._check_signature()
         self.info = BackendInfo(name=f"{self.name}:{model_id}", model_id=model_id,
-                                weights_sha256=_sha256(path), device=device)
+                                weights_sha256=file_sha256(path), device=device)
 
     def __call__(self, clip: Clip) -> Matte:
         height, width = clip.frames.shape[1:3]
@@ -214,10 +213,3 @@ class RembgMatting:
         self.dynamic_batch = not isinstance(shape[0], int)
         self.input_name, self.output_name = inputs[0].name, self.session.get_outputs()[0].name
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
