@@ -131,6 +131,11 @@ def test_real_model_is_deterministic() -> None:
 # --- start-up errors ------------------------------------------------------------------------------------
 
 
+def test_a_gpu_request_is_refused_not_ignored(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="tflite runs on the CPU only"):
+        load_matting(f"tflite:{tmp_path / 'model.tflite'}", device="cuda")
+
+
 def test_missing_model_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "model.tflite"
     with pytest.raises(ConfigError, match="does not exist") as caught:

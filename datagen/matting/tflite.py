@@ -35,6 +35,7 @@ class TfliteMatting:
 
     path: str = ""  # the .tflite flatbuffer
     num_threads: int = 2  # interpreter CPU threads; one interpreter per worker
+    device: str = "auto"  # the build's --device: ai-edge-litert runs on the CPU, so `cuda` is refused, not ignored
     # Gaussian weighting over time of the soft mask, sigma in seconds (so it means the same at any --fps); 0 = off.
     # A one-frame glitch of a per-frame network (a limb dropped, a patch of crowd taken for a person) is
     # outvoted by its neighbours. Nothing is motion-compensated, so fast motion smears when neighbours are far
@@ -54,6 +55,9 @@ class TfliteMatting:
 
         if not self.path:
             raise ConfigError("tflite needs a model file: tflite:<path to .tflite>")
+        if self.device == "cuda":
+            raise ConfigError("tflite runs on the CPU only (ai-edge-litert has no GPU delegate here); "
+                              "use --device auto or cpu, or a GPU backend such as rembg or sam2")
         model = Path(self.path)
         if not model.is_file():
             raise ConfigError(f"tflite model {self.path} does not exist")
