@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 
 from datagen.errors import ConfigError
+from datagen.matting.base import file_sha256
 from filters.recomposition import on_grey
 from manifests.io import write_json_atomic
 from manifests.layers import CAPTIONED_LAYERS, Layer, SampleKind
@@ -109,16 +110,13 @@ def hub_offline() -> bool:
 
 
 def folder_sha256(folder: Path) -> str:
-    """sha256 over every file's relative name and bytes (weights, config, tokenizer and processor files alike)."""
+    """sha256 over every file's relative name and sha256 (weights, config, tokenizer and processor files alike)."""
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts):  # e.g. the .cache/ of `hf download --local-dir`
             continue
-        digest.update(relative.as_posix().encode() + b"\0")
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        digest.update(relative.as_posix().encode() + b"\0" + file_sha256(path).encode())
     return digest.hexdigest()
 
 

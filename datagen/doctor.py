@@ -133,14 +133,14 @@ def _version(module: str) -> str:
 def device_checks(config: BuildConfig) -> list[Check]:
     import torch
 
+    from datagen.device import torch_build
+
     wants_gpu = config.device == "cuda"
-    onnx_backend = config.matting.split(":")[0].split("+")[0] == "rembg"  # the one that runs on onnxruntime
     if torch.cuda.is_available():
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
         torch_check = Check("torch", True, f"torch {torch.__version__}, CUDA {torch.version.cuda}: {names}")
     else:
-        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
-        torch_check = Check("torch", not wants_gpu, f"torch {torch.__version__} ({build}), no CUDA device visible",
+        torch_check = Check("torch", not wants_gpu, f"{torch_build()}, no CUDA device visible",
                             "--device cuda was asked for: run on a machine with a GPU, or use --device cpu",
                             required=wants_gpu)
     try:
@@ -148,10 +148,11 @@ def device_checks(config: BuildConfig) -> list[Check]:
 
         providers = onnxruntime.get_available_providers()
         has_cuda = "CUDAExecutionProvider" in providers
+        # Informational: a backend that needs onnxruntime on the GPU (rembg) fails the `matting` check itself.
         onnx_check = Check("onnxruntime", has_cuda or not wants_gpu,
                            f"onnxruntime {onnxruntime.__version__}: {', '.join(providers)}",
                            "pip install onnxruntime-gpu (matching your CUDA), else rembg runs on --device cpu only",
-                           required=wants_gpu and onnx_backend)
+                           required=False)
     except ImportError as exc:
         onnx_check = Check("onnxruntime", False, one_line(exc), "pip install onnxruntime", required=False)
     return [torch_check, onnx_check]
@@ -166,7 +167,7 @@ def backend_checks(config: BuildConfig) -> list[Check]:
     from datagen.matting import load_matting
 
     def matting() -> str:
-        backend = load_matting(config.matting)
+        backend = load_matting(config.matting, config.device)  # each backend checks the device it is given
         return f"{config.matting} loads ({type(backend).__name__})"
 
     def captioner() -> str:

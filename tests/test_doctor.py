@@ -86,3 +86,9 @@ def test_an_unreachable_ray_cluster_is_a_failed_check_not_a_hang():
     cluster = checks["ray cluster"]
     assert not cluster.ok and cluster.required and f"127.0.0.1:{port}" in cluster.detail
     assert not can_run(list(checks.values()))
+
+
+def test_the_matting_check_loads_the_backend_on_the_requested_device(tmp_path):
+    checks = by_name(diagnose(Request(BuildConfig(clip="none", device="cuda",
+                                                  matting=f"tflite:{tmp_path / 'model.tflite'}"), no_ray=True)))
+    assert not checks["matting"].ok and "tflite runs on the CPU only" in checks["matting"].detail
