@@ -25,6 +25,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 DEBUG_ENV = "LAYERFLOW_DEBUG"
 DEMO_SOURCE = "demo"
+SCHEDULING = "Scheduling (Ray)"
 
 
 @app.callback()
@@ -84,7 +85,29 @@ def build(
     num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
     device: Annotated[str, typer.Option(
         help="Device of the learned backends: auto (a GPU if visible), cpu, or cuda (a GPU or an error).")] = "auto",
-    concurrency: Annotated[int, typer.Option(help="Copies of each CPU stage that run at once.")] = 2,
+    gpus: Annotated[float | None, typer.Option(
+        help="GPUs for the learned stages (matte, caption, clip), each a pool of GPU actors; "
+             "default: all the Ray cluster has (none with --device cpu).", rich_help_panel=SCHEDULING)] = None,
+    concurrency: Annotated[int, typer.Option(help="Copies of each CPU stage that run at once.",
+                                             rich_help_panel=SCHEDULING)] = 2,
+    decode_concurrency: Annotated[int | None, typer.Option(help="Decode tasks at once.",
+                                                           rich_help_panel=SCHEDULING)] = None,
+    matte_concurrency: Annotated[int | None, typer.Option(
+        help="Matting copies (GPU actors with GPUs; default: as many as fit).", rich_help_panel=SCHEDULING)] = None,
+    compose_concurrency: Annotated[int | None, typer.Option(help="Compose tasks at once.",
+                                                            rich_help_panel=SCHEDULING)] = None,
+    caption_concurrency: Annotated[int | None, typer.Option(help="Captioner copies.",
+                                                            rich_help_panel=SCHEDULING)] = None,
+    score_concurrency: Annotated[int | None, typer.Option(help="Pixel-score tasks at once.",
+                                                          rich_help_panel=SCHEDULING)] = None,
+    clip_concurrency: Annotated[int | None, typer.Option(help="CLIP scorer copies.",
+                                                         rich_help_panel=SCHEDULING)] = None,
+    matte_gpus: Annotated[float | None, typer.Option(
+        help="GPUs per matting actor; a fraction shares a GPU (0.25: four per GPU).", rich_help_panel=SCHEDULING)
+    ] = None,
+    caption_gpus: Annotated[float | None, typer.Option(help="GPUs per captioner actor.",
+                                                       rich_help_panel=SCHEDULING)] = None,
+    clip_gpus: Annotated[float | None, typer.Option(help="GPUs per CLIP actor.", rich_help_panel=SCHEDULING)] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run the stages in this process, without Ray.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a dataset already at --out.")] = False,
     keep_work: Annotated[bool, typer.Option(help="Keep the decoded clips in OUT/_work.")] = False,
@@ -98,10 +121,14 @@ def build(
     Example: `layerflow-data build --source clips.csv --backgrounds ./plates --out ./ds --size 320x512`
 
     Example: `layerflow-data build --source ./clips --out ./ds --clip openclip:ViT-B-32:laion2b_s34b_b79k`
+
+    Example: `layerflow-data build --source ./clips --out ./ds --matting rembg:isnet-general-use+sam2 --gpus 2
+    --matte-gpus 0.5 --clip-gpus 0.25` (four matting actors and eight CLIP actors on two GPUs)
     """
     from datagen.build import build as run_build
     from datagen.build import make_runner, resolve_clip
     from datagen.config import BuildConfig, parse_size
+    from datagen.scheduling import Resources, StageName
     from filters.policy import Policy
 
     config = BuildConfig(
@@ -109,6 +136,13 @@ def build(
         backgrounds_per_foreground=backgrounds_per_foreground, val_fraction=val_fraction, crf=crf,
         frame_folder_fps=frame_folder_fps, max_pixels=int(max_megapixels * 1e6), clip=clip, device=device,
     )
+    per_stage = {StageName.DECODE: decode_concurrency, StageName.MATTE: matte_concurrency,
+                 StageName.COMPOSE: compose_concurrency, StageName.CAPTION: caption_concurrency,
+                 StageName.SCORE: score_concurrency, StageName.CLIP: clip_concurrency}
+    shares = {StageName.MATTE: matte_gpus, StageName.CAPTION: caption_gpus, StageName.CLIP: clip_gpus}
+    resources = Resources(gpus=gpus, concurrency=concurrency,
+                          stage_concurrency={k: v for k, v in per_stage.items() if v is not None},
+                          gpus_per_actor={k: v for k, v in shares.items() if v is not None})
     _check_backends(config, on_cluster=bool(ray_address or os.environ.get("RAY_ADDRESS")))
     chosen_policy = Policy.load(policy)
     clip_choice = resolve_clip(config.clip)
@@ -119,7 +153,7 @@ def build(
     runner = make_runner(no_ray, ray_address, num_cpus)
     try:
         summary = run_build(source, out, config, runner, backgrounds=backgrounds, overwrite=overwrite,
-                            keep_work=keep_work, concurrency=concurrency, policy=chosen_policy, clip=clip_choice)
+                            keep_work=keep_work, resources=resources, policy=chosen_policy, clip=clip_choice)
     finally:
         if hasattr(runner, "close"):
             runner.close()

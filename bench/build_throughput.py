@@ -25,11 +25,12 @@ from datagen.build import build  # noqa: E402
 from datagen.config import BuildConfig, parse_size  # noqa: E402
 from datagen.demo import make_demo_source  # noqa: E402
 from datagen.pipeline import LocalRunner  # noqa: E402
+from datagen.scheduling import Resources  # noqa: E402
 
 
 def timed_build(source: Path, out: Path, config: BuildConfig, runner, concurrency: int) -> dict:
     start = time.perf_counter()
-    summary = build(str(source), out, config, runner, concurrency=concurrency)
+    summary = build(str(source), out, config, runner, resources=Resources(concurrency=concurrency))
     seconds = time.perf_counter() - start
     samples = summary["samples"]["total"]
     return {"samples": samples, "seconds": round(seconds, 2), "samples_per_minute": round(60 * samples / seconds, 2)}

@@ -17,6 +17,7 @@ from typing import Protocol
 from datagen.config import BuildConfig
 from datagen.errors import ConfigError
 from datagen.plan import plan_samples
+from datagen.scheduling import Resources, StageName, StagePlan, plan_stages, with_device
 from datagen.sources import SourceItem, discover
 from datagen.stages import FAILED, OK, CaptionStage, ClipStage, ComposeStage, DecodeStage, MatteStage, ScoreStage
 from filters.apply import apply_policy, input_counts
@@ -30,37 +31,68 @@ WORK_DIR = "_work"
 
 @dataclass(frozen=True)
 class StageSpec:
-    """A stage class, its constructor arguments, and how many copies may run at once."""
+    """A stage class, its constructor arguments, and how it is scheduled (see `datagen.scheduling`)."""
 
+    name: StageName
     cls: type
     kwargs: dict = field(default_factory=dict)
     concurrency: int = 2
     num_cpus: float = 1.0
+    num_gpus: float = 0.0  # per actor (fractions share a GPU)
+    actor: bool = False  # a learned model: a pool of long-lived actors, each loading it once
 
 
 class Runner(Protocol):
     name: str
+    cpus: float
+    gpus: float | None  # the GPUs the runner can schedule; None: it runs in one process, on --device
 
     def run(self, rows: list[dict], stages: list[StageSpec], desc: str) -> Iterator[list[dict]]:
         """Push `rows` through `stages`; yield the output rows batch by batch, in any order."""
         ...
 
 
-def input_stages(config: BuildConfig, work_dir: Path, concurrency: int) -> list[StageSpec]:
+def _spec(name: StageName, cls: type, plans: dict[StageName, StagePlan], **kwargs: object) -> StageSpec:
+    plan = plans[name]
+    if "config" in kwargs:
+        kwargs["config"] = with_device(kwargs["config"], plan)
+    elif "device" in kwargs:
+        kwargs["device"] = plan.device
+    return StageSpec(name, cls, kwargs, plan.concurrency, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
+                     actor=plan.actor)
+
+
+def input_stages(config: BuildConfig, work_dir: Path, plans: dict[StageName, StagePlan]) -> list[StageSpec]:
     return [
-        StageSpec(DecodeStage, {"config": config, "work_dir": str(work_dir)}, concurrency),
-        StageSpec(MatteStage, {"config": config}, concurrency),
+        _spec(StageName.DECODE, DecodeStage, plans, config=config, work_dir=str(work_dir)),
+        _spec(StageName.MATTE, MatteStage, plans, config=config),
     ]
 
 
-def sample_stages(config: BuildConfig, out: Path, concurrency: int, clip: ClipChoice) -> list[StageSpec]:
+def sample_stages(config: BuildConfig, out: Path, plans: dict[StageName, StagePlan], clip: ClipChoice
+                  ) -> list[StageSpec]:
     return [
-        StageSpec(ComposeStage, {"config": config, "out_dir": str(out)}, concurrency),
-        StageSpec(CaptionStage, {"config": config, "out_dir": str(out)}, 1),
-        StageSpec(ScoreStage, {"config": config, "out_dir": str(out)}, concurrency),
-        StageSpec(ClipStage, {"out_dir": str(out), "clip_arch": clip.arch, "clip_weights": clip.weights,
-                              "clip_tag": clip.tag, "unavailable": clip.unavailable}, concurrency),
+        _spec(StageName.COMPOSE, ComposeStage, plans, config=config, out_dir=str(out)),
+        _spec(StageName.CAPTION, CaptionStage, plans, config=config, out_dir=str(out)),
+        _spec(StageName.SCORE, ScoreStage, plans, config=config, out_dir=str(out)),
+        _spec(StageName.CLIP, ClipStage, plans, out_dir=str(out), clip_arch=clip.arch, clip_weights=clip.weights,
+              clip_tag=clip.tag, unavailable=clip.unavailable, device=config.device),
     ]
+
+
+def learned_stages(config: BuildConfig, clip: ClipChoice) -> set[StageName]:
+    """The stages whose backend is a learned model that can use a GPU."""
+    from datagen.captioning import uses_gpu as captioner_uses_gpu
+    from datagen.matting import uses_gpu as matting_uses_gpu
+
+    learned = set()
+    if matting_uses_gpu(config.matting):
+        learned.add(StageName.MATTE)
+    if captioner_uses_gpu(config.captioner):
+        learned.add(StageName.CAPTION)
+    if clip.weights is not None:
+        learned.add(StageName.CLIP)
+    return learned
 
 
 @dataclass(frozen=True)
@@ -101,12 +133,14 @@ def make_runner(no_ray: bool = False, ray_address: str | None = None, num_cpus: 
 
 
 def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, backgrounds: str | None = None,
-          overwrite: bool = False, keep_work: bool = False, concurrency: int = 2, policy: Policy | None = None,
-          clip: ClipChoice | None = None) -> dict:
+          overwrite: bool = False, keep_work: bool = False, resources: Resources | None = None,
+          policy: Policy | None = None, clip: ClipChoice | None = None) -> dict:
     """Build a dataset at `out`; returns the summary (also written to `_summary.json`)."""
     out = Path(out)
     policy = policy or Policy.default()
     clip = clip or resolve_clip(config.clip)
+    plans = plan_stages(config, resources or Resources(), learned_stages(config, clip), runner.gpus,
+                        runner.cpus)
     _prepare_out(out, overwrite)
     wall = time.perf_counter()
     seconds: Counter[str] = Counter()
@@ -125,21 +159,23 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
     pending = [row for row in rows if row["status"] == OK]
     done = {row["input_id"]: row for row in rows if row["status"] != OK}
     start = time.perf_counter()
-    for batch in runner.run(pending, input_stages(config, work_dir, concurrency), "decode + matte"):
+    devices: Counter[tuple[str, str]] = Counter()  # (stage, device its backend ran on) -> rows
+    for batch in runner.run(pending, input_stages(config, work_dir, plans), "decode + matte"):
         done.update((row["input_id"], row) for row in batch)
+        devices.update(pair for row in batch for pair in row.get("devices", {}).items())
     seconds["phase_inputs_wall"] = time.perf_counter() - start
     inputs = [done[row["input_id"]] for row in rows]
 
     start = time.perf_counter()
-    plans = plan_samples(inputs, config)
+    sample_plans = plan_samples(inputs, config)
     seconds[Stage.PLAN.value] = time.perf_counter() - start
 
     samples: list[dict] = []
     sample_failures: list[dict] = []
     unscored: Counter[tuple[str, str]] = Counter()  # (score column, why it is null) -> samples
     start = time.perf_counter()
-    stages = sample_stages(config, out, concurrency, clip)
-    for batch in runner.run(plans, stages, "compose + caption + score"):
+    stages = sample_stages(config, out, plans, clip)
+    for batch in runner.run(sample_plans, stages, "compose + caption + score"):
         finished = [sample_row(row, config, policy) for row in batch if row["status"] == OK]
         if finished:
             io.write_manifest_part(out, finished)
@@ -147,6 +183,7 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
         sample_failures.extend(row for row in batch if row["status"] != OK)
         for row in batch:
             seconds.update(row["seconds"])
+            devices.update(row.get("devices", {}).items())
             if row["status"] == OK:
                 unscored.update((column, why) for column, why in row.get("unscored", {}).items())
     seconds["phase_samples_wall"] = time.perf_counter() - start
@@ -165,6 +202,8 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
     summary["backends"]["clip"] = {"requested": config.clip, "spec": clip.spec, "weights": clip.weights,
                                    "unavailable": clip.unavailable}
     summary["unscored"] = unscored_summary(unscored)
+    summary["scheduling"] = {stage.value: asdict(plan) for stage, plan in plans.items()}
+    summary["backends"]["devices"] = device_summary(devices)
     io.write_json_atomic(summary, out / io.SUMMARY_FILE)
     start = time.perf_counter()
     apply_policy(out, policy)  # the dataset-wide rules (near-duplicates) and the funnel
@@ -172,6 +211,14 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
     summary["seconds"]["policy"] = round(time.perf_counter() - start, 3)
     io.write_json_atomic(summary, out / io.SUMMARY_FILE)
     return summary
+
+
+def device_summary(devices: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    """Per learned stage: the device its backend ran on -> rows (each backend reports what it really got)."""
+    out: dict[str, dict[str, int]] = {}
+    for (stage, device), count in sorted(devices.items()):
+        out.setdefault(stage, {})[device] = count
+    return out
 
 
 def unscored_summary(unscored: Counter[tuple[str, str]]) -> dict[str, dict]:
@@ -260,6 +307,7 @@ def input_states(inputs: list[dict], samples: list[dict], sample_failures: list[
             "sample_ids": sorted(kept.get(input_id, []) + rejected.get(input_id, [])),
             "source_frames": row.get("source_frames"), "source_height": row.get("source_height"),
             "source_width": row.get("source_width"), "matting_backend": row.get("matting_backend"),
+            "matting_device": row.get("matting_device"),
         })
     return out
 

@@ -295,3 +295,9 @@ def load_captioner(spec: str, device: str = "auto") -> Captioner:
     if spec not in CAPTIONERS:
         raise ConfigError(f"captioner: unknown {spec!r}; available here: {', '.join(CAPTIONERS)}, {LEARNED}")
     return CAPTIONERS[spec]()
+
+
+def uses_gpu(spec: str) -> bool:
+    """Whether `spec` is a learned captioner (so its stage is scheduled as a GPU actor when the build has GPUs)."""
+    name, _, argument = spec.partition(":")
+    return name == "hf" and bool(argument.strip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 from tqdm.auto import tqdm
@@ -14,10 +15,12 @@ class LocalRunner:
     """Runs each stage once per process, batch by batch, with a progress bar."""
 
     name = "local"
+    gpus = None  # no GPU scheduling: the stages run here, on --device
 
     def __init__(self, batch_size: int = 1, progress: bool = True) -> None:
         self.batch_size = batch_size
         self.progress = progress
+        self.cpus = os.cpu_count() or 1
 
     def run(self, rows: list[dict], stages: list[StageSpec], desc: str) -> Iterator[list[dict]]:
         if not rows:

@@ -2,7 +2,10 @@
 
 CPU stages run as Ray tasks on Ray's pooled worker processes, each process setting a stage chain up
 once and reusing it for every later batch and phase (no actor start-up per stage and phase).
-Consecutive stages with the same resources share one operator, like Ray Data's own fusion.
+Consecutive CPU stages with the same resources share one operator, like Ray Data's own fusion.
+A stage with a learned model (`StageSpec.actor`) is an operator of its own: a pool of actors that
+each load the model once and hold their GPU share (`num_gpus`) for the phase, so decoding and
+writing keep running on the CPUs beside them. Rows carry only JSON and file paths between stages.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ def run_chain(batch: Batch, specs: list[StageSpec]) -> Batch:
     return _CHAINS[key](batch)
 
 
+class StageActor(StageChain):
+    """The actor form of a stage chain (one learned stage): its model loads once, in `__init__`."""
+
+
 class RayRunner:
     """Starts a local Ray, or joins `address` (or `RAY_ADDRESS`).
 
@@ -52,18 +59,21 @@ class RayRunner:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, progress: bool = True) -> None:
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, progress: bool = True,
+                 num_gpus: int | None = None) -> None:
         address = address or os.environ.get("RAY_ADDRESS")
         self._owned = not ray.is_initialized()
         if self._owned:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
         context.print_on_execution_start = False
-        self.cpus = int(ray.cluster_resources().get("CPU", 1))
+        resources = ray.cluster_resources()
+        self.cpus = int(resources.get("CPU", 1))
+        self.gpus = float(resources.get("GPU", 0.0))
 
     def run(self, rows: list[dict], stages: list[StageSpec], desc: str) -> Iterator[list[dict]]:
         if not rows:
@@ -73,8 +83,21 @@ class RayRunner:
         # CPU per phase), but never so many that one slow task holds the whole phase up.
         rows_per_task = min(MAX_ROWS_PER_TASK, max(1, math.ceil(len(items) / (4 * self.cpus))))
         dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / rows_per_task))
-        for _, group in groupby(stages, key=lambda spec: spec.num_cpus):
+        # Consecutive task stages with the same CPU need fuse into one operator; every actor stage stands alone.
+        for _, group in groupby(stages, key=lambda spec: ("actor", id(spec)) if spec.actor else spec.num_cpus):
             group = list(group)
+            if group[0].actor:
+                spec = group[0]
+                dataset = dataset.map_batches(
+                    StageActor,
+                    fn_constructor_kwargs={"specs": group},
+                    batch_size=rows_per_task,
+                    batch_format="numpy",
+                    compute=ray.data.ActorPoolStrategy(size=spec.concurrency),
+                    num_cpus=spec.num_cpus,
+                    num_gpus=spec.num_gpus,
+                )
+                continue
             dataset = dataset.map_batches(
                 run_chain,
                 fn_kwargs={"specs": group},

@@ -24,6 +24,7 @@ from datagen.config import BuildConfig
 from datagen.decode import decode
 from datagen.errors import one_line
 from datagen.matting import load_matting
+from datagen.scheduling import StageName
 from datagen.sources import SourceItem
 from filters.alpha import alpha_quality
 from filters.recomposition import on_grey, recomposition_psnr
@@ -133,7 +134,8 @@ class MatteStage(RowStage):
         clip.save(Path(row["clip_path"]))
         info = matte.backend
         row.update(matting_backend=info.name, matting_model=info.model_id,
-                   matting_weights_sha256=info.weights_sha256)
+                   matting_weights_sha256=info.weights_sha256, matting_device=info.device)
+        row.setdefault("devices", {})[StageName.MATTE.value] = info.device
 
 
 class ComposeStage(RowStage):
@@ -190,6 +192,9 @@ class CaptionStage(RowStage):
         layers = read_layers(self.out_dir, row["sample_id"]) if self.captioner.needs_pixels else None
         captions = self.captioner(row, layers)
         row["captioner"] = self.captioner.name
+        device = getattr(self.captioner, "torch_device", None)  # learned captioners only
+        if device is not None:
+            row.setdefault("devices", {})[StageName.CAPTION.value] = device
         for layer, caption in captions.items():
             row[caption_column(layer)] = caption
 
@@ -224,15 +229,18 @@ class ClipStage(RowStage):
     stage = Stage.SCORE
 
     def __init__(self, out_dir: str, clip_arch: str | None, clip_weights: str | None, clip_tag: str | None,
-                 unavailable: str | None) -> None:
+                 unavailable: str | None, device: str = "auto") -> None:
+        """`device`: auto | cpu | cuda, as the build's `--device` (cuda without a GPU is a `ConfigError`)."""
         self.out_dir = Path(out_dir)
         self.unavailable = unavailable
         self.scorer = None
         if clip_arch is not None and clip_weights is not None:
+            from datagen.device import resolve_device
             from filters.clip import ClipScorer  # torch + open_clip: only in a worker that scores with CLIP
 
+            torch_device = resolve_device(device)  # outside the try: a missing GPU is an error, not null scores
             try:
-                self.scorer = ClipScorer(clip_arch, clip_weights, tag=clip_tag)
+                self.scorer = ClipScorer(clip_arch, clip_weights, device=torch_device, tag=clip_tag)
             except Exception as exc:  # a broken weights file must not fail every sample: scores become null
                 self.unavailable = f"CLIP {clip_arch} did not load from {clip_weights}: {one_line(exc)}"
 
@@ -255,6 +263,7 @@ class ClipStage(RowStage):
             why = f"CLIP failed: {one_line(exc)}"
             row.setdefault("unscored", {}).update(dict.fromkeys(CLIP_OUTPUTS, why))
             return
+        row.setdefault("devices", {})[StageName.CLIP.value] = self.scorer.device
         row.update(clip_text_foreground=scores.text_foreground, clip_text_background=scores.text_background,
                    clip_text_blended=scores.text_blended, clip_consistency_mean=scores.consistency_mean,
                    clip_consistency_min=scores.consistency_min, clip_embedding=scores.embedding,

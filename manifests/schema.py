@@ -129,6 +129,7 @@ INPUT_SCHEMA = _with_metadata(pa.schema([
     pa.field("source_height", pa.int32()),
     pa.field("source_width", pa.int32()),
     pa.field("matting_backend", pa.string()),
+    pa.field("matting_device", pa.string()),  # cpu | cuda: where the matting backend ran
 ]), "inputs")
 
 

@@ -17,20 +17,48 @@ from datagen.matting.rembg_backend import RembgMatting
 from datagen.matting.sam2_backend import Sam2Matting
 from datagen.matting.tflite import TfliteMatting
 
-__all__ = ["BACKENDS", "AutoMatting", "BackendInfo", "Matte", "MattingBackend", "known_specs", "load_matting"]
+__all__ = ["AUTO_REMBG_MODELS", "BACKENDS", "AutoMatting", "BackendInfo", "Matte", "MattingBackend",
+           "auto_learned_spec", "known_specs", "load_matting", "uses_gpu"]
+
+
+# `auto` mattes clips without alpha with the first of these rembg models whose weights are already on this machine
+# (quality first, then speed), and with weight-free background subtraction when none is.
+AUTO_REMBG_MODELS = ("isnet-general-use", "birefnet-general", "birefnet-general-lite", "u2net", "u2netp", "silueta")
+
+
+def auto_learned_spec() -> str | None:
+    """The learned backend `auto` uses on this machine (`rembg:<model>`), or None; looks at the local cache only."""
+    from datagen.matting.rembg_backend import cache_homes, cached_model
+
+    if not any(home.is_dir() for home in cache_homes()):  # the common case, without importing rembg (2 s)
+        return None
+    for model in AUTO_REMBG_MODELS:
+        if cached_model(model)[0] is not None:
+            return f"rembg:{model}"
+    return None
 
 
 @dataclass
 class AutoMatting:
-    """`given` for clips that carry alpha, `bgsub` for the rest; the matte names the one that ran."""
+    """`given` for clips that carry alpha; for the rest the best learned backend whose weights are on this machine
+    (see `AUTO_REMBG_MODELS`), else `bgsub`. The matte names the backend that ran."""
 
     name: ClassVar[str] = "auto"
 
+    device: str = "auto"  # for the learned backend, if one is found
     given: GivenAlpha = field(default_factory=GivenAlpha)
     bgsub: BackgroundSubtraction = field(default_factory=BackgroundSubtraction)
+    learned: MattingBackend | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        spec = auto_learned_spec()
+        if spec is not None:
+            self.learned = _load_one(spec, self.device)
 
     def __call__(self, clip: Clip) -> Matte:
-        return self.given(clip) if clip.alpha is not None else self.bgsub(clip)
+        if clip.alpha is not None:
+            return self.given(clip)
+        return (self.learned or self.bgsub)(clip)
 
 
 # Spec name -> backend class. A class that takes an option (`chroma:green`) names the field it sets in
@@ -77,6 +105,14 @@ def _load_one(spec: str, device: str, **extra: object) -> MattingBackend:
         return backend_class(**kwargs)
     except ConfigError as exc:
         raise ConfigError(f"matting spec {spec!r}: {exc}") from None
+
+
+def uses_gpu(spec: str) -> bool:
+    """Whether `spec` runs a learned model that can use a GPU (so its stage is scheduled as a GPU actor)."""
+    if spec.strip() == "auto":
+        return auto_learned_spec() is not None
+    names = [part.strip().partition(":")[0] for part in spec.split("+")]
+    return any(getattr(BACKENDS.get(name), "gpu_capable", False) for name in names)
 
 
 def _fields(backend_class: type | None) -> dict:

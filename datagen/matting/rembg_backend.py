@@ -4,6 +4,7 @@ batched over a clip's frames, with the device chosen explicitly and weights take
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -67,6 +68,7 @@ class RembgMatting:
     """
 
     name: ClassVar[str] = "rembg"
+    gpu_capable: ClassVar[bool] = True  # scheduled as a GPU actor when the build has GPUs
     spec_option: ClassVar[str] = "model"  # `rembg:isnet-general-use` sets `model`
 
     model: str = "u2net"
@@ -146,28 +148,15 @@ class RembgMatting:
             return path
         if self.model not in MODELS:
             raise ConfigError(f"unknown rembg model {self.model!r}; known: {', '.join(MODELS)}, or a path to an .onnx")
-        from rembg.sessions import sessions  # lazy: importing rembg takes seconds
-
-        session_class = sessions.get(self.model)
-        if session_class is None:
-            raise ConfigError(f"rembg model {self.model!r} is not in the installed rembg; upgrade rembg")
-        filename = f"{self.model}.onnx"
-        if hasattr(session_class, "resolve_existing"):
-            # rembg >= 2.0.86 looks in <home>/models/<name>/ (home: U2NET_HOME, else REMBG_HOME or ~/.rembg), then in
-            # the legacy flat folder (U2NET_HOME, else ~/.u2net); its sessions would download when both miss.
-            found = session_class.resolve_existing(filename)
-            where = f"{Path(session_class.model_dir()) / filename} (nor {session_class.legacy_home()}/{filename})"
-        else:  # older rembg (Python 3.10 gets one): a single flat folder, U2NET_HOME else ~/.u2net
-            expected = Path(session_class.u2net_home()) / filename
-            found = expected if expected.is_file() else None
-            where = str(expected)
+        found, where = cached_model(self.model)
         if found is None:
+            filename = f"{self.model}.onnx"
             raise ConfigError(
                 f"rembg model {self.model!r}: weights not found at {where} and this backend never downloads; "
                 f"fetch {filename} on a machine with internet access (`rembg d {self.model}`) and copy it there, "
                 f"set U2NET_HOME to a folder holding it, or pass its path: rembg:/path/to/{filename}"
             )
-        return Path(found)
+        return found
 
     def _open_session(self, path: Path) -> tuple[Any, str]:
         """One onnxruntime session with explicit providers, and the device it really runs on."""
@@ -213,3 +202,30 @@ class RembgMatting:
         self.dynamic_batch = not isinstance(shape[0], int)
         self.input_name, self.output_name = inputs[0].name, self.session.get_outputs()[0].name
 
+
+def cached_model(model: str) -> tuple[Path | None, str]:
+    """The named rembg model's .onnx in rembg's local cache (or None), and where it was looked for; disk only."""
+    from rembg.sessions import sessions  # lazy: importing rembg takes seconds
+
+    session_class = sessions.get(model)
+    if session_class is None:
+        return None, f"(rembg {model!r} is not in the installed rembg; upgrade rembg)"
+    filename = f"{model}.onnx"
+    if hasattr(session_class, "resolve_existing"):
+        # rembg >= 2.0.86 looks in <home>/models/<name>/ (home: U2NET_HOME, else REMBG_HOME or ~/.rembg), then in
+        # the legacy flat folder (U2NET_HOME, else ~/.u2net); its sessions would download when both miss.
+        found = session_class.resolve_existing(filename)
+        where = f"{Path(session_class.model_dir()) / filename} (nor {session_class.legacy_home()}/{filename})"
+        return (Path(found) if found else None), where
+    # older rembg (Python 3.10 gets one): a single flat folder, U2NET_HOME else ~/.u2net
+    expected = Path(session_class.u2net_home()) / filename
+    return (expected if expected.is_file() else None), str(expected)
+
+
+def cache_homes() -> list[Path]:
+    """Every folder rembg (old or new) may keep models in; none existing means no cached model at all."""
+    env = os.environ
+    xdg = env.get("XDG_DATA_HOME")
+    homes = [env.get("U2NET_HOME"), env.get("REMBG_HOME"), os.path.join(xdg, "rembg") if xdg else "~/.rembg",
+             os.path.join(xdg or "~", ".u2net")]
+    return [Path(home).expanduser() for home in homes if home]

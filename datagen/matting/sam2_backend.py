@@ -49,6 +49,7 @@ class Sam2Matting:
     """
 
     name: ClassVar[str] = "sam2"
+    gpu_capable: ClassVar[bool] = True  # scheduled as a GPU actor when the build has GPUs
     spec_option: ClassVar[str] = "model"  # `sam2:sam2.1_hiera_t:/w/sam2.1_hiera_tiny.pt` sets `model`
 
     model: str = "sam2.1_hiera_t"

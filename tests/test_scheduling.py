@@ -1,0 +1,177 @@
+"""GPU scheduling: which stages become GPU actor pools, with what share of a GPU, and what cannot be served.
+
+The plan is plain Python and tested directly. The Ray tests start a local Ray that declares one GPU (Ray's GPUs are
+logical resources, so this machine can schedule against one it does not have): they show fractional actors really
+share it, and that a build puts its learned stages on GPU actors while each backend reports the device it really got.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import pytest
+from test_captioning_hf import offline, tiny_blip  # noqa: F401  (fixtures: the tiny BLIP, no hub access)
+from test_matting_rembg import export, no_downloads  # noqa: F401  (fixture: rembg cannot download)
+
+from datagen.build import StageSpec, build
+from datagen.config import BuildConfig
+from datagen.errors import ConfigError
+from datagen.pipeline import LocalRunner
+from datagen.scheduling import GPU_ACTOR_CPUS, Resources, StageName, StagePlan, plan_stages
+from datagen.stages import from_batch, to_batch
+from manifests import io
+
+CPU_STAGES = (StageName.DECODE, StageName.COMPOSE, StageName.SCORE)
+ALL_LEARNED = {StageName.MATTE, StageName.CAPTION, StageName.CLIP}
+
+
+def plan(cluster_gpus: float | None = 2.0, cpus: float = 16.0, device: str = "auto", learned=ALL_LEARNED,
+         **resources):
+    return plan_stages(BuildConfig(device=device), Resources(**resources), set(learned), cluster_gpus, cpus)
+
+
+def test_without_gpus_learned_stages_are_cpu_tasks_told_cpu():
+    plans = plan(cluster_gpus=0.0)
+    for stage in ALL_LEARNED:
+        # `auto` would let a worker pick up a GPU Ray never reserved for it: the plan says cpu
+        assert plans[stage] == StagePlan(concurrency=1, device="cpu")
+    for stage in CPU_STAGES:
+        assert plans[stage] == StagePlan(concurrency=2)
+
+
+def test_gpu_stages_of_one_phase_split_the_gpus_and_cpu_stages_stay_tasks():
+    plans = plan(cluster_gpus=2.0)
+    assert plans[StageName.MATTE] == StagePlan(2, actor=True, num_gpus=1.0, num_cpus=GPU_ACTOR_CPUS, device="auto")
+    # caption and clip run at the same time: one GPU each
+    assert plans[StageName.CAPTION] == StagePlan(1, actor=True, num_gpus=1.0, num_cpus=GPU_ACTOR_CPUS, device="auto")
+    assert plans[StageName.CLIP] == plans[StageName.CAPTION]
+    assert all(not plans[stage].actor and plans[stage].num_gpus == 0 for stage in CPU_STAGES)
+
+
+def test_one_gpu_is_shared_fractionally_by_the_stages_that_run_together():
+    plans = plan(cluster_gpus=1.0)
+    assert (plans[StageName.CAPTION].num_gpus, plans[StageName.CLIP].num_gpus) == (0.5, 0.5)
+    assert plans[StageName.MATTE].num_gpus == 1.0  # alone in its phase
+
+
+def test_a_fractional_share_sets_how_many_actors_fit():
+    plans = plan(cluster_gpus=2.0, gpus_per_actor={StageName.MATTE: 0.25, StageName.CLIP: 0.25})
+    assert (plans[StageName.MATTE].concurrency, plans[StageName.MATTE].num_gpus) == (8, 0.25)
+    assert (plans[StageName.CLIP].concurrency, plans[StageName.CLIP].num_gpus) == (4, 0.25)  # its half of 2 GPUs
+
+
+def test_per_stage_concurrency_overrides_the_default():
+    plans = plan(cluster_gpus=0.0, concurrency=3, stage_concurrency={StageName.DECODE: 5, StageName.CAPTION: 2})
+    assert plans[StageName.DECODE].concurrency == 5
+    assert plans[StageName.COMPOSE].concurrency == 3
+    assert plans[StageName.CAPTION].concurrency == 2
+
+
+def test_only_learned_stages_get_gpus():
+    plans = plan(cluster_gpus=1.0, learned={StageName.CLIP})
+    assert plans[StageName.CLIP].num_gpus == 1.0  # the captioner (sidecar) needs none, so CLIP gets the GPU
+    assert not plans[StageName.MATTE].actor and not plans[StageName.CAPTION].actor
+
+
+@pytest.mark.parametrize(("cluster_gpus", "cpus", "device", "resources", "message"), [
+    (1.0, 16.0, "auto", {"gpus": 2.0}, r"--gpus 2: the Ray cluster has 1 GPU\(s\)"),
+    (0.0, 16.0, "cuda", {}, r"--device cuda: no GPU for the learned stages \(caption, clip, matte\)"),
+    (4.0, 16.0, "cuda", {"gpus": 0.0}, r"--device cuda: .* and --gpus is 0"),
+    (1.0, 16.0, "cpu", {"gpus": 1.0}, "--gpus 1 with --device cpu"),
+    (1.0, 16.0, "auto", {"stage_concurrency": {StageName.MATTE: 3}},
+     r"ask for 3 GPUs \(matte 3 x 1\) but --gpus gives 1"),
+    (1.0, 2.0, "auto", {"stage_concurrency": {StageName.CLIP: 2}, "gpus_per_actor": {StageName.CLIP: 0.25}},
+     r"hold 1.5 of the cluster's 2 CPUs"),
+    (None, 2.0, "auto", {"gpus": 1.0}, "with --no-ray the stages run in this process"),
+])
+def test_requests_the_cluster_cannot_serve_are_one_line_errors(cluster_gpus, cpus, device, resources, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        plan(cluster_gpus, cpus, device, **resources)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("resources", "message"), [
+    ({"gpus": -1}, "--gpus must be >= 0"),
+    ({"stage_concurrency": {StageName.SCORE: 0}}, "--score-concurrency must be >= 1"),
+    ({"gpus_per_actor": {StageName.DECODE: 0.5}}, "--decode-gpus: decode is a CPU stage"),
+    ({"gpus_per_actor": {StageName.MATTE: 1.5}}, "a fraction in \\(0, 1\\] or a whole number"),
+])
+def test_malformed_requests_are_refused(resources, message):
+    with pytest.raises(ConfigError, match=message):
+        Resources(**resources)
+
+
+# --- on Ray, with one declared GPU ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ray_with_one_gpu():
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_fractional_gpu_actors_share_one_gpu_and_cpu_tasks_get_none(ray_with_one_gpu):
+    from datagen.ray_runner import RayRunner
+
+    class Probe:  # defined here so Ray ships it by value; records which process ran a row and what GPU it was given
+        def __init__(self, key: str) -> None:
+            self.key = key
+
+        def __call__(self, batch):
+            rows = from_batch(batch)
+            for row in rows:
+                row[self.key] = [os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")]
+            return to_batch(rows)
+
+    stages = [StageSpec(StageName.DECODE, Probe, {"key": "cpu"}, concurrency=2),
+              StageSpec(StageName.MATTE, Probe, {"key": "gpu"}, concurrency=2, num_cpus=0.5, num_gpus=0.5,
+                        actor=True)]
+    rows = [{"key": str(i), "status": "ok"} for i in range(16)]
+    out = [row for batch in RayRunner(progress=False).run(rows, stages, "probe") for row in batch]
+    assert sorted(row["key"] for row in out) == sorted(row["key"] for row in rows)
+    assert {row["gpu"][1] for row in out} == {"0"}  # both actors hold a half of GPU 0
+    assert len({row["gpu"][0] for row in out}) == 2  # two actors at once: the fractional share let both start
+    assert {row["cpu"][1] for row in out} <= {None, ""}  # a CPU task is given no GPU
+
+
+@pytest.mark.slow
+def test_build_runs_learned_stages_as_gpu_actors_and_reports_the_real_device(
+        ray_with_one_gpu, tiny_source, small_config, tiny_blip, tmp_path):  # noqa: F811
+    from datagen.ray_runner import RayRunner
+
+    onnx = export(tmp_path / "tiny_rembg.onnx")
+    config = replace(small_config, matting=f"rembg:{onnx}", captioner=f"hf:{tiny_blip}", clip="none")
+    runner = RayRunner(progress=False)
+    assert runner.gpus == 1.0
+    summary = build(str(tiny_source), tmp_path / "ray", config, runner)
+
+    scheduling = summary["scheduling"]
+    assert scheduling["matte"] == {"concurrency": 1, "actor": True, "num_gpus": 1.0, "num_cpus": GPU_ACTOR_CPUS,
+                                   "device": "auto"}
+    assert scheduling["caption"]["actor"] and scheduling["caption"]["num_gpus"] == 1.0  # alone in its phase
+    assert not scheduling["decode"]["actor"] and scheduling["decode"]["num_gpus"] == 0
+    # Ray's GPU here is only declared: torch and onnxruntime see none, and the backends say so (never "cuda")
+    devices = summary["backends"]["devices"]
+    assert set(devices) == {"matte", "caption"} and all(set(d) == {"cpu"} for d in devices.values())
+    assert sum(devices["caption"].values()) == summary["samples"]["total"]
+    inputs = io.read_inputs(tmp_path / "ray").to_pylist()
+    assert {row["matting_device"] for row in inputs if row["matting_backend"] == "rembg:tiny_rembg.onnx"} == {"cpu"}
+
+    plain = build(str(tiny_source), tmp_path / "plain", replace(config, device="cpu"), LocalRunner(progress=False))
+    assert plain["scheduling"]["matte"]["device"] == "cpu"  # --device cpu: the plain runner's plan says so
+    ray_rows = io.read_manifest(tmp_path / "ray").sort_by("sample_id").to_pylist()
+    plain_rows = io.read_manifest(tmp_path / "plain").sort_by("sample_id").to_pylist()
+    assert [r["sample_id"] for r in ray_rows] == [r["sample_id"] for r in plain_rows]
+    assert [r["caption_blended"] for r in ray_rows] == [r["caption_blended"] for r in plain_rows]
+
+
+def test_no_ray_with_gpus_is_refused_before_any_work(tiny_source, small_config, tmp_path):
+    with pytest.raises(ConfigError, match="with --no-ray"):
+        build(str(tiny_source), tmp_path / "ds", small_config, LocalRunner(progress=False),
+              resources=Resources(gpus=1))
+    assert not (tmp_path / "ds").exists()
