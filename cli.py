@@ -343,6 +343,7 @@ def doctor(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda, as for build.")] = "auto",
     ray_address: Annotated[str | None, typer.Option(help="Check this Ray cluster's resources.")] = None,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs the local Ray would get (default: all).")] = None,
+    gpus: Annotated[float | None, typer.Option(help="--gpus of the build (default: all the cluster has).")] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="The build will run without Ray.")] = False,
 ) -> None:
     """Preflight: codecs (H.264 both ways, VP9 with alpha), torch and onnxruntime devices, the requested backends and
@@ -355,9 +356,10 @@ def doctor(
     """
     from datagen.config import BuildConfig
     from datagen.doctor import Request, can_run, diagnose
+    from datagen.scheduling import Resources
 
     config = BuildConfig(matting=matting, captioner=captioner, clip=clip, device=device)
-    checks = diagnose(Request(config, ray_address, num_cpus, no_ray))
+    checks = diagnose(Request(config, ray_address, num_cpus, no_ray, Resources(gpus=gpus)))
     for check in checks:
         console.print(check.line(), highlight=False, soft_wrap=True)
     if not can_run(checks):

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from datagen.config import BuildConfig
-from datagen.errors import one_line
+from datagen.errors import ConfigError, one_line
+from datagen.scheduling import Resources, plan_stages
 
 PROBE_FRAMES, PROBE_SIZE = 4, 32
 PIXEL_TOLERANCE = 12.0  # mean absolute error (0..255) a lossy H.264 round trip of the probe stays under
@@ -47,6 +48,7 @@ class Request:
     ray_address: str | None = None
     num_cpus: int | None = None
     no_ray: bool = False
+    resources: Resources = field(default_factory=Resources)  # --gpus and the per-stage settings
 
 
 def diagnose(request: Request) -> list[Check]:
@@ -223,8 +225,7 @@ def _unreachable(address: str) -> str | None:
 
 
 def ray_checks(request: Request) -> list[Check]:
-    """The build's stages ask for 1 CPU each (and a GPU each for learned stages on --device cuda)."""
-    wants_gpus = 1 if request.config.device == "cuda" else 0
+    """Ray's CPUs and GPUs against the build's stage plan (`datagen.scheduling`)."""
     if request.no_ray:
         return [Check("ray", True, "--no-ray: the stages run in this process", required=False)]
     address = request.ray_address or os.environ.get("RAY_ADDRESS")
@@ -250,9 +251,18 @@ def ray_checks(request: Request) -> list[Check]:
         where = "local Ray (started by the build)"
         more_gpus = "run on a machine with a GPU"
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    checks = [Check("ray cpus", cpus >= 1, f"{where}: {cpus:g} CPU(s); every stage asks for 1",
+    checks = [Check("ray cpus", cpus >= 1, f"{where}: {cpus:g} CPU(s); every CPU stage task asks for 1",
                     "give Ray at least one CPU (--num-cpus)")]
-    if wants_gpus:
-        checks.append(Check("ray gpus", gpus >= wants_gpus, f"{where}: {gpus:g} GPU(s); --device cuda asks for "
-                            f"{wants_gpus} per learned stage", f"{more_gpus}, or use --device cpu"))
+    from datagen.build import learned_stages, resolve_clip
+
+    config = request.config
+    learned = learned_stages(config, resolve_clip(config.clip))
+    try:
+        plans = plan_stages(config, request.resources, learned, gpus, cpus)
+    except ConfigError as exc:
+        checks.append(Check("ray scheduling", False, f"{where}, {gpus:g} GPU(s): {exc}",
+                            f"{more_gpus}, or change --gpus / --device"))
+        return checks
+    planned = "; ".join(f"{stage.value}: {plans[stage].describe()}" for stage in sorted(learned)) or "none"
+    checks.append(Check("ray scheduling", True, f"{where}, {gpus:g} GPU(s); learned stages: {planned}"))
     return checks

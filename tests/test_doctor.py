@@ -11,6 +11,7 @@ from datagen.config import BuildConfig
 from datagen.device import resolve_device
 from datagen.doctor import Check, Request, can_run, diagnose
 from datagen.errors import ConfigError
+from datagen.scheduling import Resources
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
 
@@ -32,9 +33,16 @@ def test_this_machine_can_run_the_default_build():
 def test_a_gpu_request_without_a_gpu_fails_with_a_fix():
     checks = by_name(diagnose(Request(BuildConfig(clip="none", device="cuda"))))
     assert not checks["torch"].ok and checks["torch"].required
-    assert not checks["ray gpus"].ok
     line = checks["torch"].line()
     assert line.startswith("FAIL") and "--device cpu" in line and "\n" not in line
+    assert not can_run(list(checks.values()))
+
+
+@no_gpu
+def test_more_gpus_than_ray_has_is_a_failed_scheduling_check():
+    checks = by_name(diagnose(Request(BuildConfig(clip="none"), resources=Resources(gpus=2))))
+    check = checks["ray scheduling"]
+    assert not check.ok and "--gpus 2: the Ray cluster has 0 GPU(s)" in check.detail
     assert not can_run(list(checks.values()))
 
 

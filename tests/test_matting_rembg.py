@@ -19,7 +19,7 @@ from PIL import Image
 
 from datagen.clip import Clip
 from datagen.errors import ConfigError
-from datagen.matting import load_matting
+from datagen.matting import auto_learned_spec, load_matting, rembg_backend, uses_gpu
 from datagen.matting.refine import soft_edge
 from datagen.matting.rembg_backend import CUDA, MODELS, RembgMatting
 
@@ -231,6 +231,28 @@ def test_missing_weights_say_where_they_are_expected_without_downloading(no_down
     message = str(error.value)
     assert str(no_downloads / "models" / "isnet-general-use" / "isnet-general-use.onnx") in message
     assert "rembg:/path/to/isnet-general-use.onnx" in message and "\n" not in message
+
+
+def test_auto_uses_the_best_cached_rembg_model_and_given_alpha_first(no_downloads, frames):
+    assert auto_learned_spec() is None  # an empty cache: auto stays weight-free
+    assert load_matting("auto")(Clip(frames=frames)).backend.name == "bgsub"
+    export(no_downloads / "u2netp.onnx")
+    export(no_downloads / "u2net.onnx", seed=1)  # both cached: u2net ranks above u2netp
+    assert auto_learned_spec() == "rembg:u2net" and uses_gpu("auto")
+    auto = load_matting("auto", "cpu")
+    matte = auto(Clip(frames=frames))
+    assert matte.backend.name == "rembg:u2net" and matte.backend.device == "cpu"
+    assert matte.backend.weights_sha256 == hashlib.sha256((no_downloads / "u2net.onnx").read_bytes()).hexdigest()
+    alpha = np.zeros(frames.shape[:3], np.float32)
+    assert auto(Clip(frames=frames, alpha=alpha)).backend.name == "given"  # a clip's own alpha wins
+
+
+def test_auto_without_any_rembg_cache_folder_does_not_import_rembg(monkeypatch, tmp_path):
+    for name in ("U2NET_HOME", "REMBG_HOME", "XDG_DATA_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~/.rembg and ~/.u2net do not exist
+    monkeypatch.setattr(rembg_backend, "cached_model", lambda model: pytest.fail("rembg was consulted"))
+    assert auto_learned_spec() is None and not uses_gpu("auto")
 
 
 def test_missing_model_file_is_a_config_error(tmp_path):

@@ -175,3 +175,20 @@ def test_no_ray_with_gpus_is_refused_before_any_work(tiny_source, small_config, 
         build(str(tiny_source), tmp_path / "ds", small_config, LocalRunner(progress=False),
               resources=Resources(gpus=1))
     assert not (tmp_path / "ds").exists()
+
+
+def test_cli_takes_per_stage_settings_and_refuses_bad_ones_in_one_line(monkeypatch, capsys, tiny_source, tmp_path):
+    from test_cli import run_main
+
+    code, output = run_main(monkeypatch, capsys, "build", "--source", str(tiny_source), "--out", str(tmp_path / "a"),
+                            "--no-ray", "--gpus", "1", "--clip", "none")
+    assert code == 2 and "with --no-ray" in output.strip().splitlines()[-1] and "Traceback" not in output
+    code, output = run_main(monkeypatch, capsys, "build", "--source", str(tiny_source), "--out", str(tmp_path / "b"),
+                            "--no-ray", "--decode-gpus", "0.5")
+    assert code == 2 and "No such option" in output
+    code, output = run_main(monkeypatch, capsys, "build", "--source", str(tiny_source), "--out", str(tmp_path / "c"),
+                            "--no-ray", "--clip", "none", "--size", "32x48", "--frames", "4",
+                            "--compose-concurrency", "3", "--caption-concurrency", "1")
+    assert code == 0, output
+    summary = io.read_summary(tmp_path / "c")
+    assert summary["scheduling"]["compose"]["concurrency"] == 3 and summary["scheduling"]["decode"]["concurrency"] == 2

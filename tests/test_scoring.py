@@ -13,7 +13,7 @@ import pytest
 
 from datagen.build import build, resolve_clip
 from datagen.pipeline import LocalRunner
-from datagen.stages import ScoreStage
+from datagen.stages import ClipStage, ScoreStage
 from datagen.video_io import write_rgb_video
 from filters.apply import POLICY_FILE, apply_policy
 from filters.policy import Policy
@@ -61,7 +61,17 @@ def test_build_writes_every_score_column(scored):
         assert np.linalg.norm(row["clip_embedding"]) == pytest.approx(1.0, abs=1e-5)
         assert -1.0 <= row["clip_consistency_min"] <= row["clip_consistency_mean"] <= 1.0 + 1e-6
     assert summary["backends"]["clip"]["unavailable"] is None
+    assert summary["backends"]["devices"]["clip"] == {"cpu": 6}  # where the scorer really ran (no GPU here)
     assert summary["unscored"]["clip_text_foreground"]["why"] == "no caption for this layer"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_clip_on_cuda_without_a_gpu_is_refused_not_nulled(tmp_path, tiny_clip):
+    from datagen.errors import ConfigError
+
+    choice = resolve_clip(tiny_clip)
+    with pytest.raises(ConfigError, match="--device cuda: no CUDA GPU is visible"):
+        ClipStage(str(tmp_path), choice.arch, choice.weights, choice.tag, None, device="cuda")
 
 
 def test_frozen_samples_are_flagged_static_and_kept(scored):
