@@ -235,9 +235,11 @@ def chunk_ranges(count: int, chunk: int, overlap: int) -> list[tuple[int, int]]:
 
 
 def cross_fade(previous: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """Blend the (N, ...) masks two chunks made for the N frames they share: the later chunk's weight grows
-    linearly, 1 / (N + 1) ... N / (N + 1), so a disagreement between them is spread over N + 1 steps."""
-    weights = np.arange(1, len(current) + 1, dtype=np.float32) / (len(current) + 1)
+    """Blend the (N, ...) masks two chunks made for the N frames they share. The later chunk's first frame is
+    its prompt given back (the earlier chunk's mask, thresholded), so it gets weight 0; after it the later chunk's
+    weight grows linearly, 1 / N ... (N - 1) / N, and the frame after the overlap is the later chunk's alone: a
+    disagreement between the chunks is spread over N steps."""
+    weights = np.arange(len(current), dtype=np.float32) / len(current)
     weights = weights.reshape((-1,) + (1,) * (current.ndim - 1))
     return (1 - weights) * previous + weights * current
 
