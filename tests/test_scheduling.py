@@ -8,7 +8,9 @@ share it, and that a build puts its learned stages on GPU actors while each back
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from test_captioning_hf import offline, tiny_blip  # noqa: F401  (fixtures: the tiny BLIP, no hub access)
@@ -115,27 +117,35 @@ def ray_with_one_gpu():
 
 
 @pytest.mark.slow
-def test_fractional_gpu_actors_share_one_gpu_and_cpu_tasks_get_none(ray_with_one_gpu):
+def test_fractional_gpu_actors_share_one_gpu_and_cpu_tasks_get_none(ray_with_one_gpu, tmp_path):
     from datagen.ray_runner import RayRunner
 
     class Probe:  # defined here so Ray ships it by value; records which process ran a row and what GPU it was given
-        def __init__(self, key: str) -> None:
-            self.key = key
+        def __init__(self, key: str, started: str | None = None) -> None:
+            self.key, self.started = key, started
+            if started:  # an actor: say it started, and let its first batch wait (60 s at most) for the second one
+                (Path(started) / str(os.getpid())).touch()
 
         def __call__(self, batch):
+            deadline = time.monotonic() + 60
+            while self.started and len(os.listdir(self.started)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
             rows = from_batch(batch)
             for row in rows:
-                row[self.key] = [os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")]
+                row[self.key] = [os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES"), len(os.listdir(self.started))
+                                 if self.started else None]
             return to_batch(rows)
 
+    started = tmp_path / "started"
+    started.mkdir()
     stages = [StageSpec(StageName.DECODE, Probe, {"key": "cpu"}, concurrency=2),
-              StageSpec(StageName.MATTE, Probe, {"key": "gpu"}, concurrency=2, num_cpus=0.5, num_gpus=0.5,
-                        actor=True)]
+              StageSpec(StageName.MATTE, Probe, {"key": "gpu", "started": str(started)}, concurrency=2,
+                        num_cpus=0.5, num_gpus=0.5, actor=True)]
     rows = [{"key": str(i), "status": "ok"} for i in range(16)]
     out = [row for batch in RayRunner(progress=False).run(rows, stages, "probe") for row in batch]
     assert sorted(row["key"] for row in out) == sorted(row["key"] for row in rows)
-    assert {row["gpu"][1] for row in out} == {"0"}  # both actors hold a half of GPU 0
-    assert len({row["gpu"][0] for row in out}) == 2  # two actors at once: the fractional share let both start
+    assert {row["gpu"][1] for row in out} == {"0"}  # every actor holds a share of GPU 0 ...
+    assert {row["gpu"][2] for row in out} == {2}  # ... and both were up at once: two halves of one GPU
     assert {row["cpu"][1] for row in out} <= {None, ""}  # a CPU task is given no GPU
 
 
