@@ -109,10 +109,15 @@ def build(
                                                        rich_help_panel=SCHEDULING)] = None,
     clip_gpus: Annotated[float | None, typer.Option(help="GPUs per CLIP actor.", rich_help_panel=SCHEDULING)] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run the stages in this process, without Ray.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace a dataset already at --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Delete what is at --out and build from scratch (needed when the settings or the source changed).")
+    ] = False,
     keep_work: Annotated[bool, typer.Option(help="Keep the decoded clips in OUT/_work.")] = False,
 ) -> None:
     """Turn a source folder into a layered-video dataset (Parquet manifest + media).
+
+    Rerunning the same command resumes an interrupted build: every input and sample already committed is skipped,
+    and no sample is ever written twice.
 
     Example: `layerflow-data build --out ./ds` (the built-in demo source)
 
@@ -209,6 +214,12 @@ def _print_summary(summary: dict) -> None:
     table.add_row("clip", clip["spec"] if not clip["unavailable"] else f"none: {clip['unavailable']}")
     stages = {k: f"{v:.1f} s" for k, v in seconds.items() if k != "wall"}
     table.add_row("time", f"{seconds['wall']:.1f} s wall; {_joined(stages)}")
+    resumed = summary.get("resumed", {})
+    if summary.get("already_complete"):
+        table.add_row("resume", "nothing to do: this build was already complete")
+    elif resumed.get("inputs_committed_before") or resumed.get("samples_committed_before"):
+        table.add_row("resume", f"{resumed['inputs_committed_before']} inputs and "
+                                f"{resumed['samples_committed_before']} samples were committed by an earlier run")
     Console().print(table)
 
 

@@ -17,6 +17,7 @@ from typing import Protocol
 from datagen.config import BuildConfig
 from datagen.errors import ConfigError
 from datagen.plan import plan_samples
+from datagen.resume import BuildFolder, Committed, build_record
 from datagen.scheduling import Resources, StageName, StagePlan, plan_stages, with_device
 from datagen.sources import SourceItem, discover
 from datagen.stages import FAILED, OK, CaptionStage, ClipStage, ComposeStage, DecodeStage, MatteStage, ScoreStage
@@ -24,9 +25,7 @@ from filters.apply import apply_policy, input_counts
 from filters.policy import Policy
 from manifests import io
 from manifests.layers import InputState, Layer, Role, Stage
-from manifests.schema import MANIFEST_DIR, MEDIA_DIR, SAMPLE_SCHEMA, SCHEMA_VERSION, media_uri, uri_column
-
-WORK_DIR = "_work"
+from manifests.schema import SAMPLE_SCHEMA, SCHEMA_VERSION, media_uri, uri_column
 
 
 @dataclass(frozen=True)
@@ -135,13 +134,15 @@ def make_runner(no_ray: bool = False, ray_address: str | None = None, num_cpus: 
 def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, backgrounds: str | None = None,
           overwrite: bool = False, keep_work: bool = False, resources: Resources | None = None,
           policy: Policy | None = None, clip: ClipChoice | None = None) -> dict:
-    """Build a dataset at `out`; returns the summary (also written to `_summary.json`)."""
+    """Build a dataset at `out`, or resume the build of it there; returns the summary (also `_summary.json`).
+
+    Resuming skips every input and sample an earlier run of the same build committed (see `datagen.resume`).
+    """
     out = Path(out)
     policy = policy or Policy.default()
     clip = clip or resolve_clip(config.clip)
     plans = plan_stages(config, resources or Resources(), learned_stages(config, clip), runner.gpus,
                         runner.cpus)
-    _prepare_out(out, overwrite)
     wall = time.perf_counter()
     seconds: Counter[str] = Counter()
 
@@ -153,16 +154,42 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
         raise ConfigError(f"--source: no inputs found in {source!r}")
     seconds[Stage.DISCOVER.value] = time.perf_counter() - start
 
-    work_dir = out / WORK_DIR
-    work_dir.mkdir(parents=True, exist_ok=True)
-    rows = [_input_row(item) for item in items]
-    pending = [row for row in rows if row["status"] == OK]
-    done = {row["input_id"]: row for row in rows if row["status"] != OK}
+    folder = BuildFolder(out)
+    record = build_record(source, backgrounds, config, clip.spec, [item.input_id for item in items])
+    committed = folder.open(record, overwrite)
+    try:
+        if committed.complete:
+            return {**io.read_summary(out), "already_complete": True}
+        summary = _run(folder, committed, items, config, runner, plans, policy, clip, seconds)
+    finally:
+        folder.close()
+    if not keep_work:
+        shutil.rmtree(folder.work, ignore_errors=True)
+    summary.update(source=source, backgrounds=backgrounds)
+    summary["seconds"]["wall"] = round(time.perf_counter() - wall, 3)
+    io.write_json_atomic(summary, out / io.SUMMARY_FILE)
     start = time.perf_counter()
-    devices: Counter[tuple[str, str]] = Counter()  # (stage, device its backend ran on) -> rows
-    for batch in runner.run(pending, input_stages(config, work_dir, plans), "decode + matte"):
-        done.update((row["input_id"], row) for row in batch)
-        devices.update(pair for row in batch for pair in row.get("devices", {}).items())
+    apply_policy(out, policy)  # the dataset-wide rules (near-duplicates) and the funnel
+    summary = io.read_summary(out)
+    summary["seconds"]["policy"] = round(time.perf_counter() - start, 3)
+    summary["complete"] = True  # written last: a rerun of a complete build has nothing to do
+    io.write_json_atomic(summary, out / io.SUMMARY_FILE)
+    return summary
+
+
+def _run(folder: BuildFolder, committed: Committed, items: list[SourceItem], config: BuildConfig, runner: Runner,
+         plans: dict[StageName, StagePlan], policy: Policy, clip: ClipChoice, seconds: Counter) -> dict:
+    """The two phases (inputs, then samples), each skipping what is committed; returns the summary to write."""
+    out = folder.out
+    rows = [_input_row(item) for item in items]
+    done = {row["input_id"]: row for row in rows if row["status"] != OK}
+    done.update(committed.inputs)
+    pending = [row for row in rows if row["input_id"] not in done]
+    start = time.perf_counter()
+    for batch in runner.run(pending, input_stages(config, folder.work, plans), "decode + matte"):
+        for row in batch:
+            folder.commit_input(row)
+            done[row["input_id"]] = row
     seconds["phase_inputs_wall"] = time.perf_counter() - start
     inputs = [done[row["input_id"]] for row in rows]
 
@@ -170,47 +197,56 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
     sample_plans = plan_samples(inputs, config)
     seconds[Stage.PLAN.value] = time.perf_counter() - start
 
-    samples: list[dict] = []
     sample_failures: list[dict] = []
-    unscored: Counter[tuple[str, str]] = Counter()  # (score column, why it is null) -> samples
     start = time.perf_counter()
-    stages = sample_stages(config, out, plans, clip)
-    for batch in runner.run(sample_plans, stages, "compose + caption + score"):
-        finished = [sample_row(row, config, policy) for row in batch if row["status"] == OK]
+    todo = [plan for plan in sample_plans if plan["sample_id"] not in committed.samples]
+    for batch in runner.run(todo, sample_stages(config, out, plans, clip), "compose + caption + score"):
+        finished = [row for row in batch if row["status"] == OK]
         if finished:
-            io.write_manifest_part(out, finished)
-        samples.extend(finished)
+            folder.commit_samples([sample_row(row, config, policy) for row in finished], part_record(finished))
         sample_failures.extend(row for row in batch if row["status"] != OK)
         for row in batch:
-            seconds.update(row["seconds"])
-            devices.update(row.get("devices", {}).items())
-            if row["status"] == OK:
-                unscored.update((column, why) for column, why in row.get("unscored", {}).items())
+            if row["status"] != OK:
+                seconds.update(row["seconds"])
     seconds["phase_samples_wall"] = time.perf_counter() - start
+
+    unscored: Counter[tuple[str, str]] = Counter()  # (score column, why it is null) -> samples
+    devices: Counter[tuple[str, str]] = Counter()  # (stage, device its backend ran on) -> rows
+    for part in folder.part_records():
+        unscored.update({(column, why): count for column, why, count in part["unscored"]})
+        devices.update({(stage, device): count for stage, device, count in part["devices"]})
+        seconds.update(part["seconds"])
     for row in inputs:
         seconds.update(row["seconds"])
+        devices.update(row.get("devices", {}).items())
+    samples = io.read_manifest(out).to_pylist()  # every committed sample, this run's and earlier ones'
 
     failures = [_input_failure(row) for row in inputs if row["status"] != OK]
     failures += [_sample_failure(row) for row in sample_failures]
     input_rows = input_states(inputs, samples, sample_failures)
     io.write_failures(out, failures)
     io.write_inputs(out, input_rows)
-    if not keep_work:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    seconds["wall"] = time.perf_counter() - wall
-    summary = make_summary(source, backgrounds, out, config, runner.name, input_rows, samples, failures, seconds)
+    summary = make_summary(str(out), config, runner.name, input_rows, samples, failures, seconds)
     summary["backends"]["clip"] = {"requested": config.clip, "spec": clip.spec, "weights": clip.weights,
                                    "unavailable": clip.unavailable}
     summary["unscored"] = unscored_summary(unscored)
     summary["scheduling"] = {stage.value: asdict(plan) for stage, plan in plans.items()}
     summary["backends"]["devices"] = device_summary(devices)
-    io.write_json_atomic(summary, out / io.SUMMARY_FILE)
-    start = time.perf_counter()
-    apply_policy(out, policy)  # the dataset-wide rules (near-duplicates) and the funnel
-    summary = io.read_summary(out)
-    summary["seconds"]["policy"] = round(time.perf_counter() - start, 3)
-    io.write_json_atomic(summary, out / io.SUMMARY_FILE)
+    summary["resumed"] = {"inputs_committed_before": len(committed.inputs),
+                          "samples_committed_before": len(committed.samples & {p["sample_id"] for p in sample_plans})}
     return summary
+
+
+def part_record(rows: list[dict]) -> dict:
+    """What the summary needs of a part's samples beyond the manifest: why scores are null, devices, timings."""
+    unscored = Counter((column, why) for row in rows for column, why in row.get("unscored", {}).items())
+    devices = Counter(pair for row in rows for pair in row.get("devices", {}).items())
+    seconds: Counter[str] = Counter()
+    for row in rows:
+        seconds.update(row["seconds"])
+    return {"unscored": [[column, why, count] for (column, why), count in sorted(unscored.items())],
+            "devices": [[stage, device, count] for (stage, device), count in sorted(devices.items())],
+            "seconds": dict(seconds)}
 
 
 def device_summary(devices: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
@@ -228,18 +264,6 @@ def unscored_summary(unscored: Counter[tuple[str, str]]) -> dict[str, dict]:
         entry = out.setdefault(column, {"samples": 0, "why": why})
         entry["samples"] += count
     return dict(sorted(out.items()))
-
-
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    existing = [p for p in (out / MANIFEST_DIR, out / io.SUMMARY_FILE, out / MEDIA_DIR) if p.exists()]
-    if existing and not overwrite:
-        raise ConfigError(f"--out: {out} already holds a dataset; choose a new --out or pass --overwrite")
-    for path in existing + [out / WORK_DIR, out / io.FAILURES_FILE, out / io.INPUTS_FILE]:
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _input_row(item: SourceItem) -> dict:
@@ -312,8 +336,8 @@ def input_states(inputs: list[dict], samples: list[dict], sample_failures: list[
     return out
 
 
-def make_summary(source: str, backgrounds: str | None, out: Path, config: BuildConfig, runner: str,
-                 inputs: list[dict], samples: list[dict], failures: list[dict], seconds: Counter) -> dict:
+def make_summary(out: str, config: BuildConfig, runner: str, inputs: list[dict], samples: list[dict],
+                 failures: list[dict], seconds: Counter) -> dict:
     counts = {"discovered": len(inputs), **input_counts(inputs)}
     counts["accounted"] = sum(counts[state.value] for state in InputState)
     matting_used = Counter(s["matting_backend"] for s in samples)
@@ -321,9 +345,7 @@ def make_summary(source: str, backgrounds: str | None, out: Path, config: BuildC
                     key=str)
     return {
         "schema_version": SCHEMA_VERSION,
-        "source": source,
-        "backgrounds": backgrounds,
-        "out": str(out),
+        "out": out,
         "runner": runner,
         "config": config.to_dict(),
         "config_fingerprint": config.fingerprint(),

@@ -46,11 +46,15 @@ def write_json_atomic(data: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_manifest_part(root: Path, rows: list[dict]) -> Path:
-    """One part of the manifest, named by the hash of its sample ids (the same rows give the same name)."""
+def manifest_part_name(rows: list[dict]) -> str:
+    """`part-<hash of the sorted sample ids>.parquet`: the same rows give the same name."""
     ids = sorted(row["sample_id"] for row in rows)
-    digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
-    path = root / MANIFEST_DIR / f"part-{digest}.parquet"
+    return f"part-{hashlib.sha1(chr(10).join(ids).encode()).hexdigest()[:16]}.parquet"
+
+
+def write_manifest_part(root: Path, rows: list[dict]) -> Path:
+    """One part of the manifest, named by the hash of its sample ids, written by rename (all or nothing)."""
+    path = root / MANIFEST_DIR / manifest_part_name(rows)
     write_parquet_atomic(to_table(sorted(rows, key=lambda r: r["sample_id"]), SAMPLE_SCHEMA), path)
     return path
 

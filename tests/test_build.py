@@ -103,9 +103,13 @@ def test_validate_reports_a_missing_file(built):
 
 def test_existing_dataset_is_not_overwritten_by_accident(built, tiny_source, small_config):
     out, _ = built
-    with pytest.raises(ConfigError, match="already holds a dataset"):
-        run(tiny_source, out, small_config)
-    assert run(tiny_source, out, small_config, overwrite=True)["samples"]["total"] == 6
+    before = {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()}
+    again = run(tiny_source, out, small_config)  # the same build: complete, nothing to do, nothing touched
+    assert again["already_complete"] and again["samples"]["total"] == 6
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()} == before
+    with pytest.raises(ConfigError, match=r"holds a build of something else \(frames: 4 -> 6\).*--overwrite"):
+        run(tiny_source, out, replace(small_config, frames=6))
+    assert run(tiny_source, out, replace(small_config, frames=6), overwrite=True)["samples"]["total"] == 6
 
 
 def test_separate_background_pool(tmp_path, small_config):

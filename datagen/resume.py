@@ -1,0 +1,183 @@
+"""Exactly-once, resumable builds: what a dataset folder has already committed, and committing more.
+
+A build writes `DS/_build.json` (what it is building: source, inputs, settings) before any work. Then:
+- an input is committed when its row is written to `_work/inputs/<input_id>.json` (its decoded, matted clip is
+  already in `_work/<input_id>.npz`, itself written by rename);
+- samples are committed a manifest part at a time: the part's side record (`_work/parts/<part>.json`: why scores are
+  null, devices, timings) first, then the part itself, renamed into `manifest/` in one step.
+Sample ids are deterministic, so rerunning the same build skips every committed input and sample and makes the rest:
+after any crash the manifest holds each sample exactly once. A rerun with other settings, or over a source whose
+inputs changed, would mix two datasets in one folder and is refused. `_summary.json` with `complete: true` is written
+last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.dataset as ds
+
+from datagen.config import RUNTIME_FIELDS, BuildConfig
+from datagen.errors import ConfigError
+from manifests import io
+from manifests.schema import MANIFEST_DIR, MEDIA_DIR, SCHEMA_VERSION
+
+RECORD_FILE = "_build.json"
+WORK_DIR = "_work"
+LOCK_FILE = "lock"
+
+
+def build_record(source: str, backgrounds: str | None, config: BuildConfig, clip_spec: str | None,
+                 input_ids: list[str]) -> dict:
+    """What a dataset is built from; two runs may share a folder only if their records are equal."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "source": source,
+        "backgrounds": backgrounds,
+        "config": json.loads(json.dumps(settings)),  # tuples as lists, as they read back from the file
+        "clip": clip_spec,
+        "inputs": len(input_ids),
+        "inputs_sha1": hashlib.sha1("\n".join(sorted(input_ids)).encode()).hexdigest(),
+    }
+
+
+@dataclass
+class Committed:
+    """What earlier runs of this build committed."""
+
+    inputs: dict[str, dict] = field(default_factory=dict)  # input_id -> finished input row
+    samples: set[str] = field(default_factory=set)  # sample ids in the manifest
+    complete: bool = False  # the build finished: `_summary.json` says complete
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self.inputs or self.samples)
+
+
+class BuildFolder:
+    """The dataset folder of one build: its record, lock, and committed inputs and samples."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = Path(out)
+        self.work = self.out / WORK_DIR
+        self.inputs_dir = self.work / "inputs"
+        self.parts_dir = self.work / "parts"
+
+    def open(self, record: dict, overwrite: bool) -> Committed:
+        """Start a build at `out`, or resume the one there; refuse one that would mix two datasets."""
+        existing = self._read_record()
+        has_data = any((self.out / name).exists() for name in (MANIFEST_DIR, MEDIA_DIR, io.SUMMARY_FILE))
+        if overwrite:
+            self._wipe()
+        elif existing is None and has_data:
+            raise ConfigError(f"--out: {self.out} already holds a dataset without a {RECORD_FILE} (an older or "
+                              "unfinished format); choose a new --out or pass --overwrite")
+        elif existing is not None and existing != record:
+            raise ConfigError(f"--out: {self.out} holds a build of something else ({_differences(existing, record)}); "
+                              "rerun with its settings to resume it, choose a new --out, or pass --overwrite to "
+                              "rebuild it from scratch")
+        committed = self._committed() if existing is not None and not overwrite else Committed()
+        if committed.complete:  # nothing to do, and nothing is touched
+            return committed
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(exist_ok=True)
+        self._lock()
+        io.write_json_atomic(record, self.out / RECORD_FILE)
+        return committed
+
+    def close(self) -> None:
+        (self.work / LOCK_FILE).unlink(missing_ok=True)
+
+    def commit_input(self, row: dict) -> None:
+        io.write_json_atomic(row, self.inputs_dir / f"{row['input_id']}.json")
+
+    def commit_samples(self, rows: list[dict], record: dict) -> Path:
+        """Side record first, then the part: a part on disk always has its record."""
+        name = io.manifest_part_name(rows)
+        io.write_json_atomic(record, self.parts_dir / f"{name}.json")
+        return io.write_manifest_part(self.out, rows)
+
+    def part_records(self) -> list[dict]:
+        """The side records of the manifest parts on disk."""
+        parts = {path.name for path in (self.out / MANIFEST_DIR).glob("part-*.parquet")}
+        records = []
+        for path in sorted(self.parts_dir.glob("*.json")):
+            if path.stem in parts:
+                records.append(json.loads(path.read_text(encoding="utf-8")))
+        return records
+
+    def _committed(self) -> Committed:
+        summary_path = self.out / io.SUMMARY_FILE
+        complete = summary_path.exists() and json.loads(summary_path.read_text(encoding="utf-8")).get("complete")
+        inputs = {}
+        for path in sorted(self.inputs_dir.glob("*.json")):
+            row = json.loads(path.read_text(encoding="utf-8"))
+            # a committed input is usable only with its clip file (`--keep-work` off deletes them at the end)
+            if all(Path(row[key]).exists() for key in ("clip_path", "background_path") if row.get(key)):
+                inputs[row["input_id"]] = row
+        return Committed(inputs=inputs, samples=committed_sample_ids(self.out), complete=bool(complete))
+
+    def _lock(self) -> None:
+        """One build per folder at a time; a lock left by a killed build is taken over."""
+        lock = self.work / LOCK_FILE
+        holder = {"host": socket.gethostname(), "pid": os.getpid()}
+        if lock.exists():
+            try:
+                other = json.loads(lock.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                other = {}
+            if other.get("host") == holder["host"] and other.get("pid") != holder["pid"] and _alive(other["pid"]):
+                raise ConfigError(f"--out: another build (pid {other['pid']}) is writing {self.out}; wait for it "
+                                  "or stop it first")
+        io.write_json_atomic(holder, lock)
+
+    def _read_record(self) -> dict | None:
+        path = self.out / RECORD_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+    def _wipe(self) -> None:
+        for name in (MANIFEST_DIR, MEDIA_DIR, WORK_DIR, io.SUMMARY_FILE, io.FAILURES_FILE, io.INPUTS_FILE, RECORD_FILE):
+            path = self.out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+
+def committed_sample_ids(out: Path) -> set[str]:
+    """Sample ids in the manifest parts on disk (reads one column)."""
+    files = sorted(str(p) for p in (Path(out) / MANIFEST_DIR).glob("part-*.parquet"))
+    if not files:
+        return set()
+    return set(ds.dataset(files, format="parquet").to_table(columns=["sample_id"]).column(0).to_pylist())
+
+
+def _differences(old: dict, new: dict) -> str:
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if key == "config":
+            changed += [f"{k}: {old[key].get(k)!r} -> {new[key].get(k)!r}"
+                        for k in sorted(set(old[key]) | set(new[key])) if old[key].get(k) != new[key].get(k)]
+        elif key == "inputs_sha1":
+            if old.get(key) != new.get(key):
+                changed.append(f"the source's inputs changed ({old.get('inputs')} then, {new.get('inputs')} now)")
+        elif key != "inputs" and old.get(key) != new.get(key):
+            changed.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return "; ".join(changed)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
