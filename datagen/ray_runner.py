@@ -6,20 +6,34 @@ Consecutive CPU stages with the same resources share one operator, like Ray Data
 A stage with a learned model (`StageSpec.actor`) is an operator of its own: a pool of actors that
 each load the model once and hold their GPU share (`num_gpus`) for the phase, so decoding and
 writing keep running on the CPUs beside them. Rows carry only JSON and file paths between stages.
+
+A worker process that dies (a native crash, out of memory, a killed node) is not an exception a stage can catch.
+Ray retries its task, but Ray Data's default is to retry forever, so one poison input would stall the build: here
+each task is tried `ATTEMPTS` times (Ray Data takes `max_retries` / `max_restarts` only as the `ray_remote_args` it
+deprecates for 2.64, with no named replacement yet: pyproject pins ray below 2.64). If a phase still fails, the rows
+it did not finish are run again one per task, so the rows that crash are isolated: each gets `ATTEMPTS` tries and
+then becomes a failure row; the rest finish.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from itertools import groupby
 
 import ray
 
 from datagen.build import StageSpec
-from datagen.stages import Batch, from_batch
+from datagen.errors import one_line
+from datagen.stages import FAILED, Batch, from_batch, to_batch
+
+log = logging.getLogger(__name__)
+# max_retries / max_restarts (see above) are `ray_remote_args`; the warning says they go in Ray 2.64 (pinned below).
+warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", category=DeprecationWarning)
 
 
 class StageChain:
@@ -35,6 +49,7 @@ class StageChain:
 
 
 MAX_ROWS_PER_TASK = 16
+ATTEMPTS = 3  # tries of a task whose worker died, before its rows are isolated (and then, one by one, failed)
 _CHAINS: dict[str, StageChain] = {}  # per worker process: the chains it has set up
 
 
@@ -96,6 +111,8 @@ class RayRunner:
                     compute=ray.data.ActorPoolStrategy(size=spec.concurrency),
                     num_cpus=spec.num_cpus,
                     num_gpus=spec.num_gpus,
+                    max_restarts=ATTEMPTS - 1,
+                    max_task_retries=ATTEMPTS - 1,
                 )
                 continue
             dataset = dataset.map_batches(
@@ -105,13 +122,45 @@ class RayRunner:
                 batch_format="numpy",
                 compute=ray.data.TaskPoolStrategy(size=max(1, min(max(s.concurrency for s in group), self.cpus))),
                 num_cpus=group[0].num_cpus,
+                max_retries=ATTEMPTS - 1,
             )
-        for batch in dataset.iter_batches(batch_size=8, batch_format="numpy"):
-            yield from_batch(batch)
+        finished: set[str] = set()
+        try:
+            for batch in dataset.iter_batches(batch_size=8, batch_format="numpy"):
+                out = from_batch(batch)
+                finished.update(row["key"] for row in out)
+                yield out
+        except ray.exceptions.RayError as exc:
+            left = [row for row in rows if row["key"] not in finished]
+            log.warning("%s: a worker died %d times (%s); running the %d unfinished rows one per task",
+                        desc, ATTEMPTS, one_line(exc)[:200], len(left))
+            yield from self._one_per_task(left, stages)
+
+    def _one_per_task(self, rows: list[dict], stages: list[StageSpec]) -> Iterator[list[dict]]:
+        """Each row in a task of its own, tried `ATTEMPTS` times; a row whose worker still dies is a failure row."""
+        task = ray.remote(run_chain).options(max_retries=ATTEMPTS - 1, num_cpus=1,
+                                             num_gpus=max(spec.num_gpus for spec in stages))
+        pending = {task.remote(to_batch([row]), stages): row for row in rows}
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            row = pending.pop(ref)
+            try:
+                yield from_batch(ray.get(ref))
+            except ray.exceptions.RayError as exc:
+                yield [crashed(row, stages, exc)]
 
     def close(self) -> None:
         if self._owned and ray.is_initialized():
             ray.shutdown()
+
+
+def crashed(row: dict, stages: list[StageSpec], exc: Exception) -> dict:
+    """The failure row of an input or sample whose worker process died `ATTEMPTS` times."""
+    names = " + ".join(spec.name.value for spec in stages)
+    message = (f"its worker process died {ATTEMPTS} times running {names} (a crash, not an exception: e.g. a native "
+               f"library fault or out of memory): {one_line(exc)[:300]}")
+    return {**row, "status": FAILED, "stage": stages[0].name.value, "error_class": type(exc).__name__,
+            "message": message}
 
 
 def cluster_resources(address: str) -> dict[str, float]:

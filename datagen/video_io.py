@@ -2,7 +2,8 @@
 
 RGB layers are H.264 mp4 (yuv420p, `crf`); alpha is lossless FFV1 (gray, 8 bit) in Matroska.
 The same frames always give the same bytes (sample content hashes depend on it): x264 runs
-single-threaded and without mbtree (parallelism comes from running many samples at once).
+single-threaded and without mbtree (parallelism comes from running many samples at once), and the muxer is
+bitexact (no creation date or random Matroska segment id).
 Videos with alpha for sources and tests: VP9 with alpha (WebM) and ProRes 4444.
 """
 
@@ -57,7 +58,9 @@ def _encode(path: Path, frames: np.ndarray, fps: float, codec: str, pix_fmt: str
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial{path.suffix}")
     height, width = frames.shape[1:3]
-    with av.open(str(tmp), mode="w") as container:
+    # bitexact: no creation date or random segment id in the container (Matroska has both), so a resumed build
+    # writes the same bytes as an uninterrupted one
+    with av.open(str(tmp), mode="w", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(codec, rate=_rate(fps), options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.codec_context.thread_count = 1  # see the module docstring: same frames, same bytes
