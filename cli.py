@@ -56,7 +56,8 @@ def demo_source(
 
 @app.command()
 def build(
-    out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
+    out: Annotated[str, typer.Option(
+        help="Dataset folder to write, or a pyarrow filesystem URI (s3://bucket/ds, gs://...) to publish to.")],
     source: Annotated[str, typer.Option(
         help="A folder (recursive), a glob, or a list file (.txt/.csv/.parquet with a `uri` column); "
              "`demo`: the built-in demo source, written to OUT/_demo_source.")] = DEMO_SOURCE,
@@ -165,11 +166,13 @@ def build(
     _print_summary(summary)
 
 
-def _demo_source(out: Path) -> Path:
-    """The built-in demo source, written once beside the dataset's own files."""
+def _demo_source(out: str) -> Path:
+    """The built-in demo source, written once beside the dataset's own files (in the staging folder for a URI)."""
     from datagen.demo import make_demo_source
+    from datagen.publish import staging_dir
+    from manifests.storage import is_remote
 
-    folder = out / "_demo_source"
+    folder = (staging_dir(out) if is_remote(out) else Path(out)) / "_demo_source"
     if not folder.exists():
         console.print(f"writing the built-in demo source to {folder}")
         make_demo_source(folder)
@@ -189,6 +192,18 @@ def _check_backends(config, on_cluster: bool = False) -> None:
         resolve_device(config.device)
     load_matting(config.matting, device)
     load_captioner(config.captioner, device)
+
+
+def _local(dataset: str) -> Path:
+    """A dataset folder; one on object storage is mirrored into the local cache first (changed files only)."""
+    from datagen.publish import local_copy
+    from manifests.storage import is_remote
+
+    if not is_remote(dataset):
+        return Path(dataset)
+    folder = local_copy(dataset)
+    console.print(f"{dataset} mirrored to {folder}")
+    return folder
 
 
 def _joined(counts: dict) -> str:
@@ -225,7 +240,7 @@ def _print_summary(summary: dict) -> None:
 
 @app.command()
 def inspect(
-    dataset: Annotated[Path, typer.Argument(help="Dataset folder written by `build`.")],
+    dataset: Annotated[str, typer.Argument(help="Dataset folder written by `build` (or s3://..., gs://...).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     examples: Annotated[int, typer.Option(help="Sample rows to show.")] = 3,
 ) -> None:
@@ -235,7 +250,7 @@ def inspect(
     """
     from manifests.inspect import inspect_dataset
 
-    info = inspect_dataset(dataset, examples=examples)
+    info = inspect_dataset(_local(dataset), examples=examples)
     if as_json:
         print(json.dumps(info, indent=2, default=str))
         return
@@ -258,7 +273,7 @@ def inspect(
 
 @app.command()
 def validate(
-    dataset: Annotated[Path, typer.Argument(help="Dataset folder written by `build`.")],
+    dataset: Annotated[str, typer.Argument(help="Dataset folder written by `build` (or s3://..., gs://...).")],
 ) -> None:
     """Check the schema, that every referenced file exists and decodes, frame counts, and recomposition.
 
@@ -268,7 +283,7 @@ def validate(
     """
     from manifests.validate import validate as run_validate
 
-    report = run_validate(dataset, progress=True)
+    report = run_validate(_local(dataset), progress=True)
     for problem in report.problems:
         console.print(f"[red]problem[/red] {problem}")
     status = "OK" if report.ok else f"{len(report.problems)} problem(s)"

@@ -17,13 +17,14 @@ from typing import Protocol
 from datagen.config import BuildConfig
 from datagen.errors import ConfigError
 from datagen.plan import plan_samples
+from datagen.publish import Mirror, staging_dir
 from datagen.resume import BuildFolder, Committed, build_record
 from datagen.scheduling import Resources, StageName, StagePlan, plan_stages, with_device
 from datagen.sources import SourceItem, discover
 from datagen.stages import FAILED, OK, CaptionStage, ClipStage, ComposeStage, DecodeStage, MatteStage, ScoreStage
 from filters.apply import apply_policy, input_counts
 from filters.policy import Policy
-from manifests import io
+from manifests import io, storage
 from manifests.layers import InputState, Layer, Role, Stage
 from manifests.schema import SAMPLE_SCHEMA, SCHEMA_VERSION, media_uri, uri_column
 
@@ -68,14 +69,15 @@ def input_stages(config: BuildConfig, work_dir: Path, plans: dict[StageName, Sta
     ]
 
 
-def sample_stages(config: BuildConfig, out: Path, plans: dict[StageName, StagePlan], clip: ClipChoice
-                  ) -> list[StageSpec]:
+def sample_stages(config: BuildConfig, out: Path, plans: dict[StageName, StagePlan], clip: ClipChoice,
+                  remote: str | None = None) -> list[StageSpec]:
+    """`out`: the local folder the media are written to; `remote`: the store they are published to, if any."""
     return [
-        _spec(StageName.COMPOSE, ComposeStage, plans, config=config, out_dir=str(out)),
-        _spec(StageName.CAPTION, CaptionStage, plans, config=config, out_dir=str(out)),
-        _spec(StageName.SCORE, ScoreStage, plans, config=config, out_dir=str(out)),
+        _spec(StageName.COMPOSE, ComposeStage, plans, config=config, out_dir=str(out), remote=remote),
+        _spec(StageName.CAPTION, CaptionStage, plans, config=config, out_dir=str(out), remote=remote),
+        _spec(StageName.SCORE, ScoreStage, plans, config=config, out_dir=str(out), remote=remote),
         _spec(StageName.CLIP, ClipStage, plans, out_dir=str(out), clip_arch=clip.arch, clip_weights=clip.weights,
-              clip_tag=clip.tag, unavailable=clip.unavailable, device=config.device),
+              clip_tag=clip.tag, unavailable=clip.unavailable, device=config.device, remote=remote),
     ]
 
 
@@ -137,8 +139,12 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
     """Build a dataset at `out`, or resume the build of it there; returns the summary (also `_summary.json`).
 
     Resuming skips every input and sample an earlier run of the same build committed (see `datagen.resume`).
+    `out` may be a pyarrow filesystem URI (`s3://bucket/ds`): the build then works in a local staging folder and
+    publishes each commit to it (see `datagen.publish`).
     """
-    out = Path(out)
+    destination = str(out)
+    remote = destination if storage.is_remote(destination) else None
+    out = staging_dir(remote) if remote else Path(out)
     policy = policy or Policy.default()
     clip = clip or resolve_clip(config.clip)
     plans = plan_stages(config, resources or Resources(), learned_stages(config, clip), runner.gpus,
@@ -154,18 +160,18 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
         raise ConfigError(f"--source: no inputs found in {source!r}")
     seconds[Stage.DISCOVER.value] = time.perf_counter() - start
 
-    folder = BuildFolder(out)
+    folder = BuildFolder(out, Mirror(remote, out) if remote else None)
     record = build_record(source, backgrounds, config, clip.spec, [item.input_id for item in items])
     committed = folder.open(record, overwrite)
     try:
         if committed.complete:
             return {**io.read_summary(out), "already_complete": True}
-        summary = _run(folder, committed, items, config, runner, plans, policy, clip, seconds)
+        summary = _run(folder, committed, items, config, runner, plans, policy, clip, seconds, remote)
     finally:
         folder.close()
     if not keep_work:
         shutil.rmtree(folder.work, ignore_errors=True)
-    summary.update(source=source, backgrounds=backgrounds)
+    summary.update(source=source, backgrounds=backgrounds, out=destination)
     summary["seconds"]["wall"] = round(time.perf_counter() - wall, 3)
     io.write_json_atomic(summary, out / io.SUMMARY_FILE)
     start = time.perf_counter()
@@ -174,11 +180,13 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
     summary["seconds"]["policy"] = round(time.perf_counter() - start, 3)
     summary["complete"] = True  # written last: a rerun of a complete build has nothing to do
     io.write_json_atomic(summary, out / io.SUMMARY_FILE)
+    folder.publish_final()
     return summary
 
 
 def _run(folder: BuildFolder, committed: Committed, items: list[SourceItem], config: BuildConfig, runner: Runner,
-         plans: dict[StageName, StagePlan], policy: Policy, clip: ClipChoice, seconds: Counter) -> dict:
+         plans: dict[StageName, StagePlan], policy: Policy, clip: ClipChoice, seconds: Counter,
+         remote: str | None) -> dict:
     """The two phases (inputs, then samples), each skipping what is committed; returns the summary to write."""
     out = folder.out
     rows = [_input_row(item) for item in items]
@@ -200,7 +208,7 @@ def _run(folder: BuildFolder, committed: Committed, items: list[SourceItem], con
     sample_failures: list[dict] = []
     start = time.perf_counter()
     todo = [plan for plan in sample_plans if plan["sample_id"] not in committed.samples]
-    for batch in runner.run(todo, sample_stages(config, out, plans, clip), "compose + caption + score"):
+    for batch in runner.run(todo, sample_stages(config, out, plans, clip, remote), "compose + caption + score"):
         finished = [row for row in batch if row["status"] == OK]
         if finished:
             folder.commit_samples([sample_row(row, config, policy) for row in finished], part_record(finished))

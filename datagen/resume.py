@@ -25,12 +25,15 @@ import pyarrow.dataset as ds
 
 from datagen.config import RUNTIME_FIELDS, BuildConfig
 from datagen.errors import ConfigError
+from datagen.publish import Mirror
+from filters.apply import POLICY_FILE
 from manifests import io
 from manifests.schema import MANIFEST_DIR, MEDIA_DIR, SCHEMA_VERSION
 
 RECORD_FILE = "_build.json"
 WORK_DIR = "_work"
 LOCK_FILE = "lock"
+PARTS_DIR = f"{WORK_DIR}/parts"
 
 
 def build_record(source: str, backgrounds: str | None, config: BuildConfig, clip_spec: str | None,
@@ -64,16 +67,28 @@ class Committed:
 class BuildFolder:
     """The dataset folder of one build: its record, lock, and committed inputs and samples."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, mirror: Mirror | None = None) -> None:
+        """`mirror`: where the commits are published when `--out` is on object storage (`out` is then staging)."""
         self.out = Path(out)
+        self.mirror = mirror
         self.work = self.out / WORK_DIR
         self.inputs_dir = self.work / "inputs"
-        self.parts_dir = self.work / "parts"
+        self.parts_dir = self.out / PARTS_DIR
 
     def open(self, record: dict, overwrite: bool) -> Committed:
         """Start a build at `out`, or resume the one there; refuse one that would mix two datasets."""
+        if self.mirror is not None:
+            if overwrite:
+                self.mirror.wipe()
+            else:  # what the store has committed decides, not what this staging folder remembers
+                for folder in (self.out / MANIFEST_DIR, self.parts_dir):
+                    shutil.rmtree(folder, ignore_errors=True)
+                self.mirror.pull(RECORD_FILE, io.SUMMARY_FILE, PARTS_DIR)
         existing = self._read_record()
-        has_data = any((self.out / name).exists() for name in (MANIFEST_DIR, MEDIA_DIR, io.SUMMARY_FILE))
+        # (with a mirror, media left in the staging folder say nothing: the store's manifest and summary do)
+        markers = (MANIFEST_DIR, io.SUMMARY_FILE) if self.mirror is not None else (MANIFEST_DIR, MEDIA_DIR,
+                                                                                   io.SUMMARY_FILE)
+        has_data = any((self.out / name).exists() for name in markers)
         if overwrite:
             self._wipe()
         elif existing is None and has_data:
@@ -90,6 +105,8 @@ class BuildFolder:
         self.work.mkdir(exist_ok=True)
         self._lock()
         io.write_json_atomic(record, self.out / RECORD_FILE)
+        if self.mirror is not None:
+            self.mirror.push(RECORD_FILE)
         return committed
 
     def close(self) -> None:
@@ -102,7 +119,19 @@ class BuildFolder:
         """Side record first, then the part: a part on disk always has its record."""
         name = io.manifest_part_name(rows)
         io.write_json_atomic(record, self.parts_dir / f"{name}.json")
-        return io.write_manifest_part(self.out, rows)
+        path = io.write_manifest_part(self.out, rows)
+        if self.mirror is not None:  # the media are already there (the compose stage published them)
+            self.mirror.push(f"{PARTS_DIR}/{name}.json", f"{MANIFEST_DIR}/{name}")
+        return path
+
+    def publish_final(self) -> None:
+        """Object storage: the parts again (the policy rewrote them), the tables, then the summary; drop `_work/`."""
+        if self.mirror is None:
+            return
+        parts = sorted(f"{MANIFEST_DIR}/{p.name}" for p in (self.out / MANIFEST_DIR).glob("part-*.parquet"))
+        tables = [name for name in (io.FAILURES_FILE, io.INPUTS_FILE, POLICY_FILE) if (self.out / name).exists()]
+        self.mirror.push(*parts, *tables, io.SUMMARY_FILE)
+        self.mirror.delete(WORK_DIR)
 
     def part_records(self) -> list[dict]:
         """The side records of the manifest parts on disk."""

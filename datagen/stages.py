@@ -24,6 +24,7 @@ from datagen.config import BuildConfig
 from datagen.decode import decode
 from datagen.errors import one_line
 from datagen.matting import load_matting
+from datagen.publish import fetch_media, upload_media
 from datagen.scheduling import StageName
 from datagen.sources import SourceItem
 from filters.alpha import alpha_quality
@@ -43,6 +44,13 @@ def to_batch(rows: list[dict]) -> Batch:
 
 def from_batch(batch: Batch) -> list[dict]:
     return [json.loads(str(text)) for text in batch["row"]]
+
+
+def sample_layers(out_dir: Path, remote: str | None, sample_id: str) -> dict[Layer, np.ndarray]:
+    """A sample's layers as written; with `--out` on object storage, fetched first if this node lacks them."""
+    if remote:
+        fetch_media(out_dir, remote, sample_id)
+    return read_layers(out_dir, sample_id)
 
 
 class RowStage(ABC):
@@ -143,9 +151,10 @@ class ComposeStage(RowStage):
 
     stage = Stage.COMPOSE
 
-    def __init__(self, config: BuildConfig, out_dir: str) -> None:
+    def __init__(self, config: BuildConfig, out_dir: str, remote: str | None = None) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
+        self.remote = remote  # `--out` on object storage: the media are published from here
 
     def process(self, row: dict) -> None:
         fg, config = row["fg"], self.config
@@ -173,6 +182,8 @@ class ComposeStage(RowStage):
                 video_io.write_alpha_video(path, layers.alpha, config.fps)
             else:
                 video_io.write_rgb_video(path, layers.layer(layer), config.fps, config.crf)
+        if self.remote:
+            upload_media(self.out_dir, self.remote, row["sample_id"])
         row.update(placement=placement.to_json(), frames_foreground=fg_clip.frame_indices,
                    frames_background=bg_indices, num_frames=config.frames, height=int(canvas[0]),
                    width=int(canvas[1]))
@@ -183,13 +194,14 @@ class CaptionStage(RowStage):
 
     stage = Stage.CAPTION
 
-    def __init__(self, config: BuildConfig, out_dir: str) -> None:
+    def __init__(self, config: BuildConfig, out_dir: str, remote: str | None = None) -> None:
         self.out_dir = Path(out_dir)
+        self.remote = remote
         self.captioner = load_captioner(config.captioner, config.device)
 
     def process(self, row: dict) -> None:
         # Decoding the four layer files back costs time: only captioners that look at pixels get them.
-        layers = read_layers(self.out_dir, row["sample_id"]) if self.captioner.needs_pixels else None
+        layers = sample_layers(self.out_dir, self.remote, row["sample_id"]) if self.captioner.needs_pixels else None
         captions = self.captioner(row, layers)
         row["captioner"] = self.captioner.name
         device = getattr(self.captioner, "torch_device", None)  # learned captioners only
@@ -204,11 +216,12 @@ class ScoreStage(RowStage):
 
     stage = Stage.SCORE
 
-    def __init__(self, config: BuildConfig, out_dir: str) -> None:
+    def __init__(self, config: BuildConfig, out_dir: str, remote: str | None = None) -> None:
         self.out_dir = Path(out_dir)
+        self.remote = remote
 
     def process(self, row: dict) -> None:
-        layers = read_layers(self.out_dir, row["sample_id"])
+        layers = sample_layers(self.out_dir, self.remote, row["sample_id"])
         alpha = layers[Layer.ALPHA]
         row["recompose_psnr"] = recomposition_psnr(layers[Layer.FOREGROUND], alpha, layers[Layer.BACKGROUND],
                                                    layers[Layer.BLENDED])
@@ -229,9 +242,10 @@ class ClipStage(RowStage):
     stage = Stage.SCORE
 
     def __init__(self, out_dir: str, clip_arch: str | None, clip_weights: str | None, clip_tag: str | None,
-                 unavailable: str | None, device: str = "auto") -> None:
+                 unavailable: str | None, device: str = "auto", remote: str | None = None) -> None:
         """`device`: auto | cpu | cuda, as the build's `--device` (cuda without a GPU is a `ConfigError`)."""
         self.out_dir = Path(out_dir)
+        self.remote = remote
         self.unavailable = unavailable
         self.scorer = None
         if clip_arch is not None and clip_weights is not None:
@@ -256,7 +270,7 @@ class ClipStage(RowStage):
 
         captions = {layer.value: row.get(caption_column(layer)) for layer in CAPTIONED_LAYERS}
         try:
-            layers = read_layers(self.out_dir, row["sample_id"])
+            layers = sample_layers(self.out_dir, self.remote, row["sample_id"])
             scores = clip_scores(self.scorer, layers[Layer.FOREGROUND], layers[Layer.ALPHA],
                                  layers[Layer.BACKGROUND], layers[Layer.BLENDED], captions)
         except Exception as exc:  # a score that cannot be computed is null with its reason, not a lost sample

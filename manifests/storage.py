@@ -247,3 +247,13 @@ def _explain(uri: str, exc: BaseException, bucket_missing: bool = False) -> str:
     if isinstance(exc, pa.ArrowInvalid) or "Unrecognized filesystem type" in text:
         return f"{uri}: not a usable filesystem URI ({text})"
     return f"{uri}: {text}"
+
+
+def delete_tree(uri: str) -> None:
+    """Delete every file under the prefix (nothing happens if there is none)."""
+    fs, path = resolve(uri)
+    with _errors(uri, fs, path):
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir_contents(path, missing_dir_ok=True)
+            with suppress(OSError):  # the folder itself (an object store may have had no marker object)
+                fs.delete_dir(path)
