@@ -68,8 +68,10 @@ class StageActor(StageChain):
 class RayRunner:
     """Starts a local Ray, or joins `address` (or `RAY_ADDRESS`).
 
-    A local Ray starts without its dashboard (Ray's HTTP service). Its GCS and raylet are
-    registered under the node's address: Ray resolves 127.0.0.1 to it on Linux.
+    A local Ray starts without its dashboard (Ray's HTTP service) and with Ray's token authentication on: Ray
+    (2.60) binds its GCS, raylet and worker gRPC ports to every interface and offers no setting to bind them to
+    127.0.0.1 (it replaces a 127.0.0.1 node address by the node's own), so the token is what keeps other hosts out.
+    A user who disabled it (`RAY_AUTH_MODE=disabled`) is warned.
     """
 
     name = "ray"
@@ -82,6 +84,7 @@ class RayRunner:
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
+                require_token_auth()
                 ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
@@ -152,6 +155,19 @@ class RayRunner:
     def close(self) -> None:
         if self._owned and ray.is_initialized():
             ray.shutdown()
+
+
+AUTH_ENV = "RAY_AUTH_MODE"
+
+
+def require_token_auth() -> None:
+    """Ray starts a local cluster with token authentication when `RAY_AUTH_MODE` is unset (it generates the token
+    in ~/.ray/auth_token and sets the variable to `token`); warn when the user turned it off."""
+    mode = os.environ.get(AUTH_ENV)
+    if mode is not None and mode.lower() != "token":
+        log.warning("%s=%s: the local Ray listens on every network interface without authentication; anyone who "
+                    "can reach this machine can run code in it. Unset %s to require Ray's token.", AUTH_ENV, mode,
+                    AUTH_ENV)
 
 
 def crashed(row: dict, stages: list[StageSpec], exc: Exception) -> dict:
