@@ -378,7 +378,7 @@ def doctor(
 
     Example: `layerflow-data doctor`
 
-    Example: `layerflow-data doctor --matting rembg:u2net --device cuda --ray-address ray://head:10001`
+    Example: `layerflow-data doctor --matting rembg:u2net --device cuda --ray-address auto --gpus 4`
     """
     from datagen.config import BuildConfig
     from datagen.doctor import Request, can_run, diagnose

@@ -6,11 +6,13 @@ background, 12 frames of 64x96 at 24 fps, seeded per source, each with a caption
 `--interval` seconds, the RSS of the driver (the CLI process) and of every process below it (Ray's
 GCS, raylet and workers): peak driver RSS, peak RSS of one Ray worker, peak RSS of the whole tree.
 Object-store spilling is read from the Ray session of the build (found from its raylet's command
-line): the peak size of its spill folder and the raylet's own "Spilled N MiB" log total. The
+line): the peak size of its spill folder and the raylet's own "Spilled N MiB" log total. The driver's
+peak is also given up to the moment `_summary.json` says complete (`build()` returned), which leaves out
+Ray's shutdown, the printed summary and the interpreter's exit. The
 baseline is the smallest run; `ratio_<largest>_vs_<smallest>` compares the largest run with it
 (a ratio near 1 for memory means no growth with the number of sources).
 
-    python bench/scale.py                    # 100 and 1,000 sources, local embedded Ray (long on 2 cores)
+    python bench/scale.py                    # 100 and 1,000 sources, local embedded Ray (~2.5 min on 2 cores)
     python bench/scale.py --sizes 20,100     # a quick run
     python bench/scale.py --no-ray           # the plain runner (one process)
     python bench/scale.py --timeout 1500     # stop a run after 1,500 s (reported as timed out, peaks so far)
@@ -109,9 +111,14 @@ def _is_worker(cmdline: list[str], name: str) -> bool:
 class Sampler(threading.Thread):
     """Polls the RSS of a process and of all its descendants until `stop()`."""
 
-    def __init__(self, pid: int, interval: float) -> None:
+    def __init__(self, pid: int, interval: float, summary: Path | None = None) -> None:
+        """`summary`: the build's `_summary.json`; the driver's peak is also kept up to when it says complete."""
         super().__init__(daemon=True)
         self.root = psutil.Process(pid)
+        self.summary = summary
+        self._summary_mtime = None
+        self.built_at: float | None = None  # seconds when `_summary.json` said complete (build() returned)
+        self.peak_driver_built = 0  # the driver's peak up to then: without Ray's shutdown and interpreter exit
         self.interval = interval
         self._halt = threading.Event()
         self.start_time = time.perf_counter()
@@ -170,6 +177,10 @@ class Sampler(threading.Thread):
         self.samples += 1
         self.timeline.append((now, driver))
         self.peak_driver = max(self.peak_driver, driver)
+        if self.built_at is None:
+            self.peak_driver_built = max(self.peak_driver_built, driver)
+            if self._complete():
+                self.built_at = now
         self.peak_tree = max(self.peak_tree, tree)
         self.peak_services = max(self.peak_services, services)
         self.peak_processes = max(self.peak_processes, 1 + len(children))
@@ -177,6 +188,18 @@ class Sampler(threading.Thread):
         if self.session_dir and now - self._last_spill_check >= 1.0:
             self._last_spill_check = now
             self.peak_spill_bytes = max(self.peak_spill_bytes, spill_bytes(self.session_dir))
+
+    def _complete(self) -> bool:
+        if self.summary is None:
+            return False
+        try:
+            mtime = self.summary.stat().st_mtime
+            if mtime == self._summary_mtime:
+                return False
+            self._summary_mtime = mtime
+            return bool(json.loads(self.summary.read_text()).get("complete"))
+        except (OSError, ValueError):
+            return False
 
     def driver_timeline(self, points: int = 11) -> list[float]:
         """Driver RSS (MiB) at 0%, 10%, ..., 100% of the run: growth within a run shows here."""
@@ -250,7 +273,7 @@ def measure(sources: int, src: Path, out: Path, no_ray: bool, interval: float, t
     start = time.perf_counter()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        sampler = Sampler(process.pid, interval)
+        sampler = Sampler(process.pid, interval, out / "_summary.json")
         sampler.start()
         timed_out = False
         next_report = 30.0
@@ -296,6 +319,8 @@ def measure(sources: int, src: Path, out: Path, no_ray: bool, interval: float, t
         "samples_per_minute": round(60 * samples / seconds, 2) if seconds > 0 else None,
         "build_wall_seconds": (summary or {}).get("seconds", {}).get("wall"),
         "peak_driver_rss_mib": round(sampler.peak_driver / MIB, 1),
+        "peak_driver_rss_until_built_mib": round(sampler.peak_driver_built / MIB, 1),
+        "built_at_seconds": None if sampler.built_at is None else round(sampler.built_at, 2),
         "peak_worker_rss_mib": round(sampler.peak_worker / MIB, 1),
         "peak_worker_process": sampler.peak_worker_cmd,
         "peak_ray_services_rss_mib": round(sampler.peak_services / MIB, 1),
@@ -390,6 +415,8 @@ def main() -> None:
                     "H.264, a seeded textured disk over a seeded texture, one .txt caption sidecar each",
                     "sample_interval_s": args.interval, "timeout_s": args.timeout,
                     "rss": "resident set size; the tree total counts shared pages (the object store) once per process",
+                    "driver_until_built": "the driver's peak until _summary.json says complete (build() returned): "
+                    "without ray.shutdown(), the printed summary and the interpreter's exit",
                     "spill": "max of the peak size of <session>/ray_spilled_objects* and the raylet's 'Spilled N MiB'"},
         "generate_sources_seconds": round(generate_seconds, 2),
         "runs": runs,
@@ -397,6 +424,7 @@ def main() -> None:
         f"ratio_{large['sources']}_vs_{small['sources']}": {
             "sources": round(large["sources"] / small["sources"], 3),
             "peak_driver_rss": _ratio(large, small, "peak_driver_rss_mib"),
+            "peak_driver_rss_until_built": _ratio(large, small, "peak_driver_rss_until_built_mib"),
             "peak_worker_rss": _ratio(large, small, "peak_worker_rss_mib"),
             "peak_tree_rss": _ratio(large, small, "peak_tree_rss_mib"),
             "samples_per_minute": _ratio(large, small, "samples_per_minute"),

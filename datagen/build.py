@@ -62,10 +62,11 @@ def _spec(name: StageName, cls: type, plans: dict[StageName, StagePlan], **kwarg
                      actor=plan.actor)
 
 
-def input_stages(config: BuildConfig, work_dir: Path, plans: dict[StageName, StagePlan]) -> list[StageSpec]:
+def input_stages(config: BuildConfig, work_dir: Path, plans: dict[StageName, StagePlan],
+                 remote: str | None = None) -> list[StageSpec]:
     return [
-        _spec(StageName.DECODE, DecodeStage, plans, config=config, work_dir=str(work_dir)),
-        _spec(StageName.MATTE, MatteStage, plans, config=config),
+        _spec(StageName.DECODE, DecodeStage, plans, config=config, work_dir=str(work_dir), remote=remote),
+        _spec(StageName.MATTE, MatteStage, plans, config=config, work_dir=str(work_dir), remote=remote),
     ]
 
 
@@ -194,7 +195,7 @@ def _run(folder: BuildFolder, committed: Committed, items: list[SourceItem], con
     done.update(committed.inputs)
     pending = [row for row in rows if row["input_id"] not in done]
     start = time.perf_counter()
-    for batch in runner.run(pending, input_stages(config, folder.work, plans), "decode + matte"):
+    for batch in runner.run(pending, input_stages(config, folder.work, plans, remote), "decode + matte"):
         for row in batch:
             folder.commit_input(row)
             done[row["input_id"]] = row
@@ -227,7 +228,8 @@ def _run(folder: BuildFolder, committed: Committed, items: list[SourceItem], con
     for row in inputs:
         seconds.update(row["seconds"])
         devices.update(row.get("devices", {}).items())
-    samples = io.read_manifest(out).to_pylist()  # every committed sample, this run's and earlier ones'
+    # every committed sample, this run's and earlier ones': only the columns the summary counts (not the embeddings)
+    samples = io.read_manifest(out, list(SUMMARY_COLUMNS)).to_pylist()
 
     failures = [_input_failure(row) for row in inputs if row["status"] != OK]
     failures += [_sample_failure(row) for row in sample_failures]
@@ -243,6 +245,10 @@ def _run(folder: BuildFolder, committed: Committed, items: list[SourceItem], con
     summary["resumed"] = {"inputs_committed_before": len(committed.inputs),
                           "samples_committed_before": len(committed.samples & {p["sample_id"] for p in sample_plans})}
     return summary
+
+
+SUMMARY_COLUMNS = ("sample_id", "kind", "split", "keep", "reject_reasons", "input_id_foreground", "input_id_background",
+                   "matting_backend", "matting_model", "matting_weights_sha256", "captioner")
 
 
 def part_record(rows: list[dict]) -> dict:

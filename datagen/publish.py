@@ -1,6 +1,8 @@
 """`--out s3://bucket/ds` (any pyarrow filesystem URI): the build works in a local staging folder and publishes to
 the store as it commits, so the store holds the same commits a local `--out` would.
 
+- Decoded clips (`_work/*.npz`) pass between the stages through the store's `_work/` when they run on different
+  nodes: the decode and matte stages upload what they write, a stage that lacks a clip fetches it.
 - Media: the compose stage uploads a sample's four files as soon as it has written them (from whichever node it ran
   on); the stages after it read them back from the staging folder, or fetch them from the store if they run on
   another node.
@@ -96,3 +98,19 @@ def fetch_media(local_root: Path, uri: str, sample_id: str) -> None:
             tmp = target.with_name(f".{target.name}.fetch-{os.getpid()}")
             tmp.write_bytes(storage.read_bytes(storage.join(uri, name)))
             tmp.replace(target)
+
+
+def share(path: Path, root: Path, uri: str) -> None:
+    """Publish a file the build wrote under its staging folder `root` to the same relative path under `uri`."""
+    storage.upload_file(path, storage.join(uri, Path(path).relative_to(root).as_posix()))
+
+
+def obtain(path: Path, root: Path, uri: str) -> Path:
+    """`path` (under the staging folder `root`), fetched from `uri` first if this node lacks it."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.fetch-{os.getpid()}")
+        tmp.write_bytes(storage.read_bytes(storage.join(uri, path.relative_to(root).as_posix())))
+        tmp.replace(path)
+    return path

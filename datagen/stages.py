@@ -24,7 +24,7 @@ from datagen.config import BuildConfig
 from datagen.decode import decode
 from datagen.errors import one_line
 from datagen.matting import load_matting
-from datagen.publish import fetch_media, upload_media
+from datagen.publish import fetch_media, obtain, share, upload_media
 from datagen.scheduling import StageName
 from datagen.sources import SourceItem
 from filters.alpha import alpha_quality
@@ -95,9 +95,10 @@ class DecodeStage(RowStage):
 
     stage = Stage.DECODE
 
-    def __init__(self, config: BuildConfig, work_dir: str) -> None:
+    def __init__(self, config: BuildConfig, work_dir: str, remote: str | None = None) -> None:
         self.config = config
         self.work_dir = Path(work_dir)
+        self.remote = remote  # `--out` on object storage: decoded clips pass to other nodes through it
 
     def process(self, row: dict) -> None:
         fields = {k: row[k] for k in SourceItem.__dataclass_fields__}
@@ -109,6 +110,10 @@ class DecodeStage(RowStage):
             background_path = self.work_dir / f"{row['input_id']}.bg.npz"
             decoded.background.save(background_path)
             row["background_path"] = str(background_path)
+            if self.remote:
+                share(background_path, self.work_dir.parent, self.remote)
+        if self.remote:
+            share(clip_path, self.work_dir.parent, self.remote)
         height, width = decoded.clip.source_size
         row.update(kind=decoded.kind.value, clip_path=str(clip_path), frame_indices=decoded.clip.frame_indices,
                    source_frames=decoded.source_frames, source_height=height, source_width=width)
@@ -123,14 +128,16 @@ class MatteStage(RowStage):
 
     stage = Stage.MATTE
 
-    def __init__(self, config: BuildConfig) -> None:
+    def __init__(self, config: BuildConfig, work_dir: str | None = None, remote: str | None = None) -> None:
         self.backend = load_matting(config.matting, config.device)
         self.given = load_matting("given")
+        self.work_dir = Path(work_dir) if work_dir else None
+        self.remote = remote
 
     def process(self, row: dict) -> None:
         if not can_be_foreground(row):
             return
-        clip = Clip.load(Path(row["clip_path"]))
+        clip = Clip.load(self._local(Path(row["clip_path"])))
         # Stills carry their own alpha; the chosen backend is for videos.
         backend = self.backend if InputKind(row["kind"]).is_video else self.given
         try:
@@ -140,10 +147,15 @@ class MatteStage(RowStage):
             return
         clip.alpha = np.clip(matte.alpha.astype(np.float32), 0.0, 1.0)
         clip.save(Path(row["clip_path"]))
+        if self.remote:
+            share(Path(row["clip_path"]), self.work_dir.parent, self.remote)
         info = matte.backend
         row.update(matting_backend=info.name, matting_model=info.model_id,
                    matting_weights_sha256=info.weights_sha256, matting_device=info.device)
         row.setdefault("devices", {})[StageName.MATTE.value] = info.device
+
+    def _local(self, path: Path) -> Path:
+        return obtain(path, self.work_dir.parent, self.remote) if self.remote else path
 
 
 class ComposeStage(RowStage):
@@ -159,8 +171,8 @@ class ComposeStage(RowStage):
     def process(self, row: dict) -> None:
         fg, config = row["fg"], self.config
         rng = np.random.default_rng([config.seed, int(row["sample_id"][:12], 16)])
-        fg_clip = Clip.load(Path(fg["clip_path"]))
-        bg_clip = Clip.load(Path(row["bg_clip_path"]))
+        fg_clip = Clip.load(self._local(Path(fg["clip_path"])))
+        bg_clip = Clip.load(self._local(Path(row["bg_clip_path"])))
         if fg_clip.alpha is None:
             raise ValueError("foreground clip has no alpha (matting did not run)")
         kind = SampleKind(row["kind"])
@@ -187,6 +199,9 @@ class ComposeStage(RowStage):
         row.update(placement=placement.to_json(), frames_foreground=fg_clip.frame_indices,
                    frames_background=bg_indices, num_frames=config.frames, height=int(canvas[0]),
                    width=int(canvas[1]))
+
+    def _local(self, path: Path) -> Path:
+        return obtain(path, self.out_dir, self.remote) if self.remote else path
 
 
 class CaptionStage(RowStage):

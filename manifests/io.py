@@ -67,15 +67,15 @@ def write_inputs(root: Path, rows: list[dict]) -> None:
     write_parquet_atomic(to_table(rows, INPUT_SCHEMA), root / INPUTS_FILE)
 
 
-def read_manifest(root: Path) -> pa.Table:
-    """All samples, with the declared schema (not one inferred from the first file)."""
+def read_manifest(root: Path, columns: list[str] | None = None) -> pa.Table:
+    """All samples, with the declared schema (not one inferred from the first file); `columns`: only those."""
     folder = Path(root) / MANIFEST_DIR
     files = sorted(str(p) for p in folder.glob("part-*.parquet")) if folder.is_dir() else []
     if not files:
         if not (Path(root) / SUMMARY_FILE).exists():
             raise DatasetError(f"{root} is not a layerflow dataset (no {MANIFEST_DIR}/ and no {SUMMARY_FILE})")
-        return SAMPLE_SCHEMA.empty_table()
-    return ds.dataset(files, schema=SAMPLE_SCHEMA, format="parquet").to_table()
+        return SAMPLE_SCHEMA.empty_table().select(columns) if columns else SAMPLE_SCHEMA.empty_table()
+    return ds.dataset(files, schema=SAMPLE_SCHEMA, format="parquet").to_table(columns=columns)
 
 
 def read_failures(root: Path) -> pa.Table:

@@ -106,3 +106,40 @@ def test_train_one_toy_step_from_an_s3_dataset(monkeypatch, capsys, tmp_path, s3
                    "--checkpoint-every", "1"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "checkpoint-0000001" / MODEL_FILE).exists()
+
+
+@pytest.mark.slow
+def test_stages_on_another_node_fetch_decoded_clips_and_media_from_the_store(monkeypatch, capsys, tiny_source,
+                                                                             tmp_path, s3_bucket):  # noqa: F811
+    """As on a cluster: the input phase ran on "another node" (its decoded clips are not in this staging folder),
+    and the scoring stages run where the compose stage's media are not; both come from the store's copies."""
+    from datagen import build as build_module
+    from datagen import stages
+
+    real_commit = build_module.BuildFolder.commit_input
+
+    def commit_then_forget(self, row):  # the clips stay on the node that decoded them
+        real_commit(self, row)
+        for key in ("clip_path", "background_path"):
+            if row.get(key):
+                Path(row[key]).unlink()
+
+    real_compose = stages.ComposeStage.process
+
+    def compose_then_forget(self, row):  # the media stay on the node that composed them
+        real_compose(self, row)
+        for path in (self.out_dir / "media" / row["sample_id"]).iterdir():
+            path.unlink()
+
+    monkeypatch.setattr(build_module.BuildFolder, "commit_input", commit_then_forget)
+    monkeypatch.setattr(stages.ComposeStage, "process", compose_then_forget)
+    uri = f"{s3_bucket}/cluster"
+    code, output = run_main(monkeypatch, capsys, "build", "--source", str(tiny_source), "--out", uri, *OPTIONS)
+    assert code == 0, output
+    monkeypatch.setattr(build_module.BuildFolder, "commit_input", real_commit)
+    monkeypatch.setattr(stages.ComposeStage, "process", real_compose)
+    code, output = run_main(monkeypatch, capsys, "build", "--source", str(tiny_source), "--out",
+                            str(tmp_path / "local"), *OPTIONS)
+    assert code == 0, output
+    assert manifest_rows(local_copy(uri)) == manifest_rows(tmp_path / "local")
+    assert not any(name.startswith("_work/") for name in storage.list_files(uri))  # the shared clips are cleaned up
