@@ -172,7 +172,8 @@ class BuildFolder:
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
     def _wipe(self) -> None:
-        for name in (MANIFEST_DIR, MEDIA_DIR, WORK_DIR, io.SUMMARY_FILE, io.FAILURES_FILE, io.INPUTS_FILE, RECORD_FILE):
+        for name in (MANIFEST_DIR, MEDIA_DIR, WORK_DIR, io.SUMMARY_FILE, io.FAILURES_FILE, io.INPUTS_FILE, RECORD_FILE,
+                     POLICY_FILE):
             path = self.out / name
             if path.is_dir():
                 shutil.rmtree(path)
