@@ -91,13 +91,7 @@ def upload_media(local_root: Path, uri: str, sample_id: str) -> None:
 def fetch_media(local_root: Path, uri: str, sample_id: str) -> None:
     """Make the four media files of a sample local (a stage on another node than its compose stage)."""
     for layer in Layer:
-        name = media_uri(sample_id, layer)
-        target = local_root / name
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.fetch-{os.getpid()}")
-            tmp.write_bytes(storage.read_bytes(storage.join(uri, name)))
-            tmp.replace(target)
+        obtain(local_root / media_uri(sample_id, layer), local_root, uri)
 
 
 def share(path: Path, root: Path, uri: str) -> None:
