@@ -59,10 +59,6 @@ class Committed:
     samples: set[str] = field(default_factory=set)  # sample ids in the manifest
     complete: bool = False  # the build finished: `_summary.json` says complete
 
-    @property
-    def resumed(self) -> bool:
-        return bool(self.inputs or self.samples)
-
 
 class BuildFolder:
     """The dataset folder of one build: its record, lock, and committed inputs and samples."""
@@ -143,8 +139,7 @@ class BuildFolder:
         return records
 
     def _committed(self) -> Committed:
-        summary_path = self.out / io.SUMMARY_FILE
-        complete = summary_path.exists() and json.loads(summary_path.read_text(encoding="utf-8")).get("complete")
+        complete = (self.out / io.SUMMARY_FILE).exists() and io.read_summary(self.out).get("complete")
         inputs = {}
         for path in sorted(self.inputs_dir.glob("*.json")):
             row = json.loads(path.read_text(encoding="utf-8"))
