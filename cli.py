@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from manifests.schema import SCORES
+from recipes.config import ReproduceConfig
 
 app = typer.Typer(
     name="layerflow-data",
@@ -132,8 +133,9 @@ def build(
     --matte-gpus 0.5 --clip-gpus 0.25` (four matting actors and eight CLIP actors on two GPUs)
     """
     from datagen.build import build as run_build
-    from datagen.build import make_runner, resolve_clip
+    from datagen.build import resolve_clip
     from datagen.config import BuildConfig, parse_size
+    from datagen.runner import make_runner
     from datagen.scheduling import Resources, StageName
     from filters.policy import Policy
 
@@ -156,13 +158,9 @@ def build(
         console.print(f"[yellow]no CLIP scores[/yellow]: {clip_choice.unavailable}", highlight=False)
     if source == DEMO_SOURCE:
         source = str(_demo_source(out))
-    runner = make_runner(no_ray, ray_address, num_cpus)
-    try:
+    with make_runner(no_ray, ray_address, num_cpus) as runner:
         summary = run_build(source, out, config, runner, backgrounds=backgrounds, overwrite=overwrite,
                             keep_work=keep_work, resources=resources, policy=chosen_policy, clip=clip_choice)
-    finally:
-        if hasattr(runner, "close"):
-            runner.close()
     _print_summary(summary)
 
 
@@ -274,22 +272,44 @@ def inspect(
 @app.command()
 def validate(
     dataset: Annotated[str, typer.Argument(help="Dataset folder written by `build` (or s3://..., gs://...).")],
+    allow_empty: Annotated[bool, typer.Option(help="Accept a dataset with no samples (otherwise a problem).")] = False,
+    min_samples: Annotated[list[str] | None, typer.Option(
+        help="KIND=N: at least N samples of that kind, e.g. `video_copy_paste=12` (repeatable).")] = None,
 ) -> None:
-    """Check the schema, that every referenced file exists and decodes, frame counts, and recomposition.
+    """Check the schema, that every referenced file exists and decodes, frame counts, recomposition, that kept
+    samples agree with the dataset's policy, and that the input states add up.
 
-    Exits non-zero on any problem.
+    Exits non-zero on any problem, an empty dataset included (unless --allow-empty).
 
     Example: `layerflow-data validate ./ds`
-    """
-    from manifests.validate import validate as run_validate
 
-    report = run_validate(_local(dataset), progress=True)
+    Example: `layerflow-data validate ./ds --min-samples video_copy_paste=12 --min-samples image_frozen=6`
+    """
+    from filters.audit import validate_dataset
+
+    report = validate_dataset(_local(dataset), progress=True, allow_empty=allow_empty,
+                              min_samples=_counts_by_kind(min_samples or []))
     for problem in report.problems:
         console.print(f"[red]problem[/red] {problem}")
     status = "OK" if report.ok else f"{len(report.problems)} problem(s)"
     console.print(f"validate {dataset}: {report.samples} samples, {report.files} files decoded: {status}")
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _counts_by_kind(pairs: list[str]) -> dict[str, int]:
+    """`video_copy_paste=12` pairs -> {kind: count}; an unknown kind or a bad count is a one-line error."""
+    from manifests.errors import ConfigError
+    from manifests.layers import SampleKind
+
+    counts = {}
+    for pair in pairs:
+        kind, _, count = pair.partition("=")
+        if kind not in {k.value for k in SampleKind} or not count.isdigit():
+            raise ConfigError(f"--min-samples {pair!r}: expected KIND=N with KIND one of "
+                              f"{', '.join(k.value for k in SampleKind)}")
+        counts[kind] = int(count)
+    return counts
 
 
 FILTER_HELP = """Re-apply a policy to stored scores: rewrites `keep`, `reject_reasons`, `flags` and `duplicate_of`.
@@ -331,7 +351,7 @@ def report(
 
     Example: `layerflow-data report ./ds && xdg-open ./ds/report.html`
     """
-    from manifests.report import write_report
+    from filters.report import write_report
 
     path = write_report(dataset, out, gallery=gallery)
     console.print(f"report written to {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -421,7 +441,7 @@ TASK_WEIGHTS_HELP = "Task mix as task=weight pairs, e.g. `generate=1,decompose=2
 
 
 def _task_weights(text: str) -> dict[str, float]:
-    from datagen.errors import ConfigError
+    from manifests.errors import ConfigError
 
     weights = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -561,23 +581,22 @@ def eval_(
 @app.command()
 def reproduce(
     out: Annotated[Path, typer.Option(help="Empty folder for everything: source, dataset, runs, samples, eval.")],
-    base_steps: Annotated[int | None, typer.Option(help="Steps of the base stage (default: 3000).")] = None,
-    motion_steps: Annotated[int | None, typer.Option(help="Steps of the motion LoRA stage (default: 150).")] = None,
-    content_steps: Annotated[int | None, typer.Option(help="Steps of the content LoRA stage (default: 250).")] = None,
-    seed: Annotated[int, typer.Option(help="Training and sampling seed.")] = 0,
-    no_ray: Annotated[bool, typer.Option("--no-ray", help="Build without Ray.")] = False,
+    base_steps: Annotated[int, typer.Option(help="Steps of the base stage.")] = ReproduceConfig.base_steps,
+    motion_steps: Annotated[int, typer.Option(help="Steps of the motion LoRA stage.")] = ReproduceConfig.motion_steps,
+    content_steps: Annotated[int, typer.Option(
+        help="Steps of the content LoRA stage.")] = ReproduceConfig.content_steps,
+    seed: Annotated[int, typer.Option(help="Training and sampling seed.")] = ReproduceConfig.seed,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Build without Ray.")] = ReproduceConfig.no_ray,
 ) -> None:
     """The whole system on its embedded defaults: demo source -> build -> filter -> train base, motion, content
     -> sample all four tasks -> eval -> report. About 17 minutes on 2 CPU cores (measured), no network.
 
     Example: `layerflow-data reproduce --out ./repro`
     """
-    from layerflow_model.reproduce import ReproduceConfig
-    from layerflow_model.reproduce import reproduce as run
+    from recipes.reproduce import reproduce as run
 
-    steps = {"base_steps": base_steps, "motion_steps": motion_steps, "content_steps": content_steps}
-    config = ReproduceConfig(out=str(out), seed=seed, no_ray=no_ray,
-                             **{name: value for name, value in steps.items() if value is not None})
+    config = ReproduceConfig(out=str(out), base_steps=base_steps, motion_steps=motion_steps,
+                             content_steps=content_steps, seed=seed, no_ray=no_ray)
     record = run(config, log=lambda line: console.print(line, highlight=False))
     console.print(f"done in {record['seconds']['total']:.0f} s: {out}/reproduce.json, {out}/eval/table.txt, "
                   f"{out}/samples/, {record['report']}", highlight=False)
@@ -585,12 +604,11 @@ def reproduce(
 
 def main() -> None:
     """Entry point: known errors become one clear line (exit 2); `--debug` shows the traceback."""
-    from datagen.errors import LayerflowError
-    from manifests.io import DatasetError
+    from manifests.errors import LayerflowError
 
     try:
         app()
-    except (LayerflowError, DatasetError) as exc:
+    except LayerflowError as exc:
         if os.environ.get(DEBUG_ENV):
             raise
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=True, highlight=False)

@@ -37,12 +37,12 @@ from datagen.clip import Clip  # noqa: E402
 from datagen.config import BuildConfig, parse_size  # noqa: E402
 from datagen.decode import decode  # noqa: E402
 from datagen.device import torch_build  # noqa: E402
-from datagen.errors import InputError  # noqa: E402
 from datagen.matting.sam2_backend import Sam2Matting, chunk_ranges  # noqa: E402
 from datagen.sources import discover  # noqa: E402
 from filters.clip import ClipScorer, clip_scores  # noqa: E402
-from filters.recomposition import recompose  # noqa: E402
+from manifests.errors import InputError  # noqa: E402
 from manifests.layers import InputKind  # noqa: E402
+from manifests.metrics import recompose  # noqa: E402
 
 CAPTIONS = {"foreground": "a person or an animal", "background": "an empty scene", "blended": "a video frame"}
 

@@ -43,7 +43,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datagen.video_io import write_rgb_video  # noqa: E402
+from manifests.video_io import write_rgb_video  # noqa: E402
 
 MIB = 1024 * 1024
 FRAMES, HEIGHT, WIDTH, FPS = 12, 64, 96, 24.0

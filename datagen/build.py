@@ -9,47 +9,23 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
 
 from datagen.config import BuildConfig
-from datagen.errors import ConfigError
 from datagen.plan import plan_samples
 from datagen.publish import Mirror, staging_dir
 from datagen.resume import BuildFolder, Committed, build_record
+from datagen.runner import Runner, StageSpec
 from datagen.scheduling import Resources, StageName, StagePlan, plan_stages, with_device
 from datagen.sources import SourceItem, discover
 from datagen.stages import FAILED, OK, CaptionStage, ClipStage, ComposeStage, DecodeStage, MatteStage, ScoreStage
 from filters.apply import apply_policy, input_counts
 from filters.policy import Policy
 from manifests import io, storage
+from manifests.errors import ConfigError
 from manifests.layers import InputState, Layer, Role, Stage
 from manifests.schema import SAMPLE_SCHEMA, SCHEMA_VERSION, media_uri, uri_column
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """A stage class, its constructor arguments, and how it is scheduled (see `datagen.scheduling`)."""
-
-    name: StageName
-    cls: type
-    kwargs: dict = field(default_factory=dict)
-    concurrency: int = 2
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0  # per actor (fractions share a GPU)
-    actor: bool = False  # a learned model: a pool of long-lived actors, each loading it once
-
-
-class Runner(Protocol):
-    name: str
-    cpus: float
-    gpus: float | None  # the GPUs the runner can schedule; None: it runs in one process, on --device
-
-    def run(self, rows: list[dict], stages: list[StageSpec], desc: str) -> Iterator[list[dict]]:
-        """Push `rows` through `stages`; yield the output rows batch by batch, in any order."""
-        ...
 
 
 def _spec(name: StageName, cls: type, plans: dict[StageName, StagePlan], **kwargs: object) -> StageSpec:
@@ -120,18 +96,6 @@ def resolve_clip(setting: str) -> ClipChoice:
     except ClipUnavailable as exc:
         return ClipChoice(spec=str(spec), unavailable=str(exc))
     return ClipChoice(spec=str(spec), arch=spec.arch, weights=str(weights), tag=spec.tag)
-
-
-def make_runner(no_ray: bool = False, ray_address: str | None = None, num_cpus: int | None = None) -> Runner:
-    """The plain-Python runner, or Ray Data (local, or the cluster at `ray_address`); Ray is imported only here,
-    lazily, through `datagen.ray_runner`."""
-    if no_ray:
-        from datagen.pipeline import LocalRunner
-
-        return LocalRunner()
-    from datagen.ray_runner import RayRunner
-
-    return RayRunner(address=ray_address, num_cpus=num_cpus)
 
 
 def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, backgrounds: str | None = None,

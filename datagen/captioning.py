@@ -17,11 +17,11 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
-from datagen.errors import ConfigError
 from datagen.matting.base import file_sha256
-from filters.recomposition import on_grey
+from manifests.errors import ConfigError
 from manifests.io import write_json_atomic
 from manifests.layers import CAPTIONED_LAYERS, Layer, SampleKind
+from manifests.metrics import on_grey
 
 BLENDED_TEMPLATE = "{foreground} in front of {background}"
 

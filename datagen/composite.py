@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from datagen.video_io import quantise
 from manifests.layers import Layer
+from manifests.video_io import quantise
 
 OBJECT_THRESHOLD = 0.5 / 255  # any alpha that survives 8-bit quantisation is part of the object
 MARGIN = 1.0  # pixels kept free at the canvas border (bilinear warping spreads edges by up to one pixel)

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-from datagen.errors import ConfigError
+from manifests.errors import ConfigError
 
 
 def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:

@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from datagen import video_io
 from datagen.clip import Clip
 from datagen.config import BuildConfig
-from datagen.errors import InputError, one_line
 from datagen.sources import IMAGE_EXTENSIONS, LAYERED_NAMES, SourceItem
+from manifests import video_io
+from manifests.errors import InputError, one_line
 from manifests.layers import InputKind, Layer
 
 Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, before decoding, against --max-pixels

@@ -18,8 +18,8 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 from skimage.morphology import convex_hull_object
 
-from datagen.errors import ConfigError
-from datagen.video_io import quantise, write_rgb_video
+from manifests.errors import ConfigError
+from manifests.video_io import quantise, write_rgb_video
 
 WIDTH, HEIGHT = 320, 240
 FRAME_COUNT = 48

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datagen.errors import ConfigError
+from manifests.errors import ConfigError
 
 
 def torch_build() -> str:

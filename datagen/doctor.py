@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from datagen.config import BuildConfig
-from datagen.errors import ConfigError, one_line
 from datagen.scheduling import Resources, plan_stages
+from manifests.errors import ConfigError, one_line
 
 PROBE_FRAMES, PROBE_SIZE = 4, 32
 PIXEL_TOLERANCE = 12.0  # mean absolute error (0..255) a lossy H.264 round trip of the probe stays under
@@ -80,7 +80,7 @@ def _probe_frames() -> np.ndarray:
 
 
 def codec_checks(tmp: Path) -> list[Check]:
-    from datagen import video_io
+    from manifests import video_io
 
     frames = _probe_frames()
     mp4, webm = tmp / "probe.mp4", tmp / "probe.webm"

@@ -10,11 +10,11 @@ import numpy as np
 
 from datagen.config import BuildConfig
 from datagen.decode import cover, decode, frame_files, load_mask
-from datagen.errors import ConfigError, InputError, one_line
 from datagen.matting import load_matting
-from datagen.matting.metrics import alpha_iou, alpha_mae
 from datagen.sources import IMAGE_EXTENSIONS, SourceItem, discover
+from manifests.errors import ConfigError, InputError, one_line
 from manifests.layers import InputKind
+from manifests.metrics import alpha_iou, alpha_mae
 
 
 def evaluate_matting(videos: str, masks: str, backend_spec: str, config: BuildConfig) -> dict:

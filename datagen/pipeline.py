@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from datagen.build import StageSpec
 from datagen.stages import from_batch, to_batch
+
+if TYPE_CHECKING:  # the contract, for type hints only: `datagen.runner` imports this module
+    from datagen.runner import StageSpec
 
 
 class LocalRunner:
@@ -34,3 +37,12 @@ class LocalRunner:
                 out = from_batch(batch)
                 bar.update(len(out))
                 yield out
+
+    def close(self) -> None:
+        """Nothing to release: the stages live as long as `run`."""
+
+    def __enter__(self) -> LocalRunner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

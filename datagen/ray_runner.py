@@ -24,16 +24,20 @@ import os
 import warnings
 from collections.abc import Iterator
 from itertools import groupby
+from typing import TYPE_CHECKING
 
 import ray
 
-from datagen.build import StageSpec
-from datagen.errors import one_line
 from datagen.stages import FAILED, Batch, from_batch, to_batch
+from manifests.errors import one_line
 
 log = logging.getLogger(__name__)
 # max_retries / max_restarts (see above) are `ray_remote_args`; the warning says they go in Ray 2.64 (pinned below).
 warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", category=DeprecationWarning)
+
+
+if TYPE_CHECKING:  # the contract, for type hints only: `datagen.runner` imports this module
+    from datagen.runner import StageSpec
 
 
 class StageChain:
@@ -153,8 +157,15 @@ class RayRunner:
                 yield [crashed(row, stages, exc)]
 
     def close(self) -> None:
+        """Shut down the local Ray this runner started (a joined cluster is left running)."""
         if self._owned and ray.is_initialized():
             ray.shutdown()
+
+    def __enter__(self) -> RayRunner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 AUTH_ENV = "RAY_AUTH_MODE"

@@ -24,10 +24,10 @@ from pathlib import Path
 import pyarrow.dataset as ds
 
 from datagen.config import RUNTIME_FIELDS, BuildConfig
-from datagen.errors import ConfigError
 from datagen.publish import Mirror
 from filters.apply import POLICY_FILE
 from manifests import io
+from manifests.errors import ConfigError
 from manifests.schema import MANIFEST_DIR, MEDIA_DIR, SCHEMA_VERSION
 
 RECORD_FILE = "_build.json"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from datagen.config import BuildConfig
-from datagen.errors import ConfigError
+from manifests.errors import ConfigError
 
 
 class StageName(str, Enum):

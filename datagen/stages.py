@@ -16,22 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen import video_io
 from datagen.captioning import load_captioner
 from datagen.clip import Clip
 from datagen.composite import Placement, choose_placement, copy_paste, freeze
 from datagen.config import BuildConfig
 from datagen.decode import decode
-from datagen.errors import one_line
 from datagen.matting import load_matting
 from datagen.publish import fetch_media, obtain, share, upload_media
 from datagen.scheduling import StageName
 from datagen.sources import SourceItem
 from filters.alpha import alpha_quality
-from filters.recomposition import on_grey, recomposition_psnr
 from filters.ssim import temporal_ssim
+from manifests import video_io
+from manifests.errors import one_line
 from manifests.io import read_layers, resolve_media
 from manifests.layers import CAPTIONED_LAYERS, InputKind, Layer, Role, SampleKind, Stage
+from manifests.metrics import on_grey, recomposition_psnr
 from manifests.schema import CLIP_COLUMNS, caption_column, media_uri
 
 Batch = dict[str, list]

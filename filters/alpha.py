@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from manifests.metrics import foreground_mask, mask_iou
+
 
 @dataclass(frozen=True)
 class Coverage:
@@ -43,10 +45,8 @@ def coverage(alpha: np.ndarray) -> Coverage:
 
 def consecutive_iou(alpha: np.ndarray) -> np.ndarray:
     """IoU of each consecutive pair of binarised (alpha >= 0.5) mattes -> (T-1,); two empty mattes agree (1.0)."""
-    masks = (_unit(alpha) >= 0.5).reshape(len(alpha), -1)
-    inter = np.logical_and(masks[1:], masks[:-1]).sum(axis=1)
-    union = np.logical_or(masks[1:], masks[:-1]).sum(axis=1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    masks = foreground_mask(alpha)
+    return mask_iou(masks[1:], masks[:-1])
 
 
 def alpha_quality(alpha: np.ndarray) -> AlphaQuality:

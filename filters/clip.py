@@ -15,9 +15,9 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
 from PIL import Image
 
-from datagen.errors import ConfigError, LayerflowError, one_line
-from filters.recomposition import on_grey
+from manifests.errors import ConfigError, LayerflowError, one_line
 from manifests.layers import CAPTIONED_LAYERS, Layer
+from manifests.metrics import on_grey
 
 DEFAULT_CLIP = "openclip:ViT-B-32:laion2b_s34b_b79k"
 SPEC_PREFIX = "openclip"

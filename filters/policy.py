@@ -16,7 +16,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from datagen.errors import ConfigError
+from manifests.errors import ConfigError
 from manifests.layers import SampleKind
 from manifests.schema import SCORES
 

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
 
-from datagen.errors import ConfigError
 from layerflow_model.layout import Layout, Task, slots_of
+from manifests.errors import ConfigError
 
 
 class Space(str, Enum):

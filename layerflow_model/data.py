@@ -21,7 +21,8 @@ import torch
 
 from layerflow_model.config import ConfigError, ModelConfig, Stage
 from layerflow_model.layout import Task, pack, prompts_for
-from manifests.io import MANIFEST_DIR, DatasetError, resolve_media
+from manifests.errors import DatasetError
+from manifests.io import MANIFEST_DIR, resolve_media
 from manifests.layers import CAPTIONED_LAYERS, Layer, SampleKind
 from manifests.schema import SAMPLE_SCHEMA, caption_column, uri_column
 
@@ -96,7 +97,7 @@ class ClipStore:
         if row.sample_id in self._cache:
             self._cache.move_to_end(row.sample_id)
             return self._cache[row.sample_id]
-        from datagen.video_io import read_layer  # PyAV; imported here so that reading a manifest stays light
+        from manifests.video_io import read_layer  # PyAV; imported here so that reading a manifest stays light
 
         out = {layer: fit(read_layer(self._media(uri), layer), self.height, self.width)
                for layer, uri in row.uris.items()}

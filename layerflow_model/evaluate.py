@@ -18,18 +18,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from filters.recomposition import psnr, recomposition_psnr
 from layerflow_model.components import Components, build, load_checkpoint
 from layerflow_model.config import ConfigError
 from layerflow_model.data import ClipStore, crop, read_rows
 from layerflow_model.layout import Layout, Task
 from layerflow_model.sample import SampleSettings, run_task
 from manifests.layers import Layer
-
-FOREGROUND_THRESHOLD = 0.5  # a pixel is "foreground" where the true alpha is above this
+from manifests.metrics import alpha_iou, alpha_mae, foreground_mask, psnr, recomposition_psnr
 
 METRICS: dict[str, str] = {
-    "alpha_iou": "decompose: IoU of predicted and true alpha > 0.5 (higher is better)",
+    "alpha_iou": "decompose: IoU of predicted and true alpha >= 0.5, mean over frames (higher is better)",
     "alpha_mae": "decompose: mean absolute alpha error (lower is better)",
     "fg_psnr_inside": "decompose: foreground PSNR inside the true foreground region, dB",
     "bg_psnr_inside": "decompose: background PSNR inside the true foreground region (invented), dB",
@@ -52,12 +50,10 @@ def masked_psnr(reference: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -
 
 
 def decomposition_metrics(truth: dict[Layer, np.ndarray], predicted: dict[Layer, np.ndarray]) -> dict:
-    inside = truth[Layer.ALPHA] > FOREGROUND_THRESHOLD
-    pred_inside = predicted[Layer.ALPHA] > FOREGROUND_THRESHOLD
-    union = (inside | pred_inside).sum()
+    inside = foreground_mask(truth[Layer.ALPHA])
     return {
-        "alpha_iou": float((inside & pred_inside).sum() / union) if union else None,
-        "alpha_mae": float(np.abs(truth[Layer.ALPHA] - predicted[Layer.ALPHA]).mean()),
+        "alpha_iou": alpha_iou(predicted[Layer.ALPHA], truth[Layer.ALPHA]),
+        "alpha_mae": alpha_mae(predicted[Layer.ALPHA], truth[Layer.ALPHA]),
         "fg_psnr_inside": masked_psnr(truth[Layer.FOREGROUND], predicted[Layer.FOREGROUND], inside),
         "bg_psnr_inside": masked_psnr(truth[Layer.BACKGROUND], predicted[Layer.BACKGROUND], inside),
         "bg_psnr_outside": masked_psnr(truth[Layer.BACKGROUND], predicted[Layer.BACKGROUND], ~inside),

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datagen.video_io import quantise, write_rgb_video, write_rgba_video
 from manifests.layers import Layer
 from manifests.preview import contact_sheet
+from manifests.video_io import quantise, write_rgb_video, write_rgba_video
 
 FOREGROUND_PNG_DIR = "foreground_rgba"
 FOREGROUND_WEBM = "foreground.webm"

@@ -61,7 +61,7 @@ def split_prompts(text: str | list[str]) -> dict[Layer, str]:
 def read_input(path: Path, task: Task, frames: int, height: int, width: int) -> dict[Layer, np.ndarray]:
     """The given layers of a task from a file: an RGB video for decompose (the blend) and bg2fg (the
     background); for fg2bg a video with alpha (WebM VP9 / ProRes 4444) or a folder of RGBA PNGs."""
-    from datagen.video_io import has_alpha, read_video  # PyAV, only needed here
+    from manifests.video_io import has_alpha, read_video  # PyAV, only needed here
 
     path = Path(path)
     if not path.exists():

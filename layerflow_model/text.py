@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5EncoderModel
 
-from datagen.errors import LayerflowError
+from manifests.errors import LayerflowError
 
 
 class ModelFolderError(LayerflowError, FileNotFoundError):

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from datagen import video_io
+from manifests import video_io
+from manifests.errors import DatasetError
 from manifests.layers import Layer
 from manifests.schema import (
     FAILURE_SCHEMA,
@@ -25,10 +26,6 @@ from manifests.schema import (
     media_uri,
     to_table,
 )
-
-
-class DatasetError(Exception):
-    """The dataset on disk is missing, unreadable or does not follow the contract."""
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:

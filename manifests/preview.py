@@ -8,8 +8,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from datagen.errors import ConfigError
 from manifests import io
+from manifests.errors import ConfigError, DatasetError
 from manifests.layers import Layer
 
 AnimationFormat = Literal["gif", "webp"]
@@ -108,7 +108,7 @@ def write_preview(root: Path, sample_id: str, out_dir: Path, frames: int = 6,
     if sample_id not in fps:
         known = sorted(fps)
         listed = ", ".join(known[:5]) + (f", ... ({len(known)} in all)" if len(known) > 5 else "")
-        raise io.DatasetError(f"{root}: no sample {sample_id!r}; samples include: {listed or '(none)'}")
+        raise DatasetError(f"{root}: no sample {sample_id!r}; samples include: {listed or '(none)'}")
     layers = io.read_layers(root, sample_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     sheet_path = out_dir / f"{sample_id}_sheet.png"

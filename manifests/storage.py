@@ -36,15 +36,13 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from manifests.errors import StorageError
+
 # Filesystems that publish an object only once it is completely written: no temporary name needed.
 _ATOMIC_OBJECT_STORES = {"s3", "gcs"}
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _WORKERS = 8  # parallel transfers in the tree functions: object stores are latency-bound, not bandwidth-bound
 _CHUNK = 8 << 20
-
-
-class StorageError(Exception):
-    """A URI could not be resolved, reached, read or written (the message names the URI and what to check)."""
 
 
 def is_remote(uri: str) -> bool:

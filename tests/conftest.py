@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from datagen.config import BuildConfig
-from datagen.video_io import write_rgb_video
+from manifests.video_io import write_rgb_video
 
 TEST_DATA_ENV = "LAYERFLOW_TEST_DATA"
 

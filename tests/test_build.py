@@ -13,13 +13,13 @@ from conftest import write_layered, write_rgba, write_video
 from PIL import Image
 
 from datagen.build import build
-from datagen.errors import ConfigError
 from datagen.pipeline import LocalRunner
-from filters.recomposition import psnr, recompose
+from filters.audit import validate_dataset
 from manifests import io
+from manifests.errors import ConfigError
 from manifests.io import read_layers
 from manifests.layers import InputState, Layer
-from manifests.validate import validate
+from manifests.metrics import psnr, recompose
 
 
 def run(source, out, config, **kwargs):
@@ -87,10 +87,10 @@ def test_build_is_deterministic(tiny_source, tmp_path, small_config):
 
 def test_validate_passes_on_a_fresh_build_and_catches_damage(built):
     out, _ = built
-    assert validate(out).ok
+    assert validate_dataset(out).ok
     row = io.read_manifest(out).to_pylist()[0]
     (out / row["uri_blended"]).write_bytes(b"")
-    report = validate(out)
+    report = validate_dataset(out)
     assert not report.ok and any("blended does not decode" in p for p in report.problems)
 
 
@@ -98,7 +98,7 @@ def test_validate_reports_a_missing_file(built):
     out, _ = built
     row = io.read_manifest(out).to_pylist()[0]
     (out / row["uri_alpha"]).unlink()
-    assert any("alpha file missing" in p for p in validate(out).problems)
+    assert any("alpha file missing" in p for p in validate_dataset(out).problems)
 
 
 def test_existing_dataset_is_not_overwritten_by_accident(built, tiny_source, small_config):
@@ -180,13 +180,13 @@ def test_build_through_ray_matches_the_plain_runner(tiny_source, tmp_path, small
     plain_rows = io.read_manifest(tmp_path / "plain").sort_by("sample_id")
     for column in ("sample_id", "kind", "placement", "frames_foreground", "caption_blended"):
         assert ray_rows.column(column).to_pylist() == plain_rows.column(column).to_pylist()
-    assert validate(tmp_path / "ray").ok
+    assert validate_dataset(tmp_path / "ray").ok
 
 
 def test_a_clip_that_cannot_be_matted_still_serves_as_a_background(tmp_path, small_config):
     from conftest import texture
 
-    from datagen.video_io import write_rgb_video
+    from manifests.video_io import write_rgb_video
 
     write_video(tmp_path / "src" / "static.mp4", seed=1)
     scene = texture(64, 400, 7)

@@ -30,9 +30,9 @@ from transformers import (
 
 from datagen.build import build
 from datagen.captioning import INSTRUCTIONS, HfCaptioner, load_captioner
-from datagen.errors import ConfigError
 from datagen.pipeline import LocalRunner
 from manifests import io
+from manifests.errors import ConfigError
 from manifests.layers import CAPTIONED_LAYERS, Layer
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

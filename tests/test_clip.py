@@ -14,7 +14,6 @@ import torch
 from conftest import TINY_CLIP_ARCH
 from huggingface_hub import constants as hf_constants
 
-from datagen.errors import ConfigError
 from filters.clip import (
     DEFAULT_CLIP,
     ClipScorer,
@@ -24,8 +23,9 @@ from filters.clip import (
     evenly_spaced,
     resolve_weights,
 )
-from filters.recomposition import on_grey
+from manifests.errors import ConfigError
 from manifests.layers import Layer
+from manifests.metrics import on_grey
 
 CAPTIONS = {"foreground": "a red ball", "background": "a brick wall", "blended": "a red ball before a brick wall"}
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from filters.audit import validate_dataset
 from manifests import io
-from manifests.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent  # `ray` and `layerflow-data` of this environment
@@ -153,7 +153,7 @@ def test_build_on_a_two_node_cluster_matches_a_single_process_build(tiny_source,
     digests = media_digests(tmp_path / "cluster")
     assert len(digests) == 4 * len(cluster_rows)  # foreground, alpha, background, blended
     assert digests == media_digests(tmp_path / "plain")
-    assert validate(tmp_path / "cluster").ok
+    assert validate_dataset(tmp_path / "cluster").ok
 
 
 # --- b: ray job submit ---------------------------------------------------------------------------------------------
@@ -269,7 +269,7 @@ def test_build_submitted_as_a_ray_job(tiny_source, tmp_path):
             head.stop()
         assert not _group_alive(head.process.pid), "Ray processes of the test's head node are still running"
 
-    report = validate(out)
+    report = validate_dataset(out)
     assert report.ok, report.problems
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["runner"] == "ray"

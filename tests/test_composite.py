@@ -6,7 +6,7 @@ import numpy as np
 from conftest import moving_disk, texture
 
 from datagen.composite import Placement, blend, choose_placement, copy_paste, freeze, object_box
-from datagen.video_io import quantise
+from manifests.video_io import quantise
 
 
 def test_blend_invariant_holds_on_the_stored_alpha():

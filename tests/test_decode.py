@@ -10,12 +10,12 @@ import pytest
 from conftest import moving_disk, write_layered, write_rgba, write_video
 from PIL import Image
 
-from datagen import video_io
 from datagen.clip import Clip
 from datagen.config import BuildConfig
 from datagen.decode import decode, sample_indices
-from datagen.errors import InputError
 from datagen.sources import SourceItem, discover
+from manifests import video_io
+from manifests.errors import InputError
 from manifests.layers import InputKind
 
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from datagen.demo import FPS, FRAME_COUNT, HEIGHT, WIDTH, DemoManifest, make_demo_source
-from datagen.errors import ConfigError
-from datagen.video_io import read_video, video_info
+from manifests.errors import ConfigError
+from manifests.video_io import read_video, video_info
 
 
 @pytest.fixture(scope="session")

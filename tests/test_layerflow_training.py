@@ -18,9 +18,7 @@ import layerflow_model.data as data_module
 from datagen.build import build as build_dataset
 from datagen.config import BuildConfig
 from datagen.demo import make_demo_source
-from datagen.errors import ConfigError
 from datagen.pipeline import LocalRunner
-from datagen.video_io import has_alpha, quantise, read_video, write_rgb_video
 from layerflow_model.cache import EncoderCache
 from layerflow_model.components import MODEL_FILE, OPTIMIZER_FILE, build, latest_checkpoint, load_checkpoint
 from layerflow_model.config import Stage, TrainConfig, preset
@@ -30,7 +28,9 @@ from layerflow_model.layout import Task
 from layerflow_model.model import CONTENT, MOTION
 from layerflow_model.sample import SampleSettings, run_task
 from layerflow_model.train import train
+from manifests.errors import ConfigError
 from manifests.layers import Layer, SampleKind
+from manifests.video_io import has_alpha, quantise, read_video, write_rgb_video
 
 TINY = {"depth": 2, "heads": 2, "head_dim": 8, "height": 16, "width": 16, "frames": 2, "text_tokens": 8,
         "tiny_t5_d_model": 16, "tiny_t5_layers": 1, "motion_rank": 2, "content_rank": 4, "patch_size": 4,

@@ -9,13 +9,13 @@ from scipy import ndimage
 from skimage import data
 
 from datagen.clip import Clip
-from datagen.errors import ConfigError, InputError
 from datagen.matting import AutoMatting, load_matting
 from datagen.matting.bgsub import BackgroundSubtraction
 from datagen.matting.chroma import ChromaKey
 from datagen.matting.given import GivenAlpha
-from datagen.matting.metrics import alpha_iou, alpha_mae
 from datagen.matting.refine import guided_filter, soft_edge
+from manifests.errors import ConfigError, InputError
+from manifests.metrics import alpha_iou, alpha_mae
 
 SUPERSAMPLE = 4
 

@@ -18,10 +18,10 @@ from conftest import moving_disk
 from PIL import Image
 
 from datagen.clip import Clip
-from datagen.errors import ConfigError
 from datagen.matting import auto_learned_spec, load_matting, rembg_backend, uses_gpu
 from datagen.matting.refine import soft_edge
 from datagen.matting.rembg_backend import CUDA, MODELS, RembgMatting
+from manifests.errors import ConfigError
 
 NUM_FRAMES, HEIGHT, WIDTH = 3, 40, 56  # not square, so a swapped height and width would show
 CPU_ONLY = "CPUExecutionProvider"

@@ -23,10 +23,10 @@ from PIL import Image
 from test_matting_rembg import export
 
 from datagen.clip import Clip
-from datagen.errors import ConfigError, InputError
 from datagen.matting import BACKENDS, load_matting
 from datagen.matting.refine import soft_edge
 from datagen.matting.sam2_backend import Sam2Matting, _config_path, chunk_ranges, cross_fade
+from manifests.errors import ConfigError, InputError
 
 SMALL = ("++model.image_size=128",)  # 1024 by default; 128 keeps a CPU frame near 0.1 s
 HEIGHT, WIDTH = 48, 64  # not square, so a swapped height and width would show

@@ -16,10 +16,10 @@ from PIL import Image
 
 from datagen.clip import Clip
 from datagen.decode import load_mask
-from datagen.errors import ConfigError
 from datagen.matting import load_matting
-from datagen.matting.metrics import alpha_iou
 from datagen.matting.tflite import TfliteMatting
+from manifests.errors import ConfigError
+from manifests.metrics import alpha_iou
 
 SELFIE_MODEL = "weights/mediapipe_selfie_segmentation/selfie_segmentation.tflite"
 DANCE = "videos/davis_dance-twirl"

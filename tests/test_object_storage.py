@@ -12,8 +12,8 @@ from s3_server import s3_bucket  # noqa: F401  (fixture: a bucket on the local s
 from test_cli import run_main
 
 from datagen.publish import local_copy, staging_dir
+from filters.audit import validate_dataset
 from manifests import io, storage
-from manifests.validate import validate
 
 OPTIONS = ["--frames", "4", "--size", "32x48", "--clip", "none", "--no-ray"]
 
@@ -53,7 +53,7 @@ def test_build_to_s3_reads_back_validates_and_equals_a_local_build(monkeypatch, 
     code, output = run_main(monkeypatch, capsys, "validate", uri)
     assert code in (0, None) and "6 samples" in output and "OK" in output, output
     mirrored = local_copy(uri)  # what `validate` read: the store mirrored into the cache (nothing left to fetch)
-    assert manifest_rows(mirrored) == manifest_rows(local) and validate(mirrored).ok
+    assert manifest_rows(mirrored) == manifest_rows(local) and validate_dataset(mirrored).ok
 
 
 @pytest.mark.slow

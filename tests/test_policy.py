@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datagen.errors import ConfigError
 from filters.policy import Decision, Op, Policy, funnel, near_duplicates
+from manifests.errors import ConfigError
 
 VIDEO, FROZEN = "video_copy_paste", "image_frozen"
 

@@ -16,9 +16,9 @@ from datagen.decode import decode
 from datagen.eval_matting import evaluate_matting
 from datagen.pipeline import LocalRunner
 from datagen.sources import discover
+from filters.audit import validate_dataset
 from manifests import io
 from manifests.layers import InputKind
-from manifests.validate import validate
 
 SMALL = BuildConfig(frames=6, fps=8.0, size=(96, 128))
 
@@ -43,7 +43,7 @@ def test_a_build_over_the_real_data_accounts_for_every_input(real_build):
         assert failures[name]["stage"] == "discover"
     assert summary["samples"]["by_kind"]["video_copy_paste"] >= 8
     assert summary["samples"]["by_kind"]["image_frozen"] >= 20
-    assert validate(out).ok
+    assert validate_dataset(out).ok
 
 
 def test_davis_clips_use_their_masks_and_other_videos_are_background_subtracted(real_build):

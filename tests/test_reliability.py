@@ -18,9 +18,10 @@ import psutil
 import pytest
 from conftest import write_video
 
-from datagen.build import StageSpec, build
+from datagen.build import build
 from datagen.pipeline import LocalRunner
 from datagen.resume import WORK_DIR
+from datagen.runner import StageSpec
 from datagen.scheduling import StageName
 from datagen.stages import FAILED, OK, from_batch, to_batch
 from manifests import io

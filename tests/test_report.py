@@ -17,6 +17,7 @@ from datagen.build import build
 from datagen.config import BuildConfig
 from datagen.pipeline import LocalRunner
 from filters.apply import dataset_policy
+from filters.report import write_report
 from manifests import io
 from manifests.layers import Layer
 from manifests.preview import (
@@ -28,7 +29,6 @@ from manifests.preview import (
     over_checkerboard,
     write_preview,
 )
-from manifests.report import write_report
 from manifests.schema import SCORES
 
 VOID = {"img", "br", "meta", "link", "hr", "input", "source", "wbr"}

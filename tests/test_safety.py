@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from datagen.errors import ConfigError
+from filters.audit import validate_dataset
 from manifests import io
+from manifests.errors import ConfigError
 from manifests.schema import MANIFEST_DIR, SAMPLE_SCHEMA
-from manifests.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]
 PRODUCT = ["cli.py", "datagen", "filters", "layerflow_model", "manifests"]
@@ -113,7 +113,7 @@ def test_manifest_paths_that_leave_the_dataset_are_refused_on_read(tiny_source, 
     rows[0]["uri_alpha"] = bad
     io.write_parquet_atomic(io.to_table(rows, SAMPLE_SCHEMA), part)
 
-    report = validate(out)
+    report = validate_dataset(out)
     assert not report.ok and any("not a relative path inside the dataset" in p for p in report.problems)
     row = next(r for r in read_rows(str(out), None) if r.sample_id == rows[0]["sample_id"])
     with pytest.raises(io.DatasetError, match="not a relative path inside the dataset"):

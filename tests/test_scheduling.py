@@ -16,13 +16,14 @@ import pytest
 from test_captioning_hf import offline, tiny_blip  # noqa: F401  (fixtures: the tiny BLIP, no hub access)
 from test_matting_rembg import export, no_downloads  # noqa: F401  (fixture: rembg cannot download)
 
-from datagen.build import StageSpec, build
+from datagen.build import build
 from datagen.config import BuildConfig
-from datagen.errors import ConfigError
 from datagen.pipeline import LocalRunner
+from datagen.runner import StageSpec
 from datagen.scheduling import GPU_ACTOR_CPUS, Resources, StageName, StagePlan, plan_stages
 from datagen.stages import from_batch, to_batch
 from manifests import io
+from manifests.errors import ConfigError
 
 CPU_STAGES = (StageName.DECODE, StageName.COMPOSE, StageName.SCORE)
 ALL_LEARNED = {StageName.MATTE, StageName.CAPTION, StageName.CLIP}

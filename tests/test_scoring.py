@@ -14,13 +14,13 @@ import pytest
 from datagen.build import build, resolve_clip
 from datagen.pipeline import LocalRunner
 from datagen.stages import ClipStage, ScoreStage
-from datagen.video_io import write_rgb_video
 from filters.apply import POLICY_FILE, apply_policy
+from filters.audit import validate_dataset
 from filters.policy import Policy
 from manifests import io
 from manifests.layers import Layer
 from manifests.schema import CLIP_COLUMNS, SCORES, media_uri
-from manifests.validate import validate
+from manifests.video_io import write_rgb_video
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_build_writes_every_score_column(scored):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
 def test_clip_on_cuda_without_a_gpu_is_refused_not_nulled(tmp_path, tiny_clip):
-    from datagen.errors import ConfigError
+    from manifests.errors import ConfigError
 
     choice = resolve_clip(tiny_clip)
     with pytest.raises(ConfigError, match="--device cuda: no CUDA GPU is visible"):
@@ -118,7 +118,7 @@ def test_a_corrupted_blended_layer_fails_the_recomposition_bound(scored, small_c
     ScoreStage(small_config, str(out)).process(rescored)
     assert rescored["recompose_psnr"] < 30
     assert "recompose_psnr<30" in Policy.default().decide(rescored).reject_reasons
-    assert any("recomposition PSNR" in problem for problem in validate(out).problems)
+    assert any("recomposition PSNR" in problem for problem in validate_dataset(out).problems)
 
 
 def test_filter_loads_no_model(scored, monkeypatch, tmp_path):
@@ -166,7 +166,7 @@ def test_filter_round_trip_updates_inputs_summary_and_policy_file(scored, tmp_pa
     states = {row["state"] for row in io.read_inputs(out).to_pylist()}
     assert states == {"rejected"}
     assert summary["inputs"]["rejected"] == summary["inputs"]["discovered"] == 6
-    assert validate(out).ok  # the stored keep agrees with the policy now in the dataset
+    assert validate_dataset(out).ok  # the stored keep agrees with the policy now in the dataset
 
     apply_policy(out, pixel_policy())
     assert io.read_summary(out)["samples"]["kept"] == 6

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import write_layered, write_rgba, write_video
 
-from datagen.errors import ConfigError
 from datagen.sources import discover
+from manifests.errors import ConfigError
 from manifests.layers import InputKind, Role
 
 

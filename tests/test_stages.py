@@ -8,9 +8,9 @@ import pytest
 
 from datagen.captioning import NoCaptioner, SidecarCaptioner, compose_blended, load_captioner
 from datagen.config import BuildConfig
-from datagen.errors import ConfigError, InputError
 from datagen.plan import plan_samples
 from datagen.stages import FAILED, OK, RowStage, from_batch, to_batch
+from manifests.errors import ConfigError, InputError
 from manifests.layers import Layer, Stage
 
 

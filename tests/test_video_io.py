@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from conftest import moving_disk, texture
 
-from datagen import video_io
+from manifests import video_io
 
 
 def test_same_frames_give_the_same_bytes_whatever_array_holds_them(tmp_path):

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from datagen.clip import Clip
-from datagen.errors import ConfigError
 from datagen.matting.base import BackendInfo, Matte, MattingBackend
 from datagen.matting.bgsub import BackgroundSubtraction
 from datagen.matting.chroma import ChromaKey
@@ -16,6 +15,7 @@ from datagen.matting.given import GivenAlpha
 from datagen.matting.rembg_backend import RembgMatting
 from datagen.matting.sam2_backend import Sam2Matting
 from datagen.matting.tflite import TfliteMatting
+from manifests.errors import ConfigError
 
 __all__ = ["AUTO_REMBG_MODELS", "BACKENDS", "AutoMatting", "BackendInfo", "Matte", "MattingBackend",
            "auto_learned_spec", "known_specs", "load_matting", "uses_gpu"]

@@ -12,9 +12,9 @@ from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold, threshold_otsu
 
 from datagen.clip import Clip
-from datagen.errors import InputError
 from datagen.matting.base import BackendInfo, Matte
 from datagen.matting.refine import soft_edge
+from manifests.errors import InputError
 
 MIN_FRAMES = 3
 

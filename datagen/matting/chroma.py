@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 
 from datagen.clip import Clip
-from datagen.errors import ConfigError, InputError
 from datagen.matting.base import BackendInfo, Matte
 from datagen.matting.refine import soft_edge
+from manifests.errors import ConfigError, InputError
 
 SCREEN_CHANNELS = {"green": 1, "blue": 2}  # index of the screen's dominant channel in RGB
 NEUTRAL = 128.0  # Cr and Cb of every grey in 8-bit YCrCb

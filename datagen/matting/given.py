@@ -8,8 +8,8 @@ from typing import ClassVar
 import numpy as np
 
 from datagen.clip import Clip
-from datagen.errors import InputError
 from datagen.matting.base import BackendInfo, Matte
+from manifests.errors import InputError
 
 
 @dataclass

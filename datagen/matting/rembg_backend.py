@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image
 
 from datagen.clip import Clip
-from datagen.errors import ConfigError
 from datagen.matting.base import BackendInfo, Matte, file_sha256
 from datagen.matting.refine import soft_edge
+from manifests.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from PIL import Image
 
 from datagen.clip import Clip
 from datagen.device import resolve_device
-from datagen.errors import ConfigError, InputError, one_line
 from datagen.matting.base import BackendInfo, Matte, MattingBackend, file_sha256
 from datagen.matting.bgsub import BackgroundSubtraction
 from datagen.matting.refine import soft_edge
+from manifests.errors import ConfigError, InputError, one_line
 
 # Short config name -> the config inside the sam2 package (what `build_sam2_video_predictor` composes).
 CONFIGS: dict[str, str] = {

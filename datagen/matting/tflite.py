@@ -13,9 +13,9 @@ import numpy as np
 from scipy import ndimage
 
 from datagen.clip import Clip
-from datagen.errors import ConfigError, one_line
 from datagen.matting.base import BackendInfo, Matte
 from datagen.matting.refine import soft_edge
+from manifests.errors import ConfigError, one_line
 
 INPUT_TYPES = (np.float32, np.uint8)
 FOREGROUND_CHANNEL = 1  # two-class heads (DeepLab style) put background in channel 0, the person in channel 1

@@ -7,15 +7,29 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from datagen.errors import ConfigError
+from datagen.build import build, resolve_clip
+from datagen.config import BuildConfig
+from datagen.demo import make_demo_source
+from datagen.runner import make_runner
+from filters.apply import apply_policy
+from filters.policy import Policy
+from filters.report import write_report
+from layerflow_model.components import read_config
 from layerflow_model.config import Stage, TrainConfig, preset
+from layerflow_model.data import ClipStore, crop, read_rows
+from layerflow_model.evaluate import evaluate, write_eval
 from layerflow_model.layout import Task
+from layerflow_model.sample import SampleSettings, sample_to_folder
+from layerflow_model.train import train
+from manifests.errors import ConfigError
 from manifests.layers import Layer
+from manifests.video_io import quantise, write_rgb_video, write_rgba_video
+from recipes.config import ReproduceConfig
 
 # The demo dataset for the showcase: more copy-paste pairs than the `build` default (4 backgrounds per
 # foreground), a quarter of the foregrounds held out, and a seed whose held-out quarter has both videos and
@@ -29,39 +43,8 @@ BUILD_SIZE = 64  # the toy model trains at 32x32; the dataset is built at 64x64 
 BUILD_FRAMES = 4
 
 
-@dataclass(frozen=True)
-class ReproduceConfig:
-    out: str
-    base_steps: int = 3000
-    motion_steps: int = 150
-    content_steps: int = 250
-    batch_size: int = 4
-    base_lr: float = 1e-3
-    lora_lr: float = 5e-4
-    task_weights: dict[str, float] = field(default_factory=lambda: {
-        "generate": 1.0, "decompose": 3.0, "fg2bg": 1.0, "bg2fg": 1.0})
-    sample_steps: int = 25
-    cfg: float = 3.0
-    seed: int = 0
-    no_ray: bool = False  # build without Ray (same stages, one process)
-
-    def __post_init__(self) -> None:
-        for name in ("base_steps", "motion_steps", "content_steps", "batch_size", "sample_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-
-
 def reproduce(config: ReproduceConfig, progress: bool = True, log=print) -> dict:
     """Run every step under `config.out`; returns (and writes to OUT/reproduce.json) what each step produced."""
-    from datagen.build import build, make_runner, resolve_clip
-    from datagen.config import BuildConfig
-    from datagen.demo import make_demo_source
-    from filters.apply import apply_policy
-    from filters.policy import Policy
-    from layerflow_model.evaluate import evaluate, write_eval
-    from layerflow_model.sample import SampleSettings
-    from layerflow_model.train import train
-    from manifests.report import write_report
 
     out = Path(config.out)
     if out.exists() and any(out.iterdir()):
@@ -81,12 +64,8 @@ def reproduce(config: ReproduceConfig, progress: bool = True, log=print) -> dict
     dataset = out / "dataset"
     build_config = BuildConfig(size=(BUILD_SIZE, BUILD_SIZE), frames=BUILD_FRAMES, seed=BUILD_SEED,
                                val_fraction=VAL_FRACTION, backgrounds_per_foreground=BACKGROUNDS_PER_FOREGROUND)
-    runner = make_runner(config.no_ray)
-    try:
+    with make_runner(config.no_ray) as runner:
         summary = build(str(source), dataset, build_config, runner, clip=resolve_clip(build_config.clip))
-    finally:
-        if hasattr(runner, "close"):
-            runner.close()
     timed("build")
     # 2. Filter: the shipped policy, applied to the scores the build wrote (no model call).
     funnel = apply_policy(dataset, Policy.default())
@@ -139,10 +118,6 @@ def reproduce(config: ReproduceConfig, progress: bool = True, log=print) -> dict
 def _sample_all(checkpoint: Path, dataset: Path, out: Path, settings) -> dict[str, dict[str, str]]:
     """Write each task's inputs (taken from the first val sample) as files, then sample from those files
     exactly as `layerflow-data sample --input` would."""
-    from datagen.video_io import quantise, write_rgb_video, write_rgba_video
-    from layerflow_model.components import read_config
-    from layerflow_model.data import ClipStore, crop, read_rows
-    from layerflow_model.sample import sample_to_folder
 
     config, _ = read_config(checkpoint)
     rows = read_rows(str(dataset), "val") or read_rows(str(dataset), "train")
