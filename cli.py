@@ -135,6 +135,7 @@ def build(
     from datagen.build import build as run_build
     from datagen.build import resolve_clip
     from datagen.config import BuildConfig, parse_size
+    from datagen.doctor import preflight
     from datagen.runner import make_runner
     from datagen.scheduling import Resources, StageName
     from filters.policy import Policy
@@ -151,7 +152,7 @@ def build(
     resources = Resources(gpus=gpus, concurrency=concurrency,
                           stage_concurrency={k: v for k, v in per_stage.items() if v is not None},
                           gpus_per_actor={k: v for k, v in shares.items() if v is not None})
-    _check_backends(config, on_cluster=bool(ray_address or os.environ.get("RAY_ADDRESS")))
+    preflight(config, on_cluster=bool(ray_address or os.environ.get("RAY_ADDRESS")))
     chosen_policy = Policy.load(policy)
     clip_choice = resolve_clip(config.clip)
     if clip_choice.unavailable:
@@ -162,6 +163,9 @@ def build(
         summary = run_build(source, out, config, runner, backgrounds=backgrounds, overwrite=overwrite,
                             keep_work=keep_work, resources=resources, policy=chosen_policy, clip=clip_choice)
     _print_summary(summary)
+    if not summary["samples"]["total"]:  # every input is accounted for in the dataset; say why, and fail
+        console.print(f"[red]{summary['samples']['none_because']}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _demo_source(out: str) -> Path:
@@ -175,21 +179,6 @@ def _demo_source(out: str) -> Path:
         console.print(f"writing the built-in demo source to {folder}")
         make_demo_source(folder)
     return folder
-
-
-def _check_backends(config, on_cluster: bool = False) -> None:
-    """Refuse unknown backends, and a GPU request this machine cannot serve, before any work starts (on a cluster
-    the GPUs are the workers', which `doctor --ray-address` checks)."""
-    from datagen.captioning import load_captioner
-    from datagen.device import resolve_device
-    from datagen.matting import load_matting
-
-    # On a cluster the spec is checked here on the CPU; the workers check the device when they load it.
-    device = config.device if not on_cluster else "cpu"
-    if not on_cluster:
-        resolve_device(config.device)
-    load_matting(config.matting, device)
-    load_captioner(config.captioner, device)
 
 
 def _local(dataset: str) -> Path:

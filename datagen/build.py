@@ -12,6 +12,16 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from datagen.accounting import (
+    SUMMARY_COLUMNS,
+    device_summary,
+    failure_rows,
+    input_states,
+    make_summary,
+    nothing_made,
+    part_record,
+    unscored_summary,
+)
 from datagen.config import BuildConfig
 from datagen.plan import plan_samples
 from datagen.publish import Mirror, staging_dir
@@ -20,12 +30,12 @@ from datagen.runner import Runner, StageSpec
 from datagen.scheduling import Resources, StageName, StagePlan, plan_stages, with_device
 from datagen.sources import SourceItem, discover
 from datagen.stages import FAILED, OK, CaptionStage, ClipStage, ComposeStage, DecodeStage, MatteStage, ScoreStage
-from filters.apply import apply_policy, input_counts
+from filters.apply import apply_policy
 from filters.policy import Policy
 from manifests import io, storage
 from manifests.errors import ConfigError
-from manifests.layers import InputState, Layer, Role, Stage
-from manifests.schema import SAMPLE_SCHEMA, SCHEMA_VERSION, media_uri, uri_column
+from manifests.layers import Layer, Role, Stage
+from manifests.schema import SAMPLE_SCHEMA, media_uri, uri_column
 
 
 def _spec(name: StageName, cls: type, plans: dict[StageName, StagePlan], **kwargs: object) -> StageSpec:
@@ -193,14 +203,15 @@ def _run(folder: BuildFolder, committed: Committed, items: list[SourceItem], con
         seconds.update(row["seconds"])
         devices.update(row.get("devices", {}).items())
     # every committed sample, this run's and earlier ones': only the columns the summary counts (not the embeddings)
-    samples = io.read_manifest(out, list(SUMMARY_COLUMNS)).to_pylist()
+    samples = io.read_parts(out, list(SUMMARY_COLUMNS)).to_pylist()
 
-    failures = [_input_failure(row) for row in inputs if row["status"] != OK]
-    failures += [_sample_failure(row) for row in sample_failures]
     input_rows = input_states(inputs, samples, sample_failures)
+    failures = failure_rows(input_rows, inputs, sample_failures)
     io.write_failures(out, failures)
     io.write_inputs(out, input_rows)
     summary = make_summary(str(out), config, runner.name, input_rows, samples, failures, seconds)
+    if not samples:
+        summary["samples"]["none_because"] = nothing_made(inputs, len(sample_plans))
     summary["backends"]["clip"] = {"requested": config.clip, "spec": clip.spec, "weights": clip.weights,
                                    "unavailable": clip.unavailable}
     summary["unscored"] = unscored_summary(unscored)
@@ -209,39 +220,6 @@ def _run(folder: BuildFolder, committed: Committed, items: list[SourceItem], con
     summary["resumed"] = {"inputs_committed_before": len(committed.inputs),
                           "samples_committed_before": len(committed.samples & {p["sample_id"] for p in sample_plans})}
     return summary
-
-
-SUMMARY_COLUMNS = ("sample_id", "kind", "split", "keep", "reject_reasons", "input_id_foreground", "input_id_background",
-                   "matting_backend", "matting_model", "matting_weights_sha256", "captioner")
-
-
-def part_record(rows: list[dict]) -> dict:
-    """What the summary needs of a part's samples beyond the manifest: why scores are null, devices, timings."""
-    unscored = Counter((column, why) for row in rows for column, why in row.get("unscored", {}).items())
-    devices = Counter(pair for row in rows for pair in row.get("devices", {}).items())
-    seconds: Counter[str] = Counter()
-    for row in rows:
-        seconds.update(row["seconds"])
-    return {"unscored": [[column, why, count] for (column, why), count in sorted(unscored.items())],
-            "devices": [[stage, device, count] for (stage, device), count in sorted(devices.items())],
-            "seconds": dict(seconds)}
-
-
-def device_summary(devices: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
-    """Per learned stage: the device its backend ran on -> rows (each backend reports what it really got)."""
-    out: dict[str, dict[str, int]] = {}
-    for (stage, device), count in sorted(devices.items()):
-        out.setdefault(stage, {})[device] = count
-    return out
-
-
-def unscored_summary(unscored: Counter[tuple[str, str]]) -> dict[str, dict]:
-    """Per score column: how many samples have it null, and the most common reason why."""
-    out: dict[str, dict] = {}
-    for (column, why), count in unscored.most_common():
-        entry = out.setdefault(column, {"samples": 0, "why": why})
-        entry["samples"] += count
-    return dict(sorted(out.items()))
 
 
 def _input_row(item: SourceItem) -> dict:
@@ -266,82 +244,3 @@ def sample_row(row: dict, config: BuildConfig, policy: Policy) -> dict:
     decision = policy.decide(out)
     out.update(keep=decision.keep, reject_reasons=decision.reject_reasons, flags=decision.flags, duplicate_of=None)
     return out
-
-
-def _input_failure(row: dict) -> dict:
-    return {"input_id": row["input_id"], "uri": row["uri"], "stage": row["stage"],
-            "error_class": row["error_class"], "message": row["message"], "sample_id": None, "related_uris": []}
-
-
-def _sample_failure(row: dict) -> dict:
-    return {"input_id": row["fg"]["input_id"], "uri": row["fg"]["uri"], "stage": row["stage"],
-            "error_class": row["error_class"], "message": row["message"], "sample_id": row["sample_id"],
-            "related_uris": [row["bg"]["uri"]] if row["bg"]["uri"] != row["fg"]["uri"] else []}
-
-
-def input_states(inputs: list[dict], samples: list[dict], sample_failures: list[dict]) -> list[dict]:
-    """One end state per input: used > rejected > failed > unused (see `InputState`)."""
-    kept: dict[str, list[str]] = {}
-    rejected: dict[str, list[str]] = {}
-    for sample in samples:
-        target = kept if sample["keep"] else rejected
-        for input_id in {sample["input_id_foreground"], sample["input_id_background"]}:
-            target.setdefault(input_id, []).append(sample["sample_id"])
-    failed_samples = {row["fg"]["input_id"]: row for row in sample_failures}
-    out = []
-    for row in inputs:
-        input_id = row["input_id"]
-        state, stage, message = InputState.UNUSED, None, None
-        if row["status"] != OK:
-            state, stage, message = InputState.FAILED, row["stage"], row["message"]
-        elif input_id in kept or input_id in rejected:
-            state = InputState.USED if input_id in kept else InputState.REJECTED
-            if row.get("matte_error"):  # used, but only as a background: say why it was no foreground
-                stage, message = Stage.MATTE.value, f"background only: {row['matte_error']}"
-        elif input_id in failed_samples:
-            failure = failed_samples[input_id]
-            state, stage, message = InputState.FAILED, failure["stage"], failure["message"]
-        elif row.get("matte_error"):
-            state, stage, message = InputState.FAILED, Stage.MATTE.value, row["matte_error"]
-        out.append({
-            "input_id": input_id, "uri": row["uri"], "kind": row["kind"], "role": row["role"], "pool": row["pool"],
-            "state": state.value, "stage": stage, "message": message,
-            "sample_ids": sorted(kept.get(input_id, []) + rejected.get(input_id, [])),
-            "source_frames": row.get("source_frames"), "source_height": row.get("source_height"),
-            "source_width": row.get("source_width"), "matting_backend": row.get("matting_backend"),
-            "matting_device": row.get("matting_device"),
-        })
-    return out
-
-
-def make_summary(out: str, config: BuildConfig, runner: str, inputs: list[dict], samples: list[dict],
-                 failures: list[dict], seconds: Counter) -> dict:
-    counts = {"discovered": len(inputs), **input_counts(inputs)}
-    counts["accounted"] = sum(counts[state.value] for state in InputState)
-    matting_used = Counter(s["matting_backend"] for s in samples)
-    models = sorted({(s["matting_backend"], s["matting_model"], s["matting_weights_sha256"]) for s in samples},
-                    key=str)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "out": out,
-        "runner": runner,
-        "config": config.to_dict(),
-        "config_fingerprint": config.fingerprint(),
-        "inputs": counts,
-        "samples": {
-            "total": len(samples),
-            "kept": sum(1 for s in samples if s["keep"]),
-            "rejected": sum(1 for s in samples if not s["keep"]),
-            "by_kind": dict(Counter(s["kind"] for s in samples)),
-            "by_split": dict(Counter(s["split"] for s in samples)),
-        },
-        "reject_reasons": dict(Counter(r for s in samples for r in s["reject_reasons"])),
-        "failures": {"total": len(failures), "by_stage": dict(Counter(f["stage"] for f in failures))},
-        "backends": {
-            "matting": {"requested": config.matting, "used": dict(matting_used),
-                        "models": [{"backend": b, "model_id": m, "weights_sha256": w} for b, m, w in models]},
-            "captioner": config.captioner,
-            "captioner_used": dict(Counter(s["captioner"] for s in samples)),
-        },
-        "seconds": {k: round(v, 3) for k, v in sorted(seconds.items())},
-    }

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from datagen.config import BuildConfig
-from datagen.scheduling import Resources, plan_stages
+from datagen.scheduling import Resources, StageName, plan_stages
+from datagen.stages import setup_error
 from manifests.errors import ConfigError, one_line
 
 PROBE_FRAMES, PROBE_SIZE = 4, 32
@@ -163,17 +164,42 @@ def device_checks(config: BuildConfig) -> list[Check]:
 # Backends -----------------------------------------------------------------------------------------------------
 
 
-def backend_checks(config: BuildConfig) -> list[Check]:
-    from datagen.build import resolve_clip
+def load_backend(stage: StageName, config: BuildConfig, device: str) -> object:
+    """The learned backend of a stage (matting, captioner), loaded as the stage will load it on `device`."""
     from datagen.captioning import load_captioner
     from datagen.matting import load_matting
 
+    if stage is StageName.MATTE:
+        return load_matting(config.matting, device)  # each backend checks the device it is given
+    return load_captioner(config.captioner, device)
+
+
+def preflight(config: BuildConfig, on_cluster: bool = False) -> None:
+    """`build`'s check before any work: the device, and that the matting backend and the captioner load. A wrong
+    spec is a `ConfigError`, a model that does not load a `StageSetupError`: one line either way. On a cluster the
+    GPUs are the workers', so the specs are only loaded on the CPU here (`doctor --ray-address` checks the rest)."""
+    from datagen.device import resolve_device
+
+    if not on_cluster:
+        resolve_device(config.device)
+    for stage in (StageName.MATTE, StageName.CAPTION):
+        try:
+            load_backend(stage, config, "cpu" if on_cluster else config.device)
+        except ConfigError:
+            raise
+        except Exception as exc:  # whatever the library raises, it is this stage's setup that failed
+            raise setup_error(stage, exc) from exc
+
+
+def backend_checks(config: BuildConfig) -> list[Check]:
+    from datagen.build import resolve_clip
+
     def matting() -> str:
-        backend = load_matting(config.matting, config.device)  # each backend checks the device it is given
+        backend = load_backend(StageName.MATTE, config, config.device)
         return f"{config.matting} loads ({type(backend).__name__})"
 
     def captioner() -> str:
-        load_captioner(config.captioner, config.device)
+        load_backend(StageName.CAPTION, config, config.device)
         return f"{config.captioner} loads"
 
     checks = [

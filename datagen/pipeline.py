@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from datagen.stages import from_batch, to_batch
+from datagen.stages import from_batch, set_up, to_batch
 
 if TYPE_CHECKING:  # the contract, for type hints only: `datagen.runner` imports this module
     from datagen.runner import StageSpec
@@ -28,7 +28,7 @@ class LocalRunner:
     def run(self, rows: list[dict], stages: list[StageSpec], desc: str) -> Iterator[list[dict]]:
         if not rows:
             return
-        instances = [spec.cls(**spec.kwargs) for spec in stages]
+        instances = set_up(stages)
         with tqdm(total=len(rows), desc=desc, unit="row", disable=not self.progress) as bar:
             for start in range(0, len(rows), self.batch_size):
                 batch = to_batch(rows[start : start + self.batch_size])

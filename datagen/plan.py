@@ -7,9 +7,9 @@ Deterministic: a foreground's backgrounds are the candidates with the smallest h
 from __future__ import annotations
 
 import hashlib
-from pathlib import PurePosixPath
 
 from datagen.config import BuildConfig
+from datagen.sources import clip_name
 from datagen.stages import OK, can_be_foreground
 from manifests.layers import InputKind, Role, SampleKind
 
@@ -27,10 +27,10 @@ def sample_id(kind: SampleKind, fg_id: str, bg_id: str, config: BuildConfig) -> 
 
 
 def split_of(fg_uri: str, config: BuildConfig) -> str:
-    """Split by foreground input, so no foreground appears in both train and val. The key is the input's file
-    or folder name, not its full path: the same source copied elsewhere splits the same way, and inputs that
-    share a name (one DAVIS sequence in two folders) share a split."""
-    key = PurePosixPath(fg_uri.rstrip("/")).name
+    """Split by foreground input, so no foreground appears in both train and val. The key is the name of the
+    footage (`clip_name`: `x.mp4`, `x/frames` and DAVIS `JPEGImages/480p/x` are all `x`), not its full path: the same
+    source copied elsewhere, or stored both as a video and as its frames, splits the same way."""
+    key = clip_name(fg_uri)
     return "val" if int(_hash("split", config.seed, key)[:8], 16) / 0xFFFFFFFF < config.val_fraction else "train"
 
 

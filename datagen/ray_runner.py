@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 
 import ray
 
-from datagen.stages import FAILED, Batch, from_batch, to_batch
-from manifests.errors import one_line
+from datagen.stages import FAILED, Batch, from_batch, set_up, to_batch
+from manifests.errors import StageSetupError, one_line
 
 log = logging.getLogger(__name__)
 # max_retries / max_restarts (see above) are `ray_remote_args`; the warning says they go in Ray 2.64 (pinned below).
@@ -40,13 +40,26 @@ if TYPE_CHECKING:  # the contract, for type hints only: `datagen.runner` imports
     from datagen.runner import StageSpec
 
 
+SETUP_ERROR = "setup_error"  # set on the rows of a batch whose stages could not be set up
+
+
 class StageChain:
-    """Several stages set up once and applied in order to every batch."""
+    """Several stages set up once and applied in order to every batch.
+
+    A stage that cannot be set up (its model does not load, no GPU) is not raised in the worker: Ray would report it
+    as a failed task (Ray Data drops the exception's class), indistinguishable from a worker that crashed. The rows
+    come back marked with the one-line reason instead, and the driver stops the build with it (`RayRunner.run`).
+    """
 
     def __init__(self, specs: list[StageSpec]) -> None:
-        self.stages = [spec.cls(**spec.kwargs) for spec in specs]
+        try:
+            self.stages, self.setup_error = set_up(specs), None
+        except StageSetupError as exc:
+            self.stages, self.setup_error = [], str(exc)
 
     def __call__(self, batch: Batch) -> Batch:
+        if self.setup_error is not None:
+            return to_batch([{**row, SETUP_ERROR: self.setup_error} for row in from_batch(batch)])
         for stage in self.stages:
             batch = stage(batch)
         return batch
@@ -134,7 +147,7 @@ class RayRunner:
         finished: set[str] = set()
         try:
             for batch in dataset.iter_batches(batch_size=8, batch_format="numpy"):
-                out = from_batch(batch)
+                out = checked(from_batch(batch))
                 finished.update(row["key"] for row in out)
                 yield out
         except ray.exceptions.RayError as exc:
@@ -152,9 +165,10 @@ class RayRunner:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             row = pending.pop(ref)
             try:
-                yield from_batch(ray.get(ref))
+                out = from_batch(ray.get(ref))
             except ray.exceptions.RayError as exc:
-                yield [crashed(row, stages, exc)]
+                out = [crashed(row, stages, exc)]
+            yield checked(out)
 
     def close(self) -> None:
         """Shut down the local Ray this runner started (a joined cluster is left running)."""
@@ -179,6 +193,14 @@ def require_token_auth() -> None:
         log.warning("%s=%s: the local Ray listens on every network interface without authentication; anyone who "
                     "can reach this machine can run code in it. Unset %s to require Ray's token.", AUTH_ENV, mode,
                     AUTH_ENV)
+
+
+def checked(rows: list[dict]) -> list[dict]:
+    """The rows, unless their stages could not be set up: then the build stops here with the reason."""
+    for row in rows:
+        if row.get(SETUP_ERROR):
+            raise StageSetupError(row[SETUP_ERROR])
+    return rows
 
 
 def crashed(row: dict, stages: list[StageSpec], exc: Exception) -> dict:

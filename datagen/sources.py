@@ -14,7 +14,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from manifests.errors import ConfigError
 from manifests.layers import InputKind, Layer, Role
@@ -50,11 +50,16 @@ class SourceItem:
 
     @property
     def name(self) -> str:
-        """The clip's name: a file's stem, or the folder a `frames/` folder stands for."""
-        path = Path(self.uri)
-        if path.name.lower() in FRAME_FOLDER_NAMES:
-            return path.parent.name
-        return path.stem if self.kind in (InputKind.VIDEO, InputKind.IMAGE) else path.name
+        return clip_name(self.uri)
+
+
+def clip_name(uri: str) -> str:
+    """The name of the footage an input holds: a video's or image's stem (`x.mp4` -> `x`), the folder a `frames/`
+    folder stands for (`x/frames` -> `x`), else the folder's own name (DAVIS `JPEGImages/480p/x` -> `x`)."""
+    path = PurePosixPath(uri.rstrip("/"))
+    if path.name.lower() in FRAME_FOLDER_NAMES:
+        return path.parent.name
+    return path.stem if path.suffix.lower() in VIDEO_EXTENSIONS | IMAGE_EXTENSIONS else path.name
 
 
 def input_id(uri: str) -> str:

@@ -13,6 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,14 +29,35 @@ from datagen.sources import SourceItem
 from filters.alpha import alpha_quality
 from filters.ssim import temporal_ssim
 from manifests import video_io
-from manifests.errors import one_line
+from manifests.errors import LayerflowError, StageSetupError, one_line
 from manifests.io import read_layers, resolve_media
 from manifests.layers import CAPTIONED_LAYERS, InputKind, Layer, Role, SampleKind, Stage
 from manifests.metrics import on_grey, recomposition_psnr
 from manifests.schema import CLIP_COLUMNS, caption_column, media_uri
 
+if TYPE_CHECKING:  # the runner contract, for type hints only
+    from datagen.runner import StageSpec
+
 Batch = dict[str, list]
 OK, FAILED = "ok", "failed"
+
+
+def set_up(specs: list[StageSpec]) -> list:
+    """The stages of `specs`, constructed (their models loaded). A stage that cannot be set up is no row's fault: it
+    raises `StageSetupError` (one line), which stops the build on every runner."""
+    stages = []
+    for spec in specs:
+        try:
+            stages.append(spec.cls(**spec.kwargs))
+        except Exception as exc:
+            raise setup_error(spec.name, exc) from exc
+    return stages
+
+
+def setup_error(stage: StageName, exc: Exception) -> StageSetupError:
+    """The one-line error of a stage whose model could not be loaded (a worker's, or the driver's pre-check)."""
+    what = one_line(exc) if isinstance(exc, LayerflowError) else f"{type(exc).__name__}: {one_line(exc)}"
+    return StageSetupError(f"the {stage.value} stage could not be set up: {what}")
 
 
 def to_batch(rows: list[dict]) -> Batch:
@@ -143,7 +165,7 @@ class MatteStage(RowStage):
         try:
             matte = backend(clip)
         except Exception as exc:
-            row["matte_error"] = one_line(exc)
+            row.update(matte_error=one_line(exc), matte_error_class=type(exc).__name__)
             return
         clip.alpha = np.clip(matte.alpha.astype(np.float32), 0.0, 1.0)
         clip.save(Path(row["clip_path"]))

@@ -52,7 +52,8 @@ def apply_policy(root: str | Path, policy: Policy) -> Funnel:
             table = table.set_column(index, column, pa.array(values[name], column.type))
         io.write_parquet_atomic(table, part)
 
-    result = funnel(rows, decisions, policy, {k: v["why"] for k, v in summary.get("unscored", {}).items()})
+    result = funnel(rows, decisions, policy, {k: v["why"] for k, v in summary.get("unscored", {}).items()},
+                    embeddings)
     keep = {row["sample_id"]: d.keep for row, d in zip(rows, decisions)}
     input_rows = _input_states(root, keep)
     (root / POLICY_FILE).write_text(policy.text, encoding="utf-8")
@@ -78,8 +79,11 @@ def _input_states(root: Path, keep: dict[str, bool]) -> list[dict]:
 
 
 def input_counts(input_rows: list[dict]) -> dict[str, int]:
+    """Inputs per end state, every state listed; `discovered` and `accounted` (their sum) beside them."""
     states = Counter(row["state"] for row in input_rows)
-    return {state.value: states.get(state.value, 0) for state in InputState}
+    counts = {"discovered": len(input_rows), **{state.value: states.get(state.value, 0) for state in InputState}}
+    counts["accounted"] = sum(counts[state.value] for state in InputState)
+    return counts
 
 
 def policy_summary(policy: Policy, result: Funnel, decisions: list[Decision]) -> dict:

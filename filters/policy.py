@@ -219,8 +219,11 @@ class Funnel:
 
 
 def funnel(rows: Sequence[Mapping], decisions: Sequence[Decision], policy: Policy,
-           unscored_why: Mapping[str, str] | None = None) -> Funnel:
-    """Per rule (in policy order): how many it drops alone, how many are left cumulatively, flags, unscored."""
+           unscored_why: Mapping[str, str] | None = None,
+           embeddings: Sequence[Sequence[float] | None] | None = None) -> Funnel:
+    """Per rule (in policy order): how many it drops alone, how many are left cumulatively, flags, unscored.
+
+    `embeddings`: the rows' CLIP embeddings, as given to `Policy.apply` (None: no sample has one)."""
     alive = [True] * len(rows)
     steps = []
     for rule in policy.rules:
@@ -237,7 +240,7 @@ def funnel(rows: Sequence[Mapping], decisions: Sequence[Decision], policy: Polic
         steps.append(FunnelStep(
             rule=policy.duplicate_rule, score="clip_embedding", why="near-duplicate of a kept sample",
             alone=sum(fired), left=sum(alive), flagged=0,
-            unscored=sum(row.get("clip_embedding") is None for row in rows),
+            unscored=len(rows) if embeddings is None else sum(not embedding for embedding in embeddings),
         ))
     scored = {step.score for step in steps if step.unscored}
     why = {score: text for score, text in (unscored_why or {}).items() if score in scored}

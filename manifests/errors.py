@@ -15,6 +15,10 @@ class ConfigError(LayerflowError):
     """A configuration value is wrong; raised before any work starts and names the field."""
 
 
+class StageSetupError(LayerflowError):
+    """A stage could not be set up (its model did not load, no GPU, ...): the build stops at once, with one line."""
+
+
 class InputError(LayerflowError):
     """One input cannot be used (unreadable, too short, too large, ...); becomes a failure row."""
 

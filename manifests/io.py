@@ -66,11 +66,16 @@ def write_inputs(root: Path, rows: list[dict]) -> None:
 
 def read_manifest(root: Path, columns: list[str] | None = None) -> pa.Table:
     """All samples, with the declared schema (not one inferred from the first file); `columns`: only those."""
+    if not (Path(root) / MANIFEST_DIR).is_dir() and not (Path(root) / SUMMARY_FILE).exists():
+        raise DatasetError(f"{root} is not a layerflow dataset (no {MANIFEST_DIR}/ and no {SUMMARY_FILE})")
+    return read_parts(root, columns)
+
+
+def read_parts(root: Path, columns: list[str] | None = None) -> pa.Table:
+    """The samples in the manifest parts on disk (none yet is an empty table): also a build's, while it runs."""
     folder = Path(root) / MANIFEST_DIR
     files = sorted(str(p) for p in folder.glob("part-*.parquet")) if folder.is_dir() else []
     if not files:
-        if not (Path(root) / SUMMARY_FILE).exists():
-            raise DatasetError(f"{root} is not a layerflow dataset (no {MANIFEST_DIR}/ and no {SUMMARY_FILE})")
         return SAMPLE_SCHEMA.empty_table().select(columns) if columns else SAMPLE_SCHEMA.empty_table()
     return ds.dataset(files, schema=SAMPLE_SCHEMA, format="parquet").to_table(columns=columns)
 

@@ -195,3 +195,13 @@ def test_filter_json_funnel_from_the_command_line(scored, monkeypatch, capsys):
     assert not exit_info.value.code
     funnel = json.loads(capsys.readouterr().out)
     assert funnel["total"] == 6 and [s["rule"] for s in funnel["steps"]][0] == "recompose_psnr<30"
+
+
+def test_the_funnel_counts_no_sample_unscored_for_duplicates_when_every_embedding_is_there(scored, tmp_path):
+    out, _ = scored
+    assert all(row["clip_embedding"] for row in rows(out))
+    policy = tmp_path / "dups.toml"
+    policy.write_text("[duplicates]\nclip_cosine_above = 0.999\n")
+    [step] = apply_policy(out, Policy.load(policy)).steps
+    assert step.rule == "clip_duplicate_cosine>0.999" and step.unscored == 0
+    assert io.read_summary(out)["policy"]["funnel"]["steps"][0]["unscored"] == 0
