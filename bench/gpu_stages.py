@@ -33,13 +33,13 @@ sys.path.insert(0, str(ROOT))
 
 import open_clip  # noqa: E402
 
-from datagen.clip import Clip  # noqa: E402
 from datagen.config import BuildConfig, parse_size  # noqa: E402
 from datagen.decode import decode  # noqa: E402
-from datagen.device import torch_build  # noqa: E402
 from datagen.matting.sam2_backend import Sam2Matting, chunk_ranges  # noqa: E402
 from datagen.sources import discover  # noqa: E402
+from datagen.video_clip import VideoClip  # noqa: E402
 from filters.clip import ClipScorer, clip_scores  # noqa: E402
+from manifests.device import torch_build  # noqa: E402
 from manifests.errors import InputError  # noqa: E402
 from manifests.layers import InputKind  # noqa: E402
 from manifests.metrics import recompose  # noqa: E402
@@ -69,20 +69,20 @@ def timed(fn, items: list, warm, device: str) -> tuple[float, list]:
 
 
 def frames_of(items: list) -> int:
-    return sum(len(item.frames) if isinstance(item, Clip) else len(item.blended) for item in items)
+    return sum(len(item.frames) if isinstance(item, VideoClip) else len(item.blended) for item in items)
 
 
-def passes(clips: list[Clip]) -> float:
+def passes(clips: list[VideoClip]) -> float:
     """SAM 2 frame passes per clip frame (the default chunks overlap, so some frames are seen twice)."""
     ranges = [r for clip in clips for r in chunk_ranges(clip.num_frames, Sam2Matting.chunk, Sam2Matting.overlap)]
     return round(sum(stop - start for start, stop in ranges) / frames_of(clips), 3)
 
 
-def head(clip: Clip, count: int) -> Clip:
-    return Clip(clip.frames[:count], None if clip.alpha is None else clip.alpha[:count], fps=clip.fps)
+def head(clip: VideoClip, count: int) -> VideoClip:
+    return VideoClip(clip.frames[:count], None if clip.alpha is None else clip.alpha[:count], fps=clip.fps)
 
 
-def load_clips(data: Path, config: BuildConfig, limit: int | None) -> tuple[list[Clip], list[str], dict[str, str]]:
+def load_clips(data: Path, config: BuildConfig, limit: int | None) -> tuple[list[VideoClip], list[str], dict[str, str]]:
     """The decoded clips of every video source under `data` (its `videos/` folder when there is one)."""
     root = data / "videos" if (data / "videos").is_dir() else data
     clips, names, skipped = [], [], {}

@@ -161,7 +161,7 @@ class HfCaptioner:
     name: str = field(init=False)  # `hf:<folder>` or `hf:<model id>@<commit>`: what the manifest records
 
     def __post_init__(self) -> None:
-        from datagen.device import resolve_device
+        from manifests.device import resolve_device
 
         if self.max_new_tokens < 1:
             raise ConfigError(f"captioner hf:{self.model}: max_new_tokens must be >= 1, got {self.max_new_tokens}")

@@ -1,4 +1,4 @@
-"""Decode one input into a `Clip` at the build size: decord for videos, PyAV where decord cannot read.
+"""Decode one input into a `VideoClip` at the build size: decord for videos, PyAV where decord cannot read.
 
 Frames are sampled at `--fps` (exact source indices are kept), then resized and centre-cropped to
 `--size`. Still images become one-frame clips; RGBA images are fitted whole (letterboxed with
@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from datagen.clip import Clip
 from datagen.config import BuildConfig
 from datagen.sources import IMAGE_EXTENSIONS, LAYERED_NAMES, SourceItem
+from datagen.video_clip import VideoClip
 from manifests import video_io
 from manifests.errors import InputError, one_line
 from manifests.layers import InputKind, Layer
@@ -29,9 +29,9 @@ Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, before decoding, a
 class Decoded:
     """A decoded input: its clip, its refined kind and, for a layered-image folder, the background."""
 
-    clip: Clip
+    clip: VideoClip
     kind: InputKind
-    background: Clip | None = None
+    background: VideoClip | None = None
     source_frames: int = 1  # frames in the source (1 for an image)
 
 
@@ -47,7 +47,7 @@ def decode(item: SourceItem, config: BuildConfig) -> Decoded:
         kind = InputKind.IMAGE if alpha is None else InputKind.RGBA_IMAGE
         fit = _contain if alpha is not None else cover
         frames, alphas = fit(frame[None], None if alpha is None else alpha[None], config.size)
-        clip = Clip(frames, alphas, fps=config.fps, frame_indices=[0], source_size=frame.shape[:2])
+        clip = VideoClip(frames, alphas, fps=config.fps, frame_indices=[0], source_size=frame.shape[:2])
         return Decoded(clip, kind)
     if item.kind == InputKind.FRAME_FOLDER:
         return _decode_frame_folder(path, item, config)
@@ -89,7 +89,7 @@ def _decode_video(path: Path, item: SourceItem, config: BuildConfig) -> Decoded:
         mask_alpha = _read_masks(item, [str(i).zfill(5) for i in indices]) if item.mask_dir else None
         alpha = mask_alpha if mask_alpha is not None else alpha
     frames, alpha = cover(frames, alpha, config.size)
-    clip = Clip(frames, alpha, fps=config.fps, frame_indices=indices, source_size=(height, width))
+    clip = VideoClip(frames, alpha, fps=config.fps, frame_indices=indices, source_size=(height, width))
     return Decoded(clip, kind, source_frames=total)
 
 
@@ -127,7 +127,7 @@ def _decode_frame_folder(path: Path, item: SourceItem, config: BuildConfig) -> D
     elif item.mask_dir:
         alpha = _read_masks(item, [files[i].stem for i in indices])
     frames, alpha = cover(frames, alpha, config.size)
-    clip = Clip(frames, alpha, fps=config.fps, frame_indices=indices, source_size=loaded[0][0].shape[:2])
+    clip = VideoClip(frames, alpha, fps=config.fps, frame_indices=indices, source_size=loaded[0][0].shape[:2])
     return Decoded(clip, kind, source_frames=len(files))
 
 
@@ -166,8 +166,8 @@ def _decode_layered(path: Path, config: BuildConfig) -> Decoded:
     else:
         frames, alphas = _contain(fg[None], alpha[None], config.size)
     bg_frames, _ = cover(bg[None], None, config.size)
-    clip = Clip(frames, alphas, fps=config.fps, frame_indices=[0], source_size=fg.shape[:2])
-    background = Clip(bg_frames, None, fps=config.fps, frame_indices=[0], source_size=bg.shape[:2])
+    clip = VideoClip(frames, alphas, fps=config.fps, frame_indices=[0], source_size=fg.shape[:2])
+    background = VideoClip(bg_frames, None, fps=config.fps, frame_indices=[0], source_size=bg.shape[:2])
     return Decoded(clip, InputKind.LAYERED_IMAGE, background=background)
 
 

@@ -136,7 +136,7 @@ def _version(module: str) -> str:
 def device_checks(config: BuildConfig) -> list[Check]:
     import torch
 
-    from datagen.device import torch_build
+    from manifests.device import torch_build
 
     wants_gpu = config.device == "cuda"
     if torch.cuda.is_available():
@@ -178,7 +178,7 @@ def preflight(config: BuildConfig, on_cluster: bool = False) -> None:
     """`build`'s check before any work: the device, and that the matting backend and the captioner load. A wrong
     spec is a `ConfigError`, a model that does not load a `StageSetupError`: one line either way. On a cluster the
     GPUs are the workers', so the specs are only loaded on the CPU here (`doctor --ray-address` checks the rest)."""
-    from datagen.device import resolve_device
+    from manifests.device import resolve_device
 
     if not on_cluster:
         resolve_device(config.device)

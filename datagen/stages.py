@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from datagen.captioning import load_captioner
-from datagen.clip import Clip
 from datagen.composite import Placement, choose_placement, copy_paste, freeze
 from datagen.config import BuildConfig
 from datagen.decode import decode
@@ -26,6 +25,7 @@ from datagen.matting import load_matting
 from datagen.publish import fetch_media, obtain, share, upload_media
 from datagen.scheduling import StageName
 from datagen.sources import SourceItem
+from datagen.video_clip import VideoClip
 from filters.alpha import alpha_quality
 from filters.ssim import temporal_ssim
 from manifests import video_io
@@ -159,7 +159,7 @@ class MatteStage(RowStage):
     def process(self, row: dict) -> None:
         if not can_be_foreground(row):
             return
-        clip = Clip.load(self._local(Path(row["clip_path"])))
+        clip = VideoClip.load(self._local(Path(row["clip_path"])))
         # Stills carry their own alpha; the chosen backend is for videos.
         backend = self.backend if InputKind(row["kind"]).is_video else self.given
         try:
@@ -193,8 +193,8 @@ class ComposeStage(RowStage):
     def process(self, row: dict) -> None:
         fg, config = row["fg"], self.config
         rng = np.random.default_rng([config.seed, int(row["sample_id"][:12], 16)])
-        fg_clip = Clip.load(self._local(Path(fg["clip_path"])))
-        bg_clip = Clip.load(self._local(Path(row["bg_clip_path"])))
+        fg_clip = VideoClip.load(self._local(Path(fg["clip_path"])))
+        bg_clip = VideoClip.load(self._local(Path(row["bg_clip_path"])))
         if fg_clip.alpha is None:
             raise ValueError("foreground clip has no alpha (matting did not run)")
         kind = SampleKind(row["kind"])
@@ -286,8 +286,8 @@ class ClipStage(RowStage):
         self.unavailable = unavailable
         self.scorer = None
         if clip_arch is not None and clip_weights is not None:
-            from datagen.device import resolve_device
             from filters.clip import ClipScorer  # torch + open_clip: only in a worker that scores with CLIP
+            from manifests.device import resolve_device
 
             torch_device = resolve_device(device)  # outside the try: a missing GPU is an error, not null scores
             try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from layerflow_model.components import Components, build, load_checkpoint
@@ -23,6 +24,7 @@ from layerflow_model.config import ConfigError
 from layerflow_model.data import ClipStore, crop, read_rows
 from layerflow_model.layout import Layout, Task
 from layerflow_model.sample import SampleSettings, run_task
+from manifests.device import resolve_device
 from manifests.layers import Layer
 from manifests.metrics import alpha_iou, alpha_mae, foreground_mask, psnr, recomposition_psnr
 
@@ -97,11 +99,9 @@ def _mean(values: list[float | None]) -> float | None:
 def evaluate(checkpoint: Path | str, manifest: str, split: str = "val", settings: SampleSettings | None = None,
              limit: int | None = None, device: str = "auto", untrained_seed: int = 12345,
              progress: bool = True) -> EvalResult:
-    from layerflow_model.train import resolve_device
-
     settings = settings or SampleSettings()
     began = time.perf_counter()
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     trained, state = load_checkpoint(checkpoint, dev)
     config = trained.config
     if config.layout is not Layout.RGBA:

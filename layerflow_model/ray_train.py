@@ -10,7 +10,7 @@ from pathlib import Path
 
 from layerflow_model.components import STATE_FILE, checkpoint_dir
 from layerflow_model.config import ModelConfig, TrainConfig
-from layerflow_model.train import TrainResult, World, resolve_device, train
+from layerflow_model.train import TrainResult, World, train
 
 
 def _worker(loop_config: dict) -> None:
@@ -33,11 +33,13 @@ def train_distributed(config: TrainConfig, model: ModelConfig | None = None, *, 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    use_gpu = resolve_device(config.device).type == "cuda"
     started = not ray.is_initialized()
     if started:
         ray.init(address=ray_address, include_dashboard=False, log_to_driver=progress)
     try:
+        # The workers' GPUs, not the driver's: `auto` uses them when the cluster has one for every worker.
+        gpus = ray.cluster_resources().get("GPU", 0)
+        use_gpu = config.device.startswith("cuda") or (config.device == "auto" and gpus >= config.workers)
         with tempfile.TemporaryDirectory(prefix="layerflow-train-") as scratch:
             trainer = TorchTrainer(
                 _worker,

@@ -24,6 +24,7 @@ from layerflow_model.layout import (
     unpack,
 )
 from layerflow_model.outputs import write_layers
+from manifests.device import resolve_device
 from manifests.layers import Layer
 
 # Which layers the input of a task provides.
@@ -125,12 +126,10 @@ def sample_to_folder(checkpoint: Path, task: Task, prompts: str | list[str], out
                      input_path: Path | None = None, settings: SampleSettings = SampleSettings(),
                      device: str = "auto", fps: float = 8.0) -> dict[str, str]:
     """Load a checkpoint, run one task and write its layers (see `outputs.write_layers`)."""
-    from layerflow_model.train import resolve_device
-
     if task not in {t.value for t in Task}:
         raise ConfigError(f"--task: {task!r} is not one of {', '.join(t.value for t in Task)}")
     task = Task(task)
-    parts, state = load_checkpoint(checkpoint, resolve_device(device))
+    parts, state = load_checkpoint(checkpoint, torch.device(resolve_device(device)))
     config = parts.config
     if INPUT_LAYERS[task] and input_path is None:
         wanted = " and ".join(layer.value for layer in INPUT_LAYERS[task])

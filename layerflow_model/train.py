@@ -35,6 +35,7 @@ from layerflow_model.config import ConfigError, ModelConfig, TrainConfig
 from layerflow_model.data import Batch, BatchPlan, ClipStore, read_rows
 from layerflow_model.diffusion import Diffusion
 from layerflow_model.layout import condition_mask
+from manifests.device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,6 @@ class TrainResult:
     samples_per_second: float
     last_loss: float
     trained_parameters: int
-
-
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -92,7 +87,7 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
 
 def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resume: bool = False,
           progress: bool = True, world: World = World()) -> TrainResult:
-    device = resolve_device(config.device)
+    device = torch.device(resolve_device(config.device))
     out = Path(config.out)
     if out.exists() and latest_checkpoint(out) is not None and not resume:
         raise ConfigError(f"{out} already has checkpoints: pass --resume to continue that run, or pick a new --out")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -78,6 +79,23 @@ def write_layered(folder: Path, seed: int = 0, captions: dict | None = None) -> 
     if captions:
         (folder / "captions.json").write_text(json.dumps(captions))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def ray_left_as_found():
+    """What one test does to Ray in this process does not reach the next: a Ray it left running is shut down, the
+    `RAY_*` variables Ray sets in the driver (its auth mode, ...) are restored, and Ray Data's process-wide context is
+    replaced by a fresh one."""
+    before = {key: value for key, value in os.environ.items() if key.startswith("RAY_")}
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    for key in [key for key in os.environ if key.startswith("RAY_") and key not in before]:
+        del os.environ[key]
+    os.environ.update(before)
+    if "ray.data" in sys.modules:
+        sys.modules["ray.data"].DataContext._set_current(sys.modules["ray.data"].DataContext())
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import pytest
 from conftest import moving_disk, write_layered, write_rgba, write_video
 from PIL import Image
 
-from datagen.clip import Clip
 from datagen.config import BuildConfig
 from datagen.decode import decode, sample_indices
 from datagen.sources import SourceItem, discover
+from datagen.video_clip import VideoClip
 from manifests import video_io
 from manifests.errors import InputError
 from manifests.layers import InputKind
@@ -152,8 +152,8 @@ def test_odd_dimensions_are_resized(tmp_path, small_config):
 
 def test_clip_round_trips_through_its_file(tmp_path):
     frames, alpha = moving_disk(3, 16, 16)
-    clip = Clip(frames, alpha, fps=8.0, frame_indices=[0, 3, 6], source_size=(16, 16))
+    clip = VideoClip(frames, alpha, fps=8.0, frame_indices=[0, 3, 6], source_size=(16, 16))
     clip.save(tmp_path / "c.npz")
-    back = Clip.load(tmp_path / "c.npz")
+    back = VideoClip.load(tmp_path / "c.npz")
     assert np.array_equal(back.frames, frames) and np.abs(back.alpha - alpha).max() < 1e-4
     assert back.frame_indices == [0, 3, 6] and back.fps == 8.0

@@ -8,9 +8,9 @@ from test_cli import run_main
 
 import cli
 from datagen.config import BuildConfig
-from datagen.device import resolve_device
 from datagen.doctor import Check, Request, can_run, diagnose
 from datagen.scheduling import Resources
+from manifests.device import resolve_device
 from manifests.errors import ConfigError
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")

@@ -8,12 +8,12 @@ import pytest
 from scipy import ndimage
 from skimage import data
 
-from datagen.clip import Clip
 from datagen.matting import AutoMatting, load_matting
 from datagen.matting.bgsub import BackgroundSubtraction
 from datagen.matting.chroma import ChromaKey
 from datagen.matting.given import GivenAlpha
 from datagen.matting.refine import guided_filter, soft_edge
+from datagen.video_clip import VideoClip
 from manifests.errors import ConfigError, InputError
 from manifests.metrics import alpha_iou, alpha_mae
 
@@ -82,14 +82,14 @@ def screen_clip(colour: tuple[int, int, int], num_frames: int = 1, size: int = 6
 
 def test_bgsub_recovers_a_moving_object():
     frames, truth = moving_object_clip()
-    matte = BackgroundSubtraction()(Clip(frames=frames))
+    matte = BackgroundSubtraction()(VideoClip(frames=frames))
     assert alpha_iou(matte.alpha, truth) >= 0.9
     assert alpha_mae(matte.alpha, truth) < 0.03
 
 
 def test_bgsub_output_is_float32_alpha_in_unit_range():
     frames, _ = moving_object_clip(num_frames=5)
-    matte = BackgroundSubtraction()(Clip(frames=frames))
+    matte = BackgroundSubtraction()(VideoClip(frames=frames))
     assert matte.alpha.shape == (5, 64, 64) and matte.alpha.dtype == np.float32
     assert matte.alpha.min() >= 0.0 and matte.alpha.max() <= 1.0
     assert matte.backend.name == "bgsub"
@@ -97,15 +97,15 @@ def test_bgsub_output_is_float32_alpha_in_unit_range():
 
 def test_bgsub_is_deterministic():
     frames, _ = moving_object_clip(num_frames=5)
-    first = BackgroundSubtraction()(Clip(frames=frames)).alpha
-    second = BackgroundSubtraction()(Clip(frames=frames.copy())).alpha
+    first = BackgroundSubtraction()(VideoClip(frames=frames)).alpha
+    second = BackgroundSubtraction()(VideoClip(frames=frames.copy())).alpha
     assert np.array_equal(first, second)
 
 
 def test_bgsub_soft_values_only_near_the_edge():
     frames, _ = moving_object_clip()
     backend = BackgroundSubtraction()
-    alpha = backend(Clip(frames=frames)).alpha
+    alpha = backend(VideoClip(frames=frames)).alpha
     soft = (alpha > 0) & (alpha < 1)
     assert soft.any()
     for t in range(len(alpha)):
@@ -121,7 +121,7 @@ def test_bgsub_keeps_a_static_clip_empty():
     rng = np.random.default_rng(3)
     still = moving_object_clip(num_frames=3)[0][:1]
     noisy = np.clip(still + rng.normal(0, 2.0, (6, 64, 64, 3)), 0, 255).astype(np.uint8)
-    assert BackgroundSubtraction()(Clip(frames=noisy)).alpha.max() == 0.0
+    assert BackgroundSubtraction()(VideoClip(frames=noisy)).alpha.max() == 0.0
 
 
 def test_bgsub_handles_an_object_present_in_most_frames():
@@ -130,7 +130,7 @@ def test_bgsub_handles_an_object_present_in_most_frames():
     path = list(np.linspace(0.25, 0.75, 12))
     frames, truth = moving_object_clip(num_frames=len(path), path=path)
     assert (truth >= 0.5).sum(axis=0).max() == 11
-    matte = BackgroundSubtraction()(Clip(frames=frames))
+    matte = BackgroundSubtraction()(VideoClip(frames=frames))
     assert alpha_iou(matte.alpha, truth) >= 0.9
 
 
@@ -139,13 +139,13 @@ def test_bgsub_refuses_a_panning_camera():
     scene = cv2.resize(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8), (240, 160))
     frames = np.stack([scene[:64, 8 * t : 8 * t + 64] for t in range(12)])  # the camera pans 8 px a frame
     with pytest.raises(InputError, match="camera probably moves"):
-        BackgroundSubtraction()(Clip(frames))
+        BackgroundSubtraction()(VideoClip(frames))
 
 
 def test_bgsub_rejects_a_clip_of_two_frames():
     frames, _ = moving_object_clip(num_frames=3)
     with pytest.raises(InputError, match="at least 3 frames"):
-        BackgroundSubtraction()(Clip(frames=frames[:2]))
+        BackgroundSubtraction()(VideoClip(frames=frames[:2]))
 
 
 # --- chroma -----------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_bgsub_rejects_a_clip_of_two_frames():
 @pytest.mark.parametrize(("colour", "name"), [((40, 175, 70), "green"), ((20, 70, 190), "blue")])
 def test_chroma_recovers_a_disk_on_a_screen(colour, name):
     frames, truth = screen_clip(colour)
-    matte = ChromaKey()(Clip(frames=frames))
+    matte = ChromaKey()(VideoClip(frames=frames))
     assert alpha_iou(matte.alpha, truth) >= 0.95
     assert matte.alpha.shape == (1, 64, 64) and matte.alpha.dtype == np.float32
     assert matte.backend.name == f"chroma:{name}"
@@ -162,16 +162,16 @@ def test_chroma_recovers_a_disk_on_a_screen(colour, name):
 
 def test_chroma_with_a_named_key_matches_auto_detection():
     frames, _ = screen_clip((40, 175, 70), num_frames=3)
-    clip = Clip(frames=frames)
+    clip = VideoClip(frames=frames)
     assert np.array_equal(load_matting("chroma:green")(clip).alpha, load_matting("chroma")(clip).alpha)
 
 
 def test_chroma_rejects_a_clip_without_that_screen():
     frames, _ = screen_clip((40, 175, 70))
     with pytest.raises(InputError, match="no blue screen"):
-        ChromaKey(key="blue")(Clip(frames=frames))
+        ChromaKey(key="blue")(VideoClip(frames=frames))
     with pytest.raises(InputError, match="no green or blue screen"):
-        ChromaKey()(Clip(frames=moving_object_clip(num_frames=3)[0]))
+        ChromaKey()(VideoClip(frames=moving_object_clip(num_frames=3)[0]))
 
 
 # --- given and auto ---------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_chroma_rejects_a_clip_without_that_screen():
 def test_given_returns_the_clip_alpha_clipped_to_unit_range():
     frames, truth = moving_object_clip(num_frames=3)
     raw = truth * 1.2 - 0.1
-    matte = GivenAlpha()(Clip(frames=frames, alpha=raw))
+    matte = GivenAlpha()(VideoClip(frames=frames, alpha=raw))
     assert matte.alpha.dtype == np.float32 and matte.backend.name == "given"
     assert np.allclose(matte.alpha, np.clip(raw, 0, 1))
 
@@ -188,18 +188,18 @@ def test_given_returns_the_clip_alpha_clipped_to_unit_range():
 def test_given_without_alpha_raises_input_error():
     frames, _ = moving_object_clip(num_frames=3)
     with pytest.raises(InputError, match="source has no alpha channel or mask folder"):
-        GivenAlpha()(Clip(frames=frames))
+        GivenAlpha()(VideoClip(frames=frames))
 
 
 def test_auto_uses_given_alpha_when_the_clip_has_one():
     frames, truth = moving_object_clip(num_frames=3)
-    matte = load_matting("auto")(Clip(frames=frames, alpha=truth))
+    matte = load_matting("auto")(VideoClip(frames=frames, alpha=truth))
     assert matte.backend.name == "given" and np.array_equal(matte.alpha, truth)
 
 
 def test_auto_falls_back_to_bgsub_without_alpha():
     frames, truth = moving_object_clip()
-    matte = load_matting("auto")(Clip(frames=frames))
+    matte = load_matting("auto")(VideoClip(frames=frames))
     assert matte.backend.name == "bgsub" and alpha_iou(matte.alpha, truth) >= 0.9
 
 

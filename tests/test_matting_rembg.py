@@ -17,10 +17,10 @@ import torch
 from conftest import moving_disk
 from PIL import Image
 
-from datagen.clip import Clip
 from datagen.matting import auto_learned_spec, load_matting, rembg_backend, uses_gpu
 from datagen.matting.refine import soft_edge
 from datagen.matting.rembg_backend import CUDA, MODELS, RembgMatting
+from datagen.video_clip import VideoClip
 from manifests.errors import ConfigError
 
 NUM_FRAMES, HEIGHT, WIDTH = 3, 40, 56  # not square, so a swapped height and width would show
@@ -101,7 +101,7 @@ class CountingSession:
 
 def test_custom_onnx_mattes_a_clip_and_names_itself(models, frames):
     backend = load_matting(f"rembg:{models['dynamic']}")
-    matte = backend(Clip(frames=frames))
+    matte = backend(VideoClip(frames=frames))
     assert matte.alpha.shape == (NUM_FRAMES, HEIGHT, WIDTH) and matte.alpha.dtype == np.float32
     assert matte.alpha.min() == 0.0 and matte.alpha.max() == 1.0
     assert 0.0 < matte.alpha.mean() < 1.0
@@ -111,8 +111,8 @@ def test_custom_onnx_mattes_a_clip_and_names_itself(models, frames):
 
 
 def test_matting_is_deterministic(models, frames):
-    first = load_matting(f"rembg:{models['dynamic']}")(Clip(frames=frames)).alpha
-    second = load_matting(f"rembg:{models['dynamic']}")(Clip(frames=frames)).alpha
+    first = load_matting(f"rembg:{models['dynamic']}")(VideoClip(frames=frames)).alpha
+    second = load_matting(f"rembg:{models['dynamic']}")(VideoClip(frames=frames)).alpha
     np.testing.assert_array_equal(first, second)
 
 
@@ -120,12 +120,12 @@ def test_refine_off_returns_the_bilinear_upsampled_network_mask(models, frames):
     backend = RembgMatting(model=str(models["dynamic"]), refine=False)
     small = backend.network_masks(frames)
     expected = np.stack([cv2.resize(m, (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR) for m in small])
-    np.testing.assert_allclose(backend(Clip(frames=frames)).alpha, np.clip(expected, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(backend(VideoClip(frames=frames)).alpha, np.clip(expected, 0, 1), atol=1e-6)
 
 
 def test_refine_on_soft_edges_the_network_mask(models, frames):
-    soft = RembgMatting(model=str(models["dynamic"]), refine=False)(Clip(frames=frames)).alpha
-    refined = RembgMatting(model=str(models["dynamic"]))(Clip(frames=frames)).alpha
+    soft = RembgMatting(model=str(models["dynamic"]), refine=False)(VideoClip(frames=frames)).alpha
+    refined = RembgMatting(model=str(models["dynamic"]))(VideoClip(frames=frames)).alpha
     np.testing.assert_array_equal(refined, soft_edge(frames, soft, radius=4, eps=1e-3))
     # Away from the 0.5 contour the alpha is exactly 0 or 1, where the raw network mask is mostly in between.
     assert np.isin(refined, (0.0, 1.0)).mean() > np.isin(soft, (0.0, 1.0)).mean() + 0.3
@@ -235,16 +235,16 @@ def test_missing_weights_say_where_they_are_expected_without_downloading(no_down
 
 def test_auto_uses_the_best_cached_rembg_model_and_given_alpha_first(no_downloads, frames):
     assert auto_learned_spec() is None  # an empty cache: auto stays weight-free
-    assert load_matting("auto")(Clip(frames=frames)).backend.name == "bgsub"
+    assert load_matting("auto")(VideoClip(frames=frames)).backend.name == "bgsub"
     export(no_downloads / "u2netp.onnx")
     export(no_downloads / "u2net.onnx", seed=1)  # both cached: u2net ranks above u2netp
     assert auto_learned_spec() == "rembg:u2net" and uses_gpu("auto")
     auto = load_matting("auto", "cpu")
-    matte = auto(Clip(frames=frames))
+    matte = auto(VideoClip(frames=frames))
     assert matte.backend.name == "rembg:u2net" and matte.backend.device == "cpu"
     assert matte.backend.weights_sha256 == hashlib.sha256((no_downloads / "u2net.onnx").read_bytes()).hexdigest()
     alpha = np.zeros(frames.shape[:3], np.float32)
-    assert auto(Clip(frames=frames, alpha=alpha)).backend.name == "given"  # a clip's own alpha wins
+    assert auto(VideoClip(frames=frames, alpha=alpha)).backend.name == "given"  # a clip's own alpha wins
 
 
 def test_auto_without_any_rembg_cache_folder_does_not_import_rembg(monkeypatch, tmp_path):

@@ -22,10 +22,10 @@ from conftest import moving_disk
 from PIL import Image
 from test_matting_rembg import export
 
-from datagen.clip import Clip
 from datagen.matting import BACKENDS, load_matting
 from datagen.matting.refine import soft_edge
 from datagen.matting.sam2_backend import Sam2Matting, _config_path, chunk_ranges, cross_fade
+from datagen.video_clip import VideoClip
 from manifests.errors import ConfigError, InputError
 
 SMALL = ("++model.image_size=128",)  # 1024 by default; 128 keeps a CPU frame near 0.1 s
@@ -55,8 +55,8 @@ def backend() -> Sam2Matting:
 
 
 @pytest.fixture(scope="module")
-def clip() -> Clip:
-    return Clip(frames=moving_disk(10, HEIGHT, WIDTH, seed=3)[0])  # two chunks: [0, 6) and [4, 10)
+def clip() -> VideoClip:
+    return VideoClip(frames=moving_disk(10, HEIGHT, WIDTH, seed=3)[0])  # two chunks: [0, 6) and [4, 10)
 
 
 class ChunkSpy:
@@ -218,7 +218,7 @@ def test_a_clip_with_alpha_is_prompted_with_its_first_frame(backend, monkeypatch
     frames, truth = moving_disk(4, HEIGHT, WIDTH, seed=3)
     spy = ChunkSpy(lambda chunk_frames, prompt: np.zeros(chunk_frames.shape[:3], np.float32))
     monkeypatch.setattr(backend, "_propagate_chunk", spy)
-    backend(Clip(frames=frames, alpha=truth))
+    backend(VideoClip(frames=frames, alpha=truth))
     np.testing.assert_array_equal(spy.calls[0][1], truth[0] >= 0.5)
 
 
@@ -235,7 +235,7 @@ def test_without_alpha_the_box_is_around_what_moves_else_the_middle(backend):
 def test_an_empty_first_frame_alpha_is_an_input_error(backend):
     frames, truth = moving_disk(4, HEIGHT, WIDTH, seed=3)
     with pytest.raises(InputError, match="empty on frame 0"):
-        backend(Clip(frames=frames, alpha=np.zeros_like(truth)))
+        backend(VideoClip(frames=frames, alpha=np.zeros_like(truth)))
 
 
 # --- rembg+sam2 ----------------------------------------------------------------------------------------------
@@ -259,7 +259,7 @@ def test_rembg_plus_sam2_prompts_with_the_rembg_mask(small_sam2_spec, tmp_path, 
     spy = ChunkSpy(backend._propagate_chunk)
     monkeypatch.setattr(backend, "_propagate_chunk", spy)
     matte = backend(clip)
-    rembg_mask = backend.prompter(Clip(frames=clip.frames[:backend.chunk])).alpha[0] >= 0.5
+    rembg_mask = backend.prompter(VideoClip(frames=clip.frames[:backend.chunk])).alpha[0] >= 0.5
     assert 0 < rembg_mask.sum() < rembg_mask.size
     np.testing.assert_array_equal(spy.calls[0][1], rembg_mask)
     sha = hashlib.sha256(onnx.read_bytes()).hexdigest()
@@ -346,7 +346,7 @@ def peak_rss_mib() -> float:
 def peak_rss_increase_mib(frames: int, chunk: int, image_size: int) -> float:
     """MiB by which matting a `frames`-frame clip raised this process's peak RSS, the model already built."""
     backend = Sam2Matting(device="cpu", chunk=chunk, hydra_overrides=(f"++model.image_size={image_size}",))
-    clip = Clip(frames=moving_disk(frames, HEIGHT, WIDTH, seed=3)[0])
+    clip = VideoClip(frames=moving_disk(frames, HEIGHT, WIDTH, seed=3)[0])
     before = peak_rss_mib()
     backend(clip)
     return peak_rss_mib() - before

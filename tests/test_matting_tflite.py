@@ -14,10 +14,10 @@ from ai_edge_litert import schema_py_generated as schema
 from conftest import shared_data
 from PIL import Image
 
-from datagen.clip import Clip
 from datagen.decode import load_mask
 from datagen.matting import load_matting
 from datagen.matting.tflite import TfliteMatting
+from datagen.video_clip import VideoClip
 from manifests.errors import ConfigError
 from manifests.metrics import alpha_iou
 
@@ -92,12 +92,12 @@ def red_detector(path: Path, input_shape: tuple[int, int] = (8, 8)) -> Path:
     return write_tiny_model(path, [1, *input_shape, 3], 2.0 / 255.0, (weights, np.array([0.0, -10.0], np.float32)))
 
 
-def dance_clip(data: Path, frames: list[int]) -> tuple[Clip, np.ndarray]:
+def dance_clip(data: Path, frames: list[int]) -> tuple[VideoClip, np.ndarray]:
     """Real DAVIS frames at their full 480x854 and the ground-truth masks."""
     folder = data / DANCE
     rgb = np.stack([np.asarray(Image.open(folder / "frames" / f"{i:05d}.jpg").convert("RGB")) for i in frames])
     truth = np.stack([load_mask(folder / "masks" / f"{i:05d}.png") for i in frames])
-    return Clip(rgb, fps=24.0, frame_indices=frames), truth
+    return VideoClip(rgb, fps=24.0, frame_indices=frames), truth
 
 
 # --- the real model -------------------------------------------------------------------------------------
@@ -179,11 +179,11 @@ def test_quantised_uint8_input_and_two_class_softmax_output(tmp_path: Path) -> N
     assert soft.shape == (8, 8)
     for columns, red in ((slice(0, 4), 200), (slice(4, 8), 100)):
         np.testing.assert_allclose(soft[:, columns], 1.0 / (1.0 + np.exp(10.0 - 20.0 * red / 255)), atol=0.01)
-    alpha = backend(Clip(frame[None], fps=24.0)).alpha
+    alpha = backend(VideoClip(frame[None], fps=24.0)).alpha
     assert alpha.shape == (1, 16, 24)
     np.testing.assert_array_equal(alpha[0, :, :11], 1.0)
     np.testing.assert_array_equal(alpha[0, :, 13:], 0.0)
-    assert backend(Clip(frame[None])).backend.weights_sha256 == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert backend(VideoClip(frame[None])).backend.weights_sha256 == hashlib.sha256(model.read_bytes()).hexdigest()
 
 
 def test_soft_mask_is_upsampled_bilinearly_before_the_threshold(tmp_path: Path) -> None:
@@ -194,7 +194,7 @@ def test_soft_mask_is_upsampled_bilinearly_before_the_threshold(tmp_path: Path) 
     disk = np.hypot(yy - 31.5, xx - 31.5) <= 20
     frame = np.zeros((64, 64, 3), np.uint8)
     frame[disk, 0] = 255
-    alpha = backend(Clip(frame[None], fps=24.0)).alpha
+    alpha = backend(VideoClip(frame[None], fps=24.0)).alpha
     blocky = np.kron(backend.predict(frame) >= 0.5, np.ones((8, 8)))
     assert alpha_iou(alpha, disk) > 0.8
     assert alpha_iou(alpha, disk) > alpha_iou(blocky, disk) + 0.04
@@ -214,7 +214,7 @@ def test_temporal_smoothing_outvotes_one_odd_frame(tmp_path: Path, monkeypatch: 
     disk = np.zeros((8, 8), np.float32)
     disk[2:6, 2:6] = 1.0
     per_frame = [disk, disk, disk, np.zeros_like(disk), disk, disk, disk]
-    clip = Clip(np.zeros((7, 32, 32, 3), np.uint8), fps=24.0)
+    clip = VideoClip(np.zeros((7, 32, 32, 3), np.uint8), fps=24.0)
     alphas = {}
     for smooth_s in (0.0, 0.04):
         backend = TfliteMatting(path=str(model), smooth_s=smooth_s, refine=False)
@@ -237,7 +237,7 @@ def test_smoothing_is_off_for_zero_or_for_a_clip_without_frame_rate(tmp_path: Pa
         backend = TfliteMatting(path=str(model), smooth_s=smooth_s, refine=False)
         frames = iter(masks)
         monkeypatch.setattr(backend, "predict", lambda frame, frames=frames: next(frames))
-        alpha = backend(Clip(np.zeros((3, 8, 8, 3), np.uint8), fps=fps)).alpha
+        alpha = backend(VideoClip(np.zeros((3, 8, 8, 3), np.uint8), fps=fps)).alpha
         np.testing.assert_array_equal(alpha[:, 0, 0], [1.0, 0.0, 1.0])
 
 
@@ -246,7 +246,7 @@ def test_refinement_gives_soft_edges_that_follow_the_frame(tmp_path: Path) -> No
     frame = np.zeros((64, 64, 3), np.uint8)
     frame[16:48, 16:48, 0] = 255
     frame = cv2.GaussianBlur(frame, (0, 0), 2.0)  # a soft boundary for the guided filter to follow
-    alpha = backend(Clip(frame[None], fps=24.0)).alpha[0]
+    alpha = backend(VideoClip(frame[None], fps=24.0)).alpha[0]
     assert alpha[32, 32] == 1.0 and alpha[2, 2] == 0.0  # interior and exterior stay exact
     edge = alpha[32, 10:22]
     assert ((edge > 0.05) & (edge < 0.95)).any()  # a soft band at the edge

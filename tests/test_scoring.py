@@ -59,7 +59,8 @@ def test_build_writes_every_score_column(scored):
         assert set(missing) <= {"clip_text_foreground", "clip_text_background", "clip_text_blended"}, missing
         assert row["clip_model"].startswith("layerflow-test-tiny:")
         assert np.linalg.norm(row["clip_embedding"]) == pytest.approx(1.0, abs=1e-5)
-        assert -1.0 <= row["clip_consistency_min"] <= row["clip_consistency_mean"] <= 1.0 + 1e-6
+        # float32: with every cosine near 1, the mean may round just below the min
+        assert -1.0 <= row["clip_consistency_min"] <= row["clip_consistency_mean"] + 1e-6 <= 1.0 + 2e-6
     assert summary["backends"]["clip"]["unavailable"] is None
     assert summary["backends"]["devices"]["clip"] == {"cpu": 6}  # where the scorer really ran (no GPU here)
     assert summary["unscored"]["clip_text_foreground"]["why"] == "no caption for this layer"

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from datagen.clip import Clip
 from datagen.matting.base import BackendInfo, Matte, MattingBackend
 from datagen.matting.bgsub import BackgroundSubtraction
 from datagen.matting.chroma import ChromaKey
@@ -15,6 +14,7 @@ from datagen.matting.given import GivenAlpha
 from datagen.matting.rembg_backend import RembgMatting
 from datagen.matting.sam2_backend import Sam2Matting
 from datagen.matting.tflite import TfliteMatting
+from datagen.video_clip import VideoClip
 from manifests.errors import ConfigError
 
 __all__ = ["AUTO_REMBG_MODELS", "BACKENDS", "AutoMatting", "BackendInfo", "Matte", "MattingBackend",
@@ -55,7 +55,7 @@ class AutoMatting:
         if spec is not None:
             self.learned = _load_one(spec, self.device)
 
-    def __call__(self, clip: Clip) -> Matte:
+    def __call__(self, clip: VideoClip) -> Matte:
         if clip.alpha is not None:
             return self.given(clip)
         return (self.learned or self.bgsub)(clip)

@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
-from datagen.clip import Clip
+from datagen.video_clip import VideoClip
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class MattingBackend(Protocol):
 
     name: str
 
-    def __call__(self, clip: Clip) -> Matte: ...
+    def __call__(self, clip: VideoClip) -> Matte: ...
 
 
 def file_sha256(path: Path) -> str:

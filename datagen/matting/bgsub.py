@@ -11,9 +11,9 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold, threshold_otsu
 
-from datagen.clip import Clip
 from datagen.matting.base import BackendInfo, Matte
 from datagen.matting.refine import soft_edge
+from datagen.video_clip import VideoClip
 from manifests.errors import InputError
 
 MIN_FRAMES = 3
@@ -45,7 +45,7 @@ class BackgroundSubtraction:
     # static-camera clips measured 0.04-0.19 mean coverage here, hand-held / panning DAVIS clips 0.50-0.56.
     max_coverage: float = 0.45
 
-    def __call__(self, clip: Clip) -> Matte:
+    def __call__(self, clip: VideoClip) -> Matte:
         if clip.num_frames < MIN_FRAMES:
             raise InputError(
                 f"bgsub needs at least {MIN_FRAMES} frames of a static camera to model the background, "

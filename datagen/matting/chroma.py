@@ -9,9 +9,9 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from datagen.clip import Clip
 from datagen.matting.base import BackendInfo, Matte
 from datagen.matting.refine import soft_edge
+from datagen.video_clip import VideoClip
 from manifests.errors import ConfigError, InputError
 
 SCREEN_CHANNELS = {"green": 1, "blue": 2}  # index of the screen's dominant channel in RGB
@@ -45,7 +45,7 @@ class ChromaKey:
         if not 0.0 <= self.inner < self.outer:
             raise ConfigError(f"chroma needs 0 <= inner < outer, got inner={self.inner} outer={self.outer}")
 
-    def __call__(self, clip: Clip) -> Matte:
+    def __call__(self, clip: VideoClip) -> Matte:
         chroma = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2YCrCb)[..., 1:] for f in clip.frames]).astype(np.float32)
         colour, screen = self.screen_chroma(clip.frames, chroma)
         reach = float(np.linalg.norm(screen - NEUTRAL))

@@ -7,8 +7,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from datagen.clip import Clip
 from datagen.matting.base import BackendInfo, Matte
+from datagen.video_clip import VideoClip
 from manifests.errors import InputError
 
 
@@ -18,7 +18,7 @@ class GivenAlpha:
 
     name: ClassVar[str] = "given"
 
-    def __call__(self, clip: Clip) -> Matte:
+    def __call__(self, clip: VideoClip) -> Matte:
         if clip.alpha is None:
             raise InputError("source has no alpha channel or mask folder; use --matting bgsub or chroma")
         alpha = np.clip(np.asarray(clip.alpha, dtype=np.float32), 0.0, 1.0)

@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from datagen.clip import Clip
 from datagen.matting.base import BackendInfo, Matte, file_sha256
 from datagen.matting.refine import soft_edge
+from datagen.video_clip import VideoClip
 from manifests.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class RembgMatting:
         self.info = BackendInfo(name=f"{self.name}:{model_id}", model_id=model_id,
                                 weights_sha256=file_sha256(path), device=device)
 
-    def __call__(self, clip: Clip) -> Matte:
+    def __call__(self, clip: VideoClip) -> Matte:
         height, width = clip.frames.shape[1:3]
         # 1. The network's soft mask at its own resolution, as rembg's `predict` computes it before its uint8 cast.
         small = self.network_masks(clip.frames)  # (T, S, S)

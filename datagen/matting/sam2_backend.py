@@ -14,11 +14,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from PIL import Image
 
-from datagen.clip import Clip
-from datagen.device import resolve_device
 from datagen.matting.base import BackendInfo, Matte, MattingBackend, file_sha256
 from datagen.matting.bgsub import BackgroundSubtraction
 from datagen.matting.refine import soft_edge
+from datagen.video_clip import VideoClip
+from manifests.device import resolve_device
 from manifests.errors import ConfigError, InputError, one_line
 
 # Short config name -> the config inside the sam2 package (what `build_sam2_video_predictor` composes).
@@ -84,7 +84,7 @@ class Sam2Matting:
         self.info = BackendInfo(name=f"{self.name}:{Path(config).stem}", model_id=Path(config).stem,
                                 weights_sha256=file_sha256(checkpoint_path) if checkpoint_path else None, device=device)
 
-    def __call__(self, clip: Clip) -> Matte:
+    def __call__(self, clip: VideoClip) -> Matte:
         # 1. What to track: a mask or box on frame 0, and who made it.
         prompt, info = self._first_prompt(clip)
         # 2. SAM 2's foreground probability, chunk by chunk.
@@ -165,14 +165,14 @@ class Sam2Matting:
         images /= torch.tensor(IMAGE_STD)[:, None, None]
         return images
 
-    def _first_prompt(self, clip: Clip) -> tuple[Prompt, BackendInfo]:
+    def _first_prompt(self, clip: VideoClip) -> tuple[Prompt, BackendInfo]:
         """The prompt for frame 0 and the BackendInfo of the run that uses it."""
         if clip.alpha is not None:
             return _object_mask(clip.alpha[0] >= 0.5, "the clip's alpha"), self.info
         head = clip.frames[:self.chunk]  # a temporal prompter (bgsub) needs frames; more would cost memory
         if self.prompter is not None:
             try:
-                matte = self.prompter(Clip(frames=head))
+                matte = self.prompter(VideoClip(frames=head))
             except InputError as exc:
                 raise InputError(f"sam2 prompt from {self.prompter.name}: {one_line(exc)}") from exc
             return _object_mask(matte.alpha[0] >= 0.5, f"the {self.prompter.name} mask"), self._combined(matte.backend)
@@ -182,7 +182,7 @@ class Sam2Matting:
         """Around what moves in frame 0 against a static background, else the middle half of the frame."""
         height, width = frames.shape[1:3]
         try:
-            moving = BackgroundSubtraction()(Clip(frames=frames)).alpha[0] >= 0.5
+            moving = BackgroundSubtraction()(VideoClip(frames=frames)).alpha[0] >= 0.5
         except InputError:  # too few frames, or a moving camera
             moving = np.zeros((height, width), bool)
         if not moving.any():

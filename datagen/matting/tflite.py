@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from datagen.clip import Clip
 from datagen.matting.base import BackendInfo, Matte
 from datagen.matting.refine import soft_edge
+from datagen.video_clip import VideoClip
 from manifests.errors import ConfigError, one_line
 
 INPUT_TYPES = (np.float32, np.uint8)
@@ -87,7 +87,7 @@ class TfliteMatting:
         self._info = BackendInfo(name=self.name, model_id=model.name,
                                  weights_sha256=hashlib.sha256(data).hexdigest(), device="cpu")
 
-    def __call__(self, clip: Clip) -> Matte:
+    def __call__(self, clip: VideoClip) -> Matte:
         height, width = clip.frames.shape[1:3]
         # 1. The network's soft foreground probability per frame, at its own resolution: (T, h, w).
         soft = np.stack([self.predict(frame) for frame in clip.frames])

@@ -1,4 +1,7 @@
-"""A decoded clip: frames at the build size, optional alpha, and where they came from."""
+"""A decoded video clip (`VideoClip`): frames at the build size, optional alpha, and where they came from.
+
+(Named for the footage, to tell it from CLIP the model, which `filters.clip` scores with.)
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import numpy as np
 
 
 @dataclass
-class Clip:
+class VideoClip:
     """`frames` (T, H, W, 3) uint8; `alpha` (T, H, W) float32 in [0, 1] or None.
 
     `frame_indices` are the indices of the frames in the source (0 for a still image), so a
@@ -47,7 +50,7 @@ class Clip:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> Clip:
+    def load(cls, path: Path) -> VideoClip:
         with np.load(path, allow_pickle=False) as data:
             alpha = data["alpha"].astype(np.float32) / 65535.0 if "alpha" in data else None
             return cls(
