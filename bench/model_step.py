@@ -67,7 +67,8 @@ def main() -> None:
     optimizer = torch.optim.AdamW(list(trained.values()), lr=1e-4)
     diffusion = Diffusion(config.snr_shift)
     frames = 4 * config.latent_frames
-    latents = torch.randn(1, frames, config.latent_channels, config.height // 8, config.width // 8, device=device)
+    latents = torch.randn(1, frames, config.latent_channels, config.height // config.spatial_ratio,
+                          config.width // config.spatial_ratio, device=device)
     text = torch.randn(1, config.text_length, 4096, device=device)
     given = condition_mask(config.layout, Task.GENERATE, config.latent_frames)
 

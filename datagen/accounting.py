@@ -1,9 +1,9 @@
 """What a build accounts for: one end state (with its reason) per discovered input, a failure row for every input or
-sample that could not be used, and the summary counts, which add up.
+sample that could not be used, and the summary's counts, which add up.
 
 The states that do not depend on the policy are decided here: `failed` (the input itself failed, or every sample it
-took part in did), `unused` (with why), and "in samples". Whether an input in samples is `used` or `rejected` is the
-policy's call (`filters.apply`), made from the samples' `keep`.
+took part in did) and `unused` (with why). An input in samples is `used` or `rejected` by the policy's decisions on
+them, which `filters.apply.apply_policy` makes when it writes `inputs.parquet` (its only writer).
 """
 
 from __future__ import annotations
@@ -11,116 +11,126 @@ from __future__ import annotations
 from collections import Counter
 
 from datagen.config import BuildConfig
-from datagen.stages import OK, can_be_foreground
+from datagen.rows import InputRow, SampleRow
+from datagen.stages import can_be_foreground
 from filters.apply import input_counts
-from manifests.layers import InputKind, InputState, Stage
-from manifests.schema import SCHEMA_VERSION
+from manifests.layers import InputState, Stage
+from manifests.schema import (
+    INPUT_ID,
+    KEEP,
+    KIND,
+    REJECT_REASONS,
+    SAMPLE_ID,
+    SCHEMA_VERSION,
+    SPLIT,
+    STATE,
+    URI,
+)
 
 # What the summary reads of the manifest (not the embeddings, which would cost memory on a large dataset).
-SUMMARY_COLUMNS = ("sample_id", "kind", "split", "keep", "reject_reasons", "input_id_foreground", "input_id_background",
+SUMMARY_COLUMNS = (SAMPLE_ID, KIND, SPLIT, KEEP, REJECT_REASONS, "input_id_foreground", "input_id_background",
                    "matting_backend", "matting_model", "matting_weights_sha256", "captioner")
 
 
-def input_states(inputs: list[dict], samples: list[dict], sample_failures: list[dict]) -> list[dict]:
-    """One end state per input, with the reason where it is not simply used: used > rejected > failed > unused."""
-    kept: dict[str, list[str]] = {}
-    rejected: dict[str, list[str]] = {}
+def input_states(inputs: list[InputRow], samples: list[dict], sample_failures: list[SampleRow]) -> list[dict]:
+    """One `inputs.parquet` row per input, in its end state with the reason where it is not simply used
+    (used > rejected > failed > unused; used or rejected as the samples' `keep` says so far)."""
+    in_samples: dict[str, list[str]] = {}
+    kept: set[str] = set()
     for sample in samples:
-        target = kept if sample["keep"] else rejected
         for input_id in {sample["input_id_foreground"], sample["input_id_background"]}:
-            target.setdefault(input_id, []).append(sample["sample_id"])
-    failed_samples = {row["fg"]["input_id"]: row for row in sample_failures}
+            in_samples.setdefault(input_id, []).append(sample[SAMPLE_ID])
+            kept.update([input_id] if sample[KEEP] else [])
+    failed_samples = {row.fg.input_id: row for row in sample_failures}
     unused_why = _unused_reasons(inputs, bool(samples or sample_failures))
     out = []
     for row in inputs:
-        input_id = row["input_id"]
-        state, stage, message = InputState.UNUSED, None, unused_why.get(input_id)
-        if row["status"] != OK:
-            state, stage, message = InputState.FAILED, row["stage"], row["message"]
-        elif input_id in kept or input_id in rejected:
-            state, message = (InputState.USED if input_id in kept else InputState.REJECTED), None
-            if row.get("matte_error"):  # used, but only as a background: say why it was no foreground
-                stage, message = Stage.MATTE.value, f"background only: {row['matte_error']}"
-        elif input_id in failed_samples:
-            failure = failed_samples[input_id]
-            state, stage, message = InputState.FAILED, failure["stage"], failure["message"]
-        elif row.get("matte_error"):
-            state, stage, message = InputState.FAILED, Stage.MATTE.value, row["matte_error"]
+        state, stage, message = InputState.UNUSED, None, unused_why.get(row.input_id)
+        if not row.ok:
+            state, stage, message = InputState.FAILED, row.failure.stage, row.failure.message
+        elif row.input_id in in_samples:
+            state, message = (InputState.USED if row.input_id in kept else InputState.REJECTED), None
+            if row.matte_error is not None:  # used, but only as a background: say why it was no foreground
+                stage, message = Stage.MATTE, f"background only: {row.matte_error.message}"
+        elif row.input_id in failed_samples:
+            failure = failed_samples[row.input_id].failure
+            state, stage, message = InputState.FAILED, failure.stage, failure.message
+        elif row.matte_error is not None:
+            state, stage, message = InputState.FAILED, row.matte_error.stage, row.matte_error.message
         out.append({
-            "input_id": input_id, "uri": row["uri"], "kind": row["kind"], "role": row["role"], "pool": row["pool"],
-            "state": state.value, "stage": stage, "message": message,
-            "sample_ids": sorted(kept.get(input_id, []) + rejected.get(input_id, [])),
-            "source_frames": row.get("source_frames"), "source_height": row.get("source_height"),
-            "source_width": row.get("source_width"), "matting_backend": row.get("matting_backend"),
-            "matting_device": row.get("matting_device"),
+            INPUT_ID: row.input_id, URI: row.uri, KIND: row.kind.value, "role": row.item.role.value,
+            "pool": row.item.pool, STATE: state.value, "stage": stage.value if stage else None, "message": message,
+            "sample_ids": sorted(in_samples.get(row.input_id, [])), "source_frames": row.source_frames,
+            "source_height": row.source_height, "source_width": row.source_width,
+            "matting_backend": row.matting.name if row.matting else None,
+            "matting_device": row.matting.device if row.matting else None,
         })
     return out
 
 
-def _unused_reasons(inputs: list[dict], planned: bool) -> dict[str, str]:
+def _unused_reasons(inputs: list[InputRow], planned: bool) -> dict[str, str]:
     """Why each usable input took part in no sample."""
-    ok = [row for row in inputs if row["status"] == OK]
-    foregrounds = [row for row in ok if can_be_foreground(row) and not row.get("matte_error")]
+    ok = [row for row in inputs if row.ok]
+    foregrounds = [row for row in ok if can_be_foreground(row) and row.matte_error is None]
     out = {}
     for row in ok:
-        if can_be_foreground(row) and not row.get("matte_error"):
-            out[row["input_id"]] = "no background to put this foreground on (a video or a plain image)"
+        if can_be_foreground(row) and row.matte_error is None:
+            out[row.input_id] = "no background to put this foreground on (a video or a plain image)"
         elif not foregrounds:
-            out[row["input_id"]] = ("no input can be a foreground to put in front of it (a video, an RGBA image or a "
-                                    "layered-image folder)")
+            out[row.input_id] = ("no input can be a foreground to put in front of it (a video, an RGBA image or a "
+                                 "layered-image folder)")
         elif planned:
-            out[row["input_id"]] = "not drawn as a background (each foreground takes --backgrounds-per-foreground)"
+            out[row.input_id] = "not drawn as a background (each foreground takes --backgrounds-per-foreground)"
         else:
-            out[row["input_id"]] = "no sample was planned with it"
+            out[row.input_id] = "no sample was planned with it"
     return out
 
 
-def nothing_made(inputs: list[dict], planned: int) -> str:
+def nothing_made(inputs: list[InputRow], planned: int) -> str:
     """One line: why a build made no sample (its inputs' states and failures say it per input)."""
-    ok = [row for row in inputs if row["status"] == OK]
-    failed = len(inputs) - len(ok)
-    head = f"no samples: of {len(inputs)} inputs, {failed} failed"
     if planned:
         return f"no samples: all {planned} planned samples failed (see failures.parquet)"
+    ok = [row for row in inputs if row.ok]
+    head = f"no samples: of {len(inputs)} inputs, {len(inputs) - len(ok)} failed"
     candidates = [row for row in ok if can_be_foreground(row)]
     if not candidates:
-        kinds = Counter(InputKind(row["kind"]).value for row in ok)
+        kinds = Counter(row.kind.value for row in ok)
         usable = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())) or "none usable"
         return (f"{head} and none can be a foreground (a video, an RGBA image or a layered-image folder; here: "
                 f"{usable})")
-    matted = [row for row in candidates if not row.get("matte_error")]
+    matted = [row for row in candidates if row.matte_error is None]
     if not matted:
         return f"{head}; none of the {len(candidates)} foreground candidates could be matted (see inputs.parquet)"
     return f"{head}; the {len(matted)} foreground(s) have no background to go on (a video or a plain image)"
 
 
-def failure_rows(input_rows: list[dict], inputs: list[dict], sample_failures: list[dict]) -> list[dict]:
+def failure_rows(input_rows: list[dict], inputs: list[InputRow], sample_failures: list[SampleRow]) -> list[dict]:
     """A failure row per input that failed itself (at discover, decode or matte) and per sample that failed."""
-    by_id = {row["input_id"]: row for row in inputs}
-    failed_samples = {row["fg"]["input_id"] for row in sample_failures}
+    by_id = {row.input_id: row for row in inputs}
+    failed_samples = {row.fg.input_id for row in sample_failures}
     rows = []
     for state in input_rows:
-        if state["state"] != InputState.FAILED.value or state["input_id"] in failed_samples:
+        if state[STATE] != InputState.FAILED.value or state[INPUT_ID] in failed_samples:
             continue
-        source = by_id[state["input_id"]]
-        error_class = source.get("error_class") if source["status"] != OK else source.get("matte_error_class")
-        rows.append({"input_id": state["input_id"], "uri": state["uri"], "stage": state["stage"],
-                     "error_class": error_class or "InputError", "message": state["message"], "sample_id": None,
+        source = by_id[state[INPUT_ID]]
+        failure = source.failure if not source.ok else source.matte_error
+        rows.append({INPUT_ID: source.input_id, URI: source.uri, "stage": failure.stage.value,
+                     "error_class": failure.error_class, "message": failure.message, SAMPLE_ID: None,
                      "related_uris": []})
-    rows += [{"input_id": row["fg"]["input_id"], "uri": row["fg"]["uri"], "stage": row["stage"],
-              "error_class": row["error_class"], "message": row["message"], "sample_id": row["sample_id"],
-              "related_uris": [row["bg"]["uri"]] if row["bg"]["uri"] != row["fg"]["uri"] else []}
+    rows += [{INPUT_ID: row.fg.input_id, URI: row.fg.uri, "stage": row.failure.stage.value,
+              "error_class": row.failure.error_class, "message": row.failure.message, SAMPLE_ID: row.sample_id,
+              "related_uris": [row.bg.uri] if row.bg.uri != row.fg.uri else []}
              for row in sample_failures]
     return rows
 
 
-def part_record(rows: list[dict]) -> dict:
+def part_record(rows: list[SampleRow]) -> dict:
     """What the summary needs of a part's samples beyond the manifest: why scores are null, devices, timings."""
-    unscored = Counter((column, why) for row in rows for column, why in row.get("unscored", {}).items())
-    devices = Counter(pair for row in rows for pair in row.get("devices", {}).items())
+    unscored = Counter((column, why) for row in rows for column, why in row.unscored.items())
+    devices = Counter(pair for row in rows for pair in row.devices.items())
     seconds: Counter[str] = Counter()
     for row in rows:
-        seconds.update(row["seconds"])
+        seconds.update(row.seconds)
     return {"unscored": [[column, why, count] for (column, why), count in sorted(unscored.items())],
             "devices": [[stage, device, count] for (stage, device), count in sorted(devices.items())],
             "seconds": dict(seconds)}
@@ -145,6 +155,7 @@ def unscored_summary(unscored: Counter[tuple[str, str]]) -> dict[str, dict]:
 
 def make_summary(out: str, config: BuildConfig, runner: str, inputs: list[dict], samples: list[dict],
                  failures: list[dict], seconds: Counter) -> dict:
+    """The summary's facts that do not depend on the policy (`apply_policy` adds the ones that do)."""
     matting_used = Counter(s["matting_backend"] for s in samples)
     models = sorted({(s["matting_backend"], s["matting_model"], s["matting_weights_sha256"]) for s in samples},
                     key=str)
@@ -157,12 +168,9 @@ def make_summary(out: str, config: BuildConfig, runner: str, inputs: list[dict],
         "inputs": input_counts(inputs),
         "samples": {
             "total": len(samples),
-            "kept": sum(1 for s in samples if s["keep"]),
-            "rejected": sum(1 for s in samples if not s["keep"]),
-            "by_kind": dict(Counter(s["kind"] for s in samples)),
-            "by_split": dict(Counter(s["split"] for s in samples)),
+            "by_kind": dict(Counter(s[KIND] for s in samples)),
+            "by_split": dict(Counter(s[SPLIT] for s in samples)),
         },
-        "reject_reasons": dict(Counter(r for s in samples for r in s["reject_reasons"])),
         "failures": {"total": len(failures), "by_stage": dict(Counter(f["stage"] for f in failures))},
         "backends": {
             "matting": {"requested": config.matting, "used": dict(matting_used),

@@ -1,7 +1,9 @@
 """`build`: sources -> decode -> matte -> plan -> compose -> caption -> score -> manifest, failures, inputs, summary.
 
-The recipe is the two stage lists below; a `Runner` (plain Python or Ray Data) executes them.
-Every discovered input ends in exactly one state, and `_summary.json` shows the states add up.
+The recipe is the two stage lists below (`input_stages`, `sample_stages`); a runner (`datagen.runner`) executes
+them. Inputs commit one by one and samples a manifest part at a time (`datagen.resume`), so a rerun resumes; the
+end states and the summary are accounted for in `datagen.accounting`, and the policy decides last
+(`filters.apply.apply_policy`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from datagen.accounting import (
@@ -26,16 +28,18 @@ from datagen.config import BuildConfig
 from datagen.plan import plan_samples
 from datagen.publish import Mirror, staging_dir
 from datagen.resume import BuildFolder, Committed, build_record
+from datagen.rows import InputRow, SampleRow
 from datagen.runner import Runner, StageSpec
 from datagen.scheduling import Resources, StageName, StagePlan, plan_stages, with_device
 from datagen.sources import SourceItem, discover
-from datagen.stages import FAILED, OK, CaptionStage, ClipStage, ComposeStage, DecodeStage, MatteStage, ScoreStage
+from datagen.stages import CaptionStage, ClipStage, ComposeStage, DecodeStage, MatteStage, ScoreStage
 from filters.apply import apply_policy
+from filters.clip import ClipChoice, resolve_clip
 from filters.policy import Policy
 from manifests import io, storage
 from manifests.errors import ConfigError
-from manifests.layers import Layer, Role, Stage
-from manifests.schema import SAMPLE_SCHEMA, media_uri, uri_column
+from manifests.layers import Role, Stage
+from manifests.schema import KIND
 
 
 def _spec(name: StageName, cls: type, plans: dict[StageName, StagePlan], **kwargs: object) -> StageSpec:
@@ -83,31 +87,6 @@ def learned_stages(config: BuildConfig, clip: ClipChoice) -> set[StageName]:
     return learned
 
 
-@dataclass(frozen=True)
-class ClipChoice:
-    """The CLIP model a build scores with, resolved once in the driver so workers only load a local file."""
-
-    spec: str | None = None
-    arch: str | None = None
-    weights: str | None = None
-    tag: str | None = None  # the pretrained tag, whose preprocessing settings apply to the weights file
-    unavailable: str | None = None  # why there are no CLIP scores
-
-
-def resolve_clip(setting: str) -> ClipChoice:
-    """`--clip` -> a local weights file, or the reason CLIP scores will be null (a malformed spec is an error)."""
-    if setting == "none":
-        return ClipChoice(unavailable="CLIP scoring is off (--clip none)")
-    from filters.clip import DEFAULT_CLIP, ClipSpec, ClipUnavailable, resolve_weights  # torch: only when used
-
-    spec = ClipSpec.parse(DEFAULT_CLIP if setting == "auto" else setting)
-    try:
-        weights = resolve_weights(spec, allow_download=setting != "auto")
-    except ClipUnavailable as exc:
-        return ClipChoice(spec=str(spec), unavailable=str(exc))
-    return ClipChoice(spec=str(spec), arch=spec.arch, weights=str(weights), tag=spec.tag)
-
-
 def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, backgrounds: str | None = None,
           overwrite: bool = False, keep_work: bool = False, resources: Resources | None = None,
           policy: Policy | None = None, clip: ClipChoice | None = None) -> dict:
@@ -141,56 +120,54 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
     try:
         if committed.complete:
             return {**io.read_summary(out), "already_complete": True}
-        summary = _run(folder, committed, items, config, runner, plans, policy, clip, seconds, remote)
+        summary, input_rows = _run(folder, committed, items, config, runner, plans, policy, clip, seconds, remote)
     finally:
         folder.close()
     if not keep_work:
         shutil.rmtree(folder.work, ignore_errors=True)
     summary.update(source=source, backgrounds=backgrounds, out=destination)
     summary["seconds"]["wall"] = round(time.perf_counter() - wall, 3)
-    io.write_json_atomic(summary, out / io.SUMMARY_FILE)
-    start = time.perf_counter()
-    apply_policy(out, policy)  # the dataset-wide rules (near-duplicates) and the funnel
-    summary = io.read_summary(out)
-    summary["seconds"]["policy"] = round(time.perf_counter() - start, 3)
-    summary["complete"] = True  # written last: a rerun of a complete build has nothing to do
-    io.write_json_atomic(summary, out / io.SUMMARY_FILE)
+    summary["complete"] = True  # in the summary written last: a rerun of a complete build has nothing to do
+    apply_policy(out, policy, summary, input_rows)  # the dataset-wide rules (near-duplicates) and the funnel
     folder.publish_final()
-    return summary
+    return io.read_summary(out)
 
 
 def _run(folder: BuildFolder, committed: Committed, items: list[SourceItem], config: BuildConfig, runner: Runner,
          plans: dict[StageName, StagePlan], policy: Policy, clip: ClipChoice, seconds: Counter,
-         remote: str | None) -> dict:
-    """The two phases (inputs, then samples), each skipping what is committed; returns the summary to write."""
+         remote: str | None) -> tuple[dict, list[dict]]:
+    """The two phases (inputs, then samples), each skipping what is committed; returns the summary and the
+    `inputs.parquet` rows for the policy to decide and write."""
     out = folder.out
-    rows = [_input_row(item) for item in items]
-    done = {row["input_id"]: row for row in rows if row["status"] != OK}
+    rows = [InputRow.discovered(item) for item in items]
+    done = {row.input_id: row for row in rows if not row.ok}
     done.update(committed.inputs)
-    pending = [row for row in rows if row["input_id"] not in done]
+    pending = [row for row in rows if row.input_id not in done]
     start = time.perf_counter()
     for batch in runner.run(pending, input_stages(config, folder.work, plans, remote), "decode + matte"):
         for row in batch:
             folder.commit_input(row)
-            done[row["input_id"]] = row
+            done[row.input_id] = row
     seconds["phase_inputs_wall"] = time.perf_counter() - start
-    inputs = [done[row["input_id"]] for row in rows]
+    inputs = [done[row.input_id] for row in rows]
 
     start = time.perf_counter()
     sample_plans = plan_samples(inputs, config)
     seconds[Stage.PLAN.value] = time.perf_counter() - start
 
-    sample_failures: list[dict] = []
+    sample_failures: list[SampleRow] = []
     start = time.perf_counter()
-    todo = [plan for plan in sample_plans if plan["sample_id"] not in committed.samples]
+    todo = [plan for plan in sample_plans if plan.sample_id not in committed.samples]
     for batch in runner.run(todo, sample_stages(config, out, plans, clip, remote), "compose + caption + score"):
-        finished = [row for row in batch if row["status"] == OK]
+        finished = [row for row in batch if row.ok]
         if finished:
-            folder.commit_samples([sample_row(row, config, policy) for row in finished], part_record(finished))
-        sample_failures.extend(row for row in batch if row["status"] != OK)
+            manifest_rows = [row.manifest_row(config, policy.decide({KIND: row.kind.value, **row.scores}))
+                             for row in finished]
+            folder.commit_samples(manifest_rows, part_record(finished))
         for row in batch:
-            if row["status"] != OK:
-                seconds.update(row["seconds"])
+            if not row.ok:
+                sample_failures.append(row)
+                seconds.update(row.seconds)
     seconds["phase_samples_wall"] = time.perf_counter() - start
 
     unscored: Counter[tuple[str, str]] = Counter()  # (score column, why it is null) -> samples
@@ -200,15 +177,14 @@ def _run(folder: BuildFolder, committed: Committed, items: list[SourceItem], con
         devices.update({(stage, device): count for stage, device, count in part["devices"]})
         seconds.update(part["seconds"])
     for row in inputs:
-        seconds.update(row["seconds"])
-        devices.update(row.get("devices", {}).items())
+        seconds.update(row.seconds)
+        devices.update(row.devices.items())
     # every committed sample, this run's and earlier ones': only the columns the summary counts (not the embeddings)
     samples = io.read_parts(out, list(SUMMARY_COLUMNS)).to_pylist()
 
     input_rows = input_states(inputs, samples, sample_failures)
     failures = failure_rows(input_rows, inputs, sample_failures)
     io.write_failures(out, failures)
-    io.write_inputs(out, input_rows)
     summary = make_summary(str(out), config, runner.name, input_rows, samples, failures, seconds)
     if not samples:
         summary["samples"]["none_because"] = nothing_made(inputs, len(sample_plans))
@@ -218,29 +194,5 @@ def _run(folder: BuildFolder, committed: Committed, items: list[SourceItem], con
     summary["scheduling"] = {stage.value: asdict(plan) for stage, plan in plans.items()}
     summary["backends"]["devices"] = device_summary(devices)
     summary["resumed"] = {"inputs_committed_before": len(committed.inputs),
-                          "samples_committed_before": len(committed.samples & {p["sample_id"] for p in sample_plans})}
-    return summary
-
-
-def _input_row(item: SourceItem) -> dict:
-    row = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(item).items()}
-    row.update(key=item.input_id, status=OK if item.error is None else FAILED, seconds={})
-    if item.error is not None:
-        row.update(stage=Stage.DISCOVER.value, error_class="InputError", message=item.error)
-    return row
-
-
-def sample_row(row: dict, config: BuildConfig, policy: Policy) -> dict:
-    """Project a finished pipeline row onto the manifest schema (with the per-row policy decision)."""
-    fg, bg = row["fg"], row["bg"]
-    out = {name: row.get(name) for name in SAMPLE_SCHEMA.names}
-    out.update({uri_column(layer): media_uri(row["sample_id"], layer) for layer in Layer})
-    out.update(
-        fps=config.fps, input_id_foreground=fg["input_id"], input_id_background=bg["input_id"],
-        source_foreground=fg["uri"], source_background=bg["uri"], matting_backend=fg["matting_backend"],
-        matting_model=fg["matting_model"], matting_weights_sha256=fg["matting_weights_sha256"],
-        seed=config.seed, config_fingerprint=config.fingerprint(),
-    )
-    decision = policy.decide(out)
-    out.update(keep=decision.keep, reject_reasons=decision.reject_reasons, flags=decision.flags, duplicate_of=None)
-    return out
+                          "samples_committed_before": len(committed.samples & {p.sample_id for p in sample_plans})}
+    return summary, input_rows

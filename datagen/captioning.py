@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 
 from datagen.matting.base import file_sha256
+from datagen.rows import SampleRow
 from manifests.errors import ConfigError
 from manifests.io import write_json_atomic
 from manifests.layers import CAPTIONED_LAYERS, Layer, SampleKind
@@ -35,14 +36,15 @@ class Captioner(Protocol):
     name: str
     needs_pixels: bool
 
-    def __call__(self, sample: dict, layers: dict[Layer, np.ndarray] | None = None) -> dict[Layer, str | None]: ...
+    def __call__(self, sample: SampleRow, layers: dict[Layer, np.ndarray] | None = None
+                 ) -> dict[Layer, str | None]: ...
 
 
 class NoCaptioner:
     name = "none"
     needs_pixels = False
 
-    def __call__(self, sample: dict, layers: dict[Layer, np.ndarray] | None = None) -> dict[Layer, str | None]:
+    def __call__(self, sample: SampleRow, layers: dict[Layer, np.ndarray] | None = None) -> dict[Layer, str | None]:
         return {Layer.FOREGROUND: None, Layer.BACKGROUND: None, Layer.BLENDED: None}
 
 
@@ -57,13 +59,13 @@ class SidecarCaptioner:
     name = "sidecar"
     needs_pixels = False
 
-    def __call__(self, sample: dict, layers: dict[Layer, np.ndarray] | None = None) -> dict[Layer, str | None]:
-        fg, bg = sample["fg"], sample["bg"]
-        foreground = fg.get("caption_foreground") or fg.get("caption")
-        if sample["kind"] == SampleKind.IMAGE_FROZEN.value and fg["input_id"] == bg["input_id"]:
-            background, blended = fg.get("caption_background"), fg.get("caption_blended")
+    def __call__(self, sample: SampleRow, layers: dict[Layer, np.ndarray] | None = None) -> dict[Layer, str | None]:
+        fg, bg = sample.fg.item, sample.bg.item
+        foreground = fg.caption_foreground or fg.caption
+        if sample.kind is SampleKind.IMAGE_FROZEN and fg.input_id == bg.input_id:
+            background, blended = fg.caption_background, fg.caption_blended
         else:
-            background = bg.get("caption_background") or bg.get("caption_blended") or bg.get("caption")
+            background = bg.caption_background or bg.caption_blended or bg.caption
             blended = None
         if blended is None and foreground and background:
             blended = compose_blended(foreground, background)
@@ -246,7 +248,7 @@ class HfCaptioner:
         digest.update(np.ascontiguousarray(image).tobytes())
         return digest.hexdigest()
 
-    def __call__(self, sample: dict, layers: dict[Layer, np.ndarray] | None = None) -> dict[Layer, str | None]:
+    def __call__(self, sample: SampleRow, layers: dict[Layer, np.ndarray] | None = None) -> dict[Layer, str | None]:
         if layers is None:
             raise ValueError(f"{self.name} captions pixels: pass the sample's layers")
         images = layer_images(layers)

@@ -192,7 +192,7 @@ def preflight(config: BuildConfig, on_cluster: bool = False) -> None:
 
 
 def backend_checks(config: BuildConfig) -> list[Check]:
-    from datagen.build import resolve_clip
+    from filters.clip import resolve_clip
 
     def matting() -> str:
         backend = load_backend(StageName.MATTE, config, config.device)
@@ -279,7 +279,8 @@ def ray_checks(request: Request) -> list[Check]:
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
     checks = [Check("ray cpus", cpus >= 1, f"{where}: {cpus:g} CPU(s); every CPU stage task asks for 1",
                     "give Ray at least one CPU (--num-cpus)")]
-    from datagen.build import learned_stages, resolve_clip
+    from datagen.build import learned_stages
+    from filters.clip import resolve_clip
 
     config = request.config
     learned = learned_stages(config, resolve_clip(config.clip))

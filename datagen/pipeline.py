@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from datagen.stages import from_batch, set_up, to_batch
+from datagen.rows import R, from_batch, to_batch
+from datagen.stages import set_up
 
 if TYPE_CHECKING:  # the contract, for type hints only: `datagen.runner` imports this module
     from datagen.runner import StageSpec
@@ -25,16 +26,17 @@ class LocalRunner:
         self.progress = progress
         self.cpus = os.cpu_count() or 1
 
-    def run(self, rows: list[dict], stages: list[StageSpec], desc: str) -> Iterator[list[dict]]:
+    def run(self, rows: list[R], stages: list[StageSpec], desc: str) -> Iterator[list[R]]:
         if not rows:
             return
+        row_type = type(rows[0])
         instances = set_up(stages)
         with tqdm(total=len(rows), desc=desc, unit="row", disable=not self.progress) as bar:
             for start in range(0, len(rows), self.batch_size):
                 batch = to_batch(rows[start : start + self.batch_size])
                 for stage in instances:
                     batch = stage(batch)
-                out = from_batch(batch)
+                out = from_batch(batch, row_type)
                 bar.update(len(out))
                 yield out
 

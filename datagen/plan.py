@@ -9,13 +9,10 @@ from __future__ import annotations
 import hashlib
 
 from datagen.config import BuildConfig
+from datagen.rows import InputRow, SampleInput, SampleRow
 from datagen.sources import clip_name
-from datagen.stages import OK, can_be_foreground
+from datagen.stages import can_be_foreground
 from manifests.layers import InputKind, Role, SampleKind
-
-# What a sample carries of each of its inputs (the rest of the input row stays with the input).
-CARRIED = ("input_id", "uri", "kind", "clip_path", "caption_foreground", "caption_background",
-           "caption_blended", "caption", "matting_backend", "matting_model", "matting_weights_sha256")
 
 
 def _hash(*parts: object) -> str:
@@ -34,48 +31,38 @@ def split_of(fg_uri: str, config: BuildConfig) -> str:
     return "val" if int(_hash("split", config.seed, key)[:8], 16) / 0xFFFFFFFF < config.val_fraction else "train"
 
 
-def plan_samples(inputs: list[dict], config: BuildConfig) -> list[dict]:
+def plan_samples(inputs: list[InputRow], config: BuildConfig) -> list[SampleRow]:
     """Sample plans (rows for the compose stage) from the input rows that decoded."""
-    ok = [row for row in inputs if row["status"] == OK]
+    ok = [row for row in inputs if row.ok]
     # With --backgrounds, backgrounds come from that pool only, even if some of it failed to decode.
-    use_pool = any(row["pool"] == "backgrounds" for row in inputs)
+    use_pool = any(row.item.pool == "backgrounds" for row in inputs)
 
-    def background_candidate(row: dict) -> bool:
+    def background_candidate(row: InputRow) -> bool:
         if use_pool:
-            return row["pool"] == "backgrounds"
-        return row["role"] != Role.FOREGROUND.value
+            return row.item.pool == "backgrounds"
+        return row.item.role is not Role.FOREGROUND
 
-    videos = [r for r in ok if InputKind(r["kind"]).is_video and background_candidate(r)]
-    stills = [r for r in ok if InputKind(r["kind"]) == InputKind.IMAGE and background_candidate(r)]
+    videos = [r for r in ok if r.kind.is_video and background_candidate(r)]
+    stills = [r for r in ok if r.kind is InputKind.IMAGE and background_candidate(r)]
     plans = []
     for fg in ok:
-        if not can_be_foreground(fg) or fg.get("matte_error"):
+        if not can_be_foreground(fg) or fg.matte_error is not None:
             continue
-        kind = InputKind(fg["kind"])
-        if kind == InputKind.LAYERED_IMAGE:
-            plans.append(_plan(SampleKind.IMAGE_FROZEN, fg, fg, fg["background_path"], config))
+        if fg.kind is InputKind.LAYERED_IMAGE:
+            plans.append(_plan(SampleKind.IMAGE_FROZEN, fg, fg, fg.background_path, config))
             continue
-        sample_kind = SampleKind.VIDEO_COPY_PASTE if kind.is_video else SampleKind.IMAGE_FROZEN
+        sample_kind = SampleKind.VIDEO_COPY_PASTE if fg.kind.is_video else SampleKind.IMAGE_FROZEN
         # Videos go on videos (stills only if there is no other video); stills on stills (else a video frame).
-        preferred, fallback = (videos, stills) if kind.is_video else (stills, videos)
-        pool = [c for c in preferred if c["input_id"] != fg["input_id"]]
-        pool = pool or [c for c in fallback if c["input_id"] != fg["input_id"]]
-        ranked = sorted(pool, key=lambda c: _hash(config.seed, fg["input_id"], c["input_id"]))
+        preferred, fallback = (videos, stills) if fg.kind.is_video else (stills, videos)
+        pool = [c for c in preferred if c.input_id != fg.input_id]
+        pool = pool or [c for c in fallback if c.input_id != fg.input_id]
+        ranked = sorted(pool, key=lambda c: _hash(config.seed, fg.input_id, c.input_id))
         for bg in ranked[: config.backgrounds_per_foreground]:
-            plans.append(_plan(sample_kind, fg, bg, bg["clip_path"], config))
-    return sorted(plans, key=lambda p: p["sample_id"])
+            plans.append(_plan(sample_kind, fg, bg, bg.clip_path, config))
+    return sorted(plans, key=lambda plan: plan.sample_id)
 
 
-def _plan(kind: SampleKind, fg: dict, bg: dict, bg_clip_path: str, config: BuildConfig) -> dict:
-    sid = sample_id(kind, fg["input_id"], bg["input_id"], config)
-    return {
-        "key": sid,
-        "sample_id": sid,
-        "kind": kind.value,
-        "split": split_of(fg["uri"], config),
-        "fg": {k: fg.get(k) for k in CARRIED},
-        "bg": {k: bg.get(k) for k in CARRIED},
-        "bg_clip_path": bg_clip_path,
-        "status": OK,
-        "seconds": {},
-    }
+def _plan(kind: SampleKind, fg: InputRow, bg: InputRow, bg_clip_path: str, config: BuildConfig) -> SampleRow:
+    return SampleRow(sample_id=sample_id(kind, fg.input_id, bg.input_id, config), kind=kind,
+                     split=split_of(fg.uri, config), fg=SampleInput.of(fg), bg=SampleInput.of(bg),
+                     bg_clip_path=bg_clip_path)

@@ -17,7 +17,6 @@ then becomes a failure row; the rest finish.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -28,8 +27,10 @@ from typing import TYPE_CHECKING
 
 import ray
 
-from datagen.stages import FAILED, Batch, from_batch, set_up, to_batch
+from datagen.rows import KEY, ROW, Batch, Failure, R, encode, from_batch, to_batch
+from datagen.stages import set_up
 from manifests.errors import StageSetupError, one_line
+from manifests.layers import Stage
 
 log = logging.getLogger(__name__)
 # max_retries / max_restarts (see above) are `ray_remote_args`; the warning says they go in Ray 2.64 (pinned below).
@@ -40,15 +41,16 @@ if TYPE_CHECKING:  # the contract, for type hints only: `datagen.runner` imports
     from datagen.runner import StageSpec
 
 
-SETUP_ERROR = "setup_error"  # set on the rows of a batch whose stages could not be set up
+SETUP_ERROR = "setup_error"  # a column of a batch whose stages could not be set up: the one-line reason
 
 
 class StageChain:
     """Several stages set up once and applied in order to every batch.
 
     A stage that cannot be set up (its model does not load, no GPU) is not raised in the worker: Ray would report it
-    as a failed task (Ray Data drops the exception's class), indistinguishable from a worker that crashed. The rows
-    come back marked with the one-line reason instead, and the driver stops the build with it (`RayRunner.run`).
+    as a failed task (Ray Data drops the exception's class), indistinguishable from a worker that crashed. Every batch
+    carries a `SETUP_ERROR` column instead ('' or the one-line reason, passed through the operators after it), and
+    the driver stops the build with the reason (`checked`).
     """
 
     def __init__(self, specs: list[StageSpec]) -> None:
@@ -58,11 +60,12 @@ class StageChain:
             self.stages, self.setup_error = [], str(exc)
 
     def __call__(self, batch: Batch) -> Batch:
-        if self.setup_error is not None:
-            return to_batch([{**row, SETUP_ERROR: self.setup_error} for row in from_batch(batch)])
-        for stage in self.stages:
-            batch = stage(batch)
-        return batch
+        if any(batch.get(SETUP_ERROR, ())):  # an operator before this one could not be set up
+            return batch
+        if self.setup_error is None:
+            for stage in self.stages:
+                batch = stage(batch)
+        return {KEY: batch[KEY], ROW: batch[ROW], SETUP_ERROR: [self.setup_error or ""] * len(batch[KEY])}
 
 
 MAX_ROWS_PER_TASK = 16
@@ -110,10 +113,11 @@ class RayRunner:
         self.cpus = int(resources.get("CPU", 1))
         self.gpus = float(resources.get("GPU", 0.0))
 
-    def run(self, rows: list[dict], stages: list[StageSpec], desc: str) -> Iterator[list[dict]]:
+    def run(self, rows: list[R], stages: list[StageSpec], desc: str) -> Iterator[list[R]]:
         if not rows:
             return
-        items = [{"key": row["key"], "row": json.dumps(row)} for row in rows]
+        row_type = type(rows[0])
+        items = [{KEY: row.key, ROW: encode(row)} for row in rows]
         # A Ray task costs tens of milliseconds to schedule: give each a few rows (about four tasks per
         # CPU per phase), but never so many that one slow task holds the whole phase up.
         rows_per_task = min(MAX_ROWS_PER_TASK, max(1, math.ceil(len(items) / (4 * self.cpus))))
@@ -147,16 +151,16 @@ class RayRunner:
         finished: set[str] = set()
         try:
             for batch in dataset.iter_batches(batch_size=8, batch_format="numpy"):
-                out = checked(from_batch(batch))
-                finished.update(row["key"] for row in out)
+                out = from_batch(checked(batch), row_type)
+                finished.update(row.key for row in out)
                 yield out
         except ray.exceptions.RayError as exc:
-            left = [row for row in rows if row["key"] not in finished]
+            left = [row for row in rows if row.key not in finished]
             log.warning("%s: a worker died %d times (%s); running the %d unfinished rows one per task",
                         desc, ATTEMPTS, one_line(exc)[:200], len(left))
             yield from self._one_per_task(left, stages)
 
-    def _one_per_task(self, rows: list[dict], stages: list[StageSpec]) -> Iterator[list[dict]]:
+    def _one_per_task(self, rows: list[R], stages: list[StageSpec]) -> Iterator[list[R]]:
         """Each row in a task of its own, tried `ATTEMPTS` times; a row whose worker still dies is a failure row."""
         task = ray.remote(run_chain).options(max_retries=ATTEMPTS - 1, num_cpus=1,
                                              num_gpus=max(spec.num_gpus for spec in stages))
@@ -165,10 +169,10 @@ class RayRunner:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             row = pending.pop(ref)
             try:
-                out = from_batch(ray.get(ref))
+                out = from_batch(checked(ray.get(ref)), type(row))
             except ray.exceptions.RayError as exc:
                 out = [crashed(row, stages, exc)]
-            yield checked(out)
+            yield out
 
     def close(self) -> None:
         """Shut down the local Ray this runner started (a joined cluster is left running)."""
@@ -195,21 +199,21 @@ def require_token_auth() -> None:
                     AUTH_ENV)
 
 
-def checked(rows: list[dict]) -> list[dict]:
-    """The rows, unless their stages could not be set up: then the build stops here with the reason."""
-    for row in rows:
-        if row.get(SETUP_ERROR):
-            raise StageSetupError(row[SETUP_ERROR])
-    return rows
+def checked(batch: Batch) -> Batch:
+    """The batch, unless its stages could not be set up: then the build stops here with the reason."""
+    reason = next((text for text in batch.get(SETUP_ERROR, ()) if text), None)
+    if reason:
+        raise StageSetupError(str(reason))
+    return batch
 
 
-def crashed(row: dict, stages: list[StageSpec], exc: Exception) -> dict:
-    """The failure row of an input or sample whose worker process died `ATTEMPTS` times."""
+def crashed(row: R, stages: list[StageSpec], exc: Exception) -> R:
+    """The row, failed: its worker process died `ATTEMPTS` times (the failure names the first stage it ran)."""
     names = " + ".join(spec.name.value for spec in stages)
     message = (f"its worker process died {ATTEMPTS} times running {names} (a crash, not an exception: e.g. a native "
                f"library fault or out of memory): {one_line(exc)[:300]}")
-    return {**row, "status": FAILED, "stage": stages[0].name.value, "error_class": type(exc).__name__,
-            "message": message}
+    row.fail(Failure(stage=Stage(stages[0].name.value), error_class=type(exc).__name__, message=message))
+    return row
 
 
 def cluster_resources(address: str) -> dict[str, float]:

@@ -25,6 +25,7 @@ import pyarrow.dataset as ds
 
 from datagen.config import RUNTIME_FIELDS, BuildConfig
 from datagen.publish import Mirror
+from datagen.rows import InputRow, decode, encode
 from filters.apply import POLICY_FILE
 from manifests import io
 from manifests.errors import ConfigError
@@ -55,7 +56,7 @@ def build_record(source: str, backgrounds: str | None, config: BuildConfig, clip
 class Committed:
     """What earlier runs of this build committed."""
 
-    inputs: dict[str, dict] = field(default_factory=dict)  # input_id -> finished input row
+    inputs: dict[str, InputRow] = field(default_factory=dict)  # input_id -> finished input row
     samples: set[str] = field(default_factory=set)  # sample ids in the manifest
     complete: bool = False  # the build finished: `_summary.json` says complete
 
@@ -108,8 +109,12 @@ class BuildFolder:
     def close(self) -> None:
         (self.work / LOCK_FILE).unlink(missing_ok=True)
 
-    def commit_input(self, row: dict) -> None:
-        io.write_json_atomic(row, self.inputs_dir / f"{row['input_id']}.json")
+    def commit_input(self, row: InputRow) -> None:
+        path = self.inputs_dir / f"{row.input_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(encode(row), encoding="utf-8")
+        os.replace(tmp, path)
 
     def commit_samples(self, rows: list[dict], record: dict) -> Path:
         """Side record first, then the part: a part on disk always has its record."""
@@ -142,10 +147,10 @@ class BuildFolder:
         complete = (self.out / io.SUMMARY_FILE).exists() and io.read_summary(self.out).get("complete")
         inputs = {}
         for path in sorted(self.inputs_dir.glob("*.json")):
-            row = json.loads(path.read_text(encoding="utf-8"))
+            row = decode(path.read_text(encoding="utf-8"), InputRow)
             # a committed input is usable only with its clip file (`--keep-work` off deletes them at the end)
-            if all(Path(row[key]).exists() for key in ("clip_path", "background_path") if row.get(key)):
-                inputs[row["input_id"]] = row
+            if all(Path(clip).exists() for clip in (row.clip_path, row.background_path) if clip):
+                inputs[row.input_id] = row
         return Committed(inputs=inputs, samples=committed_sample_ids(self.out), complete=bool(complete))
 
     def _lock(self) -> None:

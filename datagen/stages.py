@@ -1,19 +1,18 @@
 """The pipeline stages: small classes, set up once per worker, `__call__(batch) -> batch`.
 
-A batch is `{"key": [...], "row": [json, ...]}`: rows travel as JSON metadata and frames travel as
-files in the work folder, so the same stages run under Ray Data and under a plain Python loop.
-A row that fails in a stage is marked failed (stage, error class, one-line message) and passed on
-untouched by the stages after it: a bad input never stops the batch.
+A batch holds typed rows (`datagen.rows`) as JSON; frames travel as files in the work folder, so the same stages run
+under Ray Data and under a plain Python loop. Each stage says which row fields it reads and writes. A row that fails
+in a stage is marked failed (stage, error class, one-line message) and passed on untouched by the stages after it:
+a bad input never stops the batch.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Generic
 
 import numpy as np
 
@@ -23,8 +22,8 @@ from datagen.config import BuildConfig
 from datagen.decode import decode
 from datagen.matting import load_matting
 from datagen.publish import fetch_media, obtain, share, upload_media
+from datagen.rows import Batch, Failure, InputRow, R, SampleRow, from_batch, to_batch
 from datagen.scheduling import StageName
-from datagen.sources import SourceItem
 from datagen.video_clip import VideoClip
 from filters.alpha import alpha_quality
 from filters.ssim import temporal_ssim
@@ -33,13 +32,10 @@ from manifests.errors import LayerflowError, StageSetupError, one_line
 from manifests.io import read_layers, resolve_media
 from manifests.layers import CAPTIONED_LAYERS, InputKind, Layer, Role, SampleKind, Stage
 from manifests.metrics import on_grey, recomposition_psnr
-from manifests.schema import CLIP_COLUMNS, caption_column, media_uri
+from manifests.schema import CLIP_COLUMNS, CLIP_EMBEDDING, RECOMPOSE_PSNR, media_uri
 
 if TYPE_CHECKING:  # the runner contract, for type hints only
     from datagen.runner import StageSpec
-
-Batch = dict[str, list]
-OK, FAILED = "ok", "failed"
 
 
 def set_up(specs: list[StageSpec]) -> list:
@@ -60,14 +56,6 @@ def setup_error(stage: StageName, exc: Exception) -> StageSetupError:
     return StageSetupError(f"the {stage.value} stage could not be set up: {what}")
 
 
-def to_batch(rows: list[dict]) -> Batch:
-    return {"key": [row["key"] for row in rows], "row": [json.dumps(row) for row in rows]}
-
-
-def from_batch(batch: Batch) -> list[dict]:
-    return [json.loads(str(text)) for text in batch["row"]]
-
-
 def sample_layers(out_dir: Path, remote: str | None, sample_id: str) -> dict[Layer, np.ndarray]:
     """A sample's layers as written; with `--out` on object storage, fetched first if this node lacks them."""
     if remote:
@@ -75,80 +63,90 @@ def sample_layers(out_dir: Path, remote: str | None, sample_id: str) -> dict[Lay
     return read_layers(out_dir, sample_id)
 
 
-class RowStage(ABC):
-    """Runs `process(row)` on every row that has not failed yet, timing it and catching its errors."""
+class RowStage(ABC, Generic[R]):
+    """Runs `process(row)` on every row that has not failed yet, timing it and catching its errors.
 
-    stage: Stage
+    `reads` / `writes`: the row fields the stage reads and the ones it sets (besides `status`, `failure`, `seconds`
+    and `devices`, which every stage may touch).
+    """
+
+    stage: ClassVar[Stage]
+    row_type: ClassVar[type]
+    reads: ClassVar[tuple[str, ...]]
+    writes: ClassVar[tuple[str, ...]]
 
     @property
     def timing_key(self) -> str:
-        """The key of this stage's seconds in `row["seconds"]` (and so in the summary)."""
+        """The key of this stage's seconds in `row.seconds` (and so in the summary)."""
         return self.stage.value
 
     def __call__(self, batch: Batch) -> Batch:
-        rows = from_batch(batch)
+        rows = from_batch(batch, self.row_type)
         for row in rows:
-            if row["status"] != OK:
+            if not row.ok:
                 continue
             start = time.perf_counter()
             try:
                 self.process(row)
             except Exception as exc:  # one bad input must never stop the build: it becomes a failure row
-                row.update(status=FAILED, stage=self.stage.value, error_class=type(exc).__name__,
-                           message=one_line(exc))
-            row["seconds"][self.timing_key] = time.perf_counter() - start
+                row.fail(Failure.of(self.stage, exc))
+            row.seconds[self.timing_key] = time.perf_counter() - start
         return to_batch(rows)
 
     @abstractmethod
-    def process(self, row: dict) -> None:
+    def process(self, row: R) -> None:
         """Do this stage's work on one row, in place."""
 
 
-def can_be_foreground(row: dict) -> bool:
+def can_be_foreground(row: InputRow) -> bool:
     """Inputs that carry (or can be given) an alpha matte and are not reserved as backgrounds."""
-    kind = InputKind(row["kind"])
-    if row["pool"] == "backgrounds" or row["role"] == Role.BACKGROUND.value:
+    if row.item.pool == "backgrounds" or row.item.role is Role.BACKGROUND:
         return False
-    return kind.is_video or kind in (InputKind.RGBA_IMAGE, InputKind.LAYERED_IMAGE)
+    return row.kind.is_video or row.kind in (InputKind.RGBA_IMAGE, InputKind.LAYERED_IMAGE)
 
 
-class DecodeStage(RowStage):
+class DecodeStage(RowStage[InputRow]):
     """Decode an input once into the work folder; the row gets its clip path and source facts."""
 
     stage = Stage.DECODE
+    row_type = InputRow
+    reads = ("item",)
+    writes = ("kind", "clip_path", "background_path", "frame_indices", "source_frames", "source_height",
+              "source_width")
 
     def __init__(self, config: BuildConfig, work_dir: str, remote: str | None = None) -> None:
         self.config = config
         self.work_dir = Path(work_dir)
         self.remote = remote  # `--out` on object storage: decoded clips pass to other nodes through it
 
-    def process(self, row: dict) -> None:
-        fields = {k: row[k] for k in SourceItem.__dataclass_fields__}
-        item = SourceItem(**{**fields, "kind": InputKind(row["kind"]), "role": Role(row["role"])})
-        decoded = decode(item, self.config)
-        clip_path = self.work_dir / f"{row['input_id']}.npz"
+    def process(self, row: InputRow) -> None:
+        decoded = decode(row.item, self.config)
+        clip_path = self.work_dir / f"{row.input_id}.npz"
         decoded.clip.save(clip_path)
         if decoded.background is not None:
-            background_path = self.work_dir / f"{row['input_id']}.bg.npz"
+            background_path = self.work_dir / f"{row.input_id}.bg.npz"
             decoded.background.save(background_path)
-            row["background_path"] = str(background_path)
+            row.background_path = str(background_path)
             if self.remote:
                 share(background_path, self.work_dir.parent, self.remote)
         if self.remote:
             share(clip_path, self.work_dir.parent, self.remote)
-        height, width = decoded.clip.source_size
-        row.update(kind=decoded.kind.value, clip_path=str(clip_path), frame_indices=decoded.clip.frame_indices,
-                   source_frames=decoded.source_frames, source_height=height, source_width=width)
+        row.source_height, row.source_width = decoded.clip.source_size
+        row.kind, row.clip_path, row.frame_indices = decoded.kind, str(clip_path), decoded.clip.frame_indices
+        row.source_frames = decoded.source_frames
 
 
-class MatteStage(RowStage):
+class MatteStage(RowStage[InputRow]):
     """Matte every input that can be a foreground; the alpha is stored in its clip file.
 
-    A matting failure does not fail the input: it can still serve as a background. It is kept in
-    `matte_error` and reported if the input ends up unused.
+    A matting failure does not fail the input: it can still serve as a background. It is kept in `matte_error` and
+    reported if the input ends up unused.
     """
 
     stage = Stage.MATTE
+    row_type = InputRow
+    reads = ("item", "kind", "clip_path")
+    writes = ("matting", "matte_error")
 
     def __init__(self, config: BuildConfig, work_dir: str | None = None, remote: str | None = None) -> None:
         self.backend = load_matting(config.matting, config.device)
@@ -156,53 +154,53 @@ class MatteStage(RowStage):
         self.work_dir = Path(work_dir) if work_dir else None
         self.remote = remote
 
-    def process(self, row: dict) -> None:
+    def process(self, row: InputRow) -> None:
         if not can_be_foreground(row):
             return
-        clip = VideoClip.load(self._local(Path(row["clip_path"])))
+        clip = VideoClip.load(self._local(Path(row.clip_path)))
         # Stills carry their own alpha; the chosen backend is for videos.
-        backend = self.backend if InputKind(row["kind"]).is_video else self.given
+        backend = self.backend if row.kind.is_video else self.given
         try:
             matte = backend(clip)
         except Exception as exc:
-            row.update(matte_error=one_line(exc), matte_error_class=type(exc).__name__)
+            row.matte_error = Failure.of(self.stage, exc)
             return
         clip.alpha = np.clip(matte.alpha.astype(np.float32), 0.0, 1.0)
-        clip.save(Path(row["clip_path"]))
+        clip.save(Path(row.clip_path))
         if self.remote:
-            share(Path(row["clip_path"]), self.work_dir.parent, self.remote)
-        info = matte.backend
-        row.update(matting_backend=info.name, matting_model=info.model_id,
-                   matting_weights_sha256=info.weights_sha256, matting_device=info.device)
-        row.setdefault("devices", {})[StageName.MATTE.value] = info.device
+            share(Path(row.clip_path), self.work_dir.parent, self.remote)
+        row.matting = matte.backend
+        row.devices[StageName.MATTE.value] = matte.backend.device
 
     def _local(self, path: Path) -> Path:
         return obtain(path, self.work_dir.parent, self.remote) if self.remote else path
 
 
-class ComposeStage(RowStage):
+class ComposeStage(RowStage[SampleRow]):
     """Build the four layers of a planned sample and write them as media files."""
 
     stage = Stage.COMPOSE
+    row_type = SampleRow
+    reads = ("sample_id", "kind", "fg", "bg_clip_path")
+    writes = ("placement", "frames_foreground", "frames_background", "num_frames", "height", "width")
 
     def __init__(self, config: BuildConfig, out_dir: str, remote: str | None = None) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
         self.remote = remote  # `--out` on object storage: the media are published from here
 
-    def process(self, row: dict) -> None:
-        fg, config = row["fg"], self.config
-        rng = np.random.default_rng([config.seed, int(row["sample_id"][:12], 16)])
-        fg_clip = VideoClip.load(self._local(Path(fg["clip_path"])))
-        bg_clip = VideoClip.load(self._local(Path(row["bg_clip_path"])))
+    def process(self, row: SampleRow) -> None:
+        config = self.config
+        rng = np.random.default_rng([config.seed, int(row.sample_id[:12], 16)])
+        fg_clip = VideoClip.load(self._local(Path(row.fg.clip_path)))
+        bg_clip = VideoClip.load(self._local(Path(row.bg_clip_path)))
         if fg_clip.alpha is None:
             raise ValueError("foreground clip has no alpha (matting did not run)")
-        kind = SampleKind(row["kind"])
         canvas = bg_clip.frames.shape[1:3]
-        aligned = InputKind(fg["kind"]) == InputKind.LAYERED_IMAGE
+        aligned = row.fg.kind is InputKind.LAYERED_IMAGE
         placement = Placement() if aligned else choose_placement(fg_clip.alpha, canvas, rng, config.scale_range)
         bg_index = len(bg_clip.frames) // 2
-        if kind == SampleKind.IMAGE_FROZEN:
+        if row.kind is SampleKind.IMAGE_FROZEN:
             layers = freeze(fg_clip.frames[0], fg_clip.alpha[0], bg_clip.frames[bg_index], placement, config.frames)
             bg_indices = [bg_clip.frame_indices[bg_index]]
         else:
@@ -211,72 +209,79 @@ class ComposeStage(RowStage):
                 background = np.repeat(background, config.frames, axis=0)
             layers = copy_paste(fg_clip.frames, fg_clip.alpha, background, placement)
         for layer in Layer:
-            path = resolve_media(self.out_dir, media_uri(row["sample_id"], layer))
+            path = resolve_media(self.out_dir, media_uri(row.sample_id, layer))
             if layer == Layer.ALPHA:
                 video_io.write_alpha_video(path, layers.alpha, config.fps)
             else:
                 video_io.write_rgb_video(path, layers.layer(layer), config.fps, config.crf)
         if self.remote:
-            upload_media(self.out_dir, self.remote, row["sample_id"])
-        row.update(placement=placement.to_json(), frames_foreground=fg_clip.frame_indices,
-                   frames_background=bg_indices, num_frames=config.frames, height=int(canvas[0]),
-                   width=int(canvas[1]))
+            upload_media(self.out_dir, self.remote, row.sample_id)
+        row.placement, row.frames_foreground, row.frames_background = placement.to_json(), fg_clip.frame_indices, \
+            bg_indices
+        row.num_frames, row.height, row.width = config.frames, int(canvas[0]), int(canvas[1])
 
     def _local(self, path: Path) -> Path:
         return obtain(path, self.out_dir, self.remote) if self.remote else path
 
 
-class CaptionStage(RowStage):
+class CaptionStage(RowStage[SampleRow]):
     """Per-layer captions from the configured captioner; a learned one sees the layers as written."""
 
     stage = Stage.CAPTION
+    row_type = SampleRow
+    reads = ("sample_id", "kind", "fg", "bg")
+    writes = ("captioner", "captions")
 
     def __init__(self, config: BuildConfig, out_dir: str, remote: str | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.remote = remote
         self.captioner = load_captioner(config.captioner, config.device)
 
-    def process(self, row: dict) -> None:
+    def process(self, row: SampleRow) -> None:
         # Decoding the four layer files back costs time: only captioners that look at pixels get them.
-        layers = sample_layers(self.out_dir, self.remote, row["sample_id"]) if self.captioner.needs_pixels else None
-        captions = self.captioner(row, layers)
-        row["captioner"] = self.captioner.name
+        layers = sample_layers(self.out_dir, self.remote, row.sample_id) if self.captioner.needs_pixels else None
+        row.captions = self.captioner(row, layers)
+        row.captioner = self.captioner.name
         device = getattr(self.captioner, "torch_device", None)  # learned captioners only
         if device is not None:
-            row.setdefault("devices", {})[StageName.CAPTION.value] = device
-        for layer, caption in captions.items():
-            row[caption_column(layer)] = caption
+            row.devices[StageName.CAPTION.value] = device
 
 
-class ScoreStage(RowStage):
+class ScoreStage(RowStage[SampleRow]):
     """Read the files back as written and compute the pixel scores: recomposition, alpha quality, SSIM."""
 
     stage = Stage.SCORE
+    row_type = SampleRow
+    reads = ("sample_id",)
+    writes = ("scores",)
 
     def __init__(self, config: BuildConfig, out_dir: str, remote: str | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.remote = remote
 
-    def process(self, row: dict) -> None:
-        layers = sample_layers(self.out_dir, self.remote, row["sample_id"])
+    def process(self, row: SampleRow) -> None:
+        layers = sample_layers(self.out_dir, self.remote, row.sample_id)
         alpha = layers[Layer.ALPHA]
-        row["recompose_psnr"] = recomposition_psnr(layers[Layer.FOREGROUND], alpha, layers[Layer.BACKGROUND],
-                                                   layers[Layer.BLENDED])
-        row.update(alpha_quality(alpha).columns())
+        row.scores[RECOMPOSE_PSNR] = recomposition_psnr(layers[Layer.FOREGROUND], alpha, layers[Layer.BACKGROUND],
+                                                        layers[Layer.BLENDED])
+        row.scores.update(alpha_quality(alpha).columns())
         frames = {Layer.FOREGROUND: on_grey(layers[Layer.FOREGROUND], alpha),
                   Layer.BACKGROUND: layers[Layer.BACKGROUND], Layer.BLENDED: layers[Layer.BLENDED]}
         for layer, clip in frames.items():
             ssim = temporal_ssim(clip)
-            row.update({f"ssim_{layer.value}_{stat}": value for stat, value in asdict(ssim).items()})
+            row.scores.update({f"ssim_{layer.value}_{stat}": value for stat, value in asdict(ssim).items()})
 
 
-CLIP_OUTPUTS = (*CLIP_COLUMNS, "clip_embedding")
+CLIP_OUTPUTS = (*CLIP_COLUMNS, CLIP_EMBEDDING)
 
 
-class ClipStage(RowStage):
+class ClipStage(RowStage[SampleRow]):
     """CLIP scores and the blended-layer embedding; all null (with the reason) when no CLIP model could be had."""
 
     stage = Stage.SCORE
+    row_type = SampleRow
+    reads = ("sample_id", "captions")
+    writes = ("scores", "clip_embedding", "clip_model", "unscored")
 
     def __init__(self, out_dir: str, clip_arch: str | None, clip_weights: str | None, clip_tag: str | None,
                  unavailable: str | None, device: str = "auto", remote: str | None = None) -> None:
@@ -299,25 +304,24 @@ class ClipStage(RowStage):
     def timing_key(self) -> str:
         return "score_clip"
 
-    def process(self, row: dict) -> None:
+    def process(self, row: SampleRow) -> None:
         if self.scorer is None:
-            row.setdefault("unscored", {}).update(dict.fromkeys(CLIP_OUTPUTS, self.unavailable))
+            row.unscored.update(dict.fromkeys(CLIP_OUTPUTS, self.unavailable))
             return
         from filters.clip import clip_scores
 
-        captions = {layer.value: row.get(caption_column(layer)) for layer in CAPTIONED_LAYERS}
+        captions = {layer.value: row.captions.get(layer) for layer in CAPTIONED_LAYERS}
         try:
-            layers = sample_layers(self.out_dir, self.remote, row["sample_id"])
+            layers = sample_layers(self.out_dir, self.remote, row.sample_id)
             scores = clip_scores(self.scorer, layers[Layer.FOREGROUND], layers[Layer.ALPHA],
                                  layers[Layer.BACKGROUND], layers[Layer.BLENDED], captions)
         except Exception as exc:  # a score that cannot be computed is null with its reason, not a lost sample
-            why = f"CLIP failed: {one_line(exc)}"
-            row.setdefault("unscored", {}).update(dict.fromkeys(CLIP_OUTPUTS, why))
+            row.unscored.update(dict.fromkeys(CLIP_OUTPUTS, f"CLIP failed: {one_line(exc)}"))
             return
-        row.setdefault("devices", {})[StageName.CLIP.value] = self.scorer.device
-        row.update(clip_text_foreground=scores.text_foreground, clip_text_background=scores.text_background,
-                   clip_text_blended=scores.text_blended, clip_consistency_mean=scores.consistency_mean,
-                   clip_consistency_min=scores.consistency_min, clip_embedding=scores.embedding,
-                   clip_model=self.scorer.model_id)
-        row.setdefault("unscored", {}).update(
+        row.devices[StageName.CLIP.value] = self.scorer.device
+        row.scores.update(clip_text_foreground=scores.text_foreground, clip_text_background=scores.text_background,
+                          clip_text_blended=scores.text_blended, clip_consistency_mean=scores.consistency_mean,
+                          clip_consistency_min=scores.consistency_min)
+        row.clip_embedding, row.clip_model = scores.embedding, self.scorer.model_id
+        row.unscored.update(
             {f"clip_text_{layer}": "no caption for this layer" for layer, text in captions.items() if not text})

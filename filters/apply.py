@@ -1,10 +1,13 @@
-"""Apply a policy to a built dataset: rewrite `keep` and its reasons, the input states and the summary. No model.
+"""Apply a policy to a built dataset: the decision columns of the manifest, the input states, the summary's
+policy facts and `policy.toml`. No model. The only writer of what depends on the decisions.
 
-`build` ends with this step, and `layerflow-data filter` runs it alone with another policy.
+`build` ends with this step (handing over its input rows and summary, so each file is written once), and
+`layerflow-data filter` runs it alone with another policy.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -14,10 +17,17 @@ import pyarrow.parquet as pq
 from filters.policy import Decision, Funnel, Policy, funnel
 from manifests import io
 from manifests.layers import InputState
-from manifests.schema import INPUT_SCHEMA, MANIFEST_DIR, SAMPLE_SCHEMA
+from manifests.schema import (
+    CLIP_EMBEDDING,
+    DECISION_COLUMNS,
+    KIND,
+    MANIFEST_DIR,
+    SAMPLE_ID,
+    SAMPLE_SCHEMA,
+    STATE,
+)
 
 POLICY_FILE = "policy.toml"  # the policy last applied, beside the manifest
-_DECISION_COLUMNS = ("keep", "reject_reasons", "flags", "duplicate_of")
 
 
 def dataset_policy(root: str | Path) -> Policy:
@@ -26,15 +36,22 @@ def dataset_policy(root: str | Path) -> Policy:
     return Policy.from_toml(path.read_text(encoding="utf-8"), source=str(path)) if path.is_file() else Policy.default()
 
 
-def apply_policy(root: str | Path, policy: Policy) -> Funnel:
-    """Recompute the decision columns of every manifest part from the stored scores; return the funnel."""
+def apply_policy(root: str | Path, policy: Policy, summary: dict | None = None,
+                 inputs: list[dict] | None = None) -> Funnel:
+    """Recompute the decision columns of every manifest part from the stored scores; return the funnel.
+
+    A part is rewritten only if a decision in it changed. `summary` / `inputs` (a build's, not yet written): the
+    summary and the `inputs.parquet` rows to decide and write; None reads the dataset's own. The summary is written
+    last.
+    """
+    began = time.perf_counter()
     root = Path(root)
-    summary = io.read_summary(root)
+    summary = io.read_summary(root) if summary is None else summary
     parts = sorted((root / MANIFEST_DIR).glob("part-*.parquet"))
     tables = [pq.read_table(part, schema=SAMPLE_SCHEMA) for part in parts]
-    score_columns = sorted({rule.score for rule in policy.rules} | {"sample_id", "kind"})
+    score_columns = sorted({rule.score for rule in policy.rules} | {SAMPLE_ID, KIND})
     rows = [row for table in tables for row in table.select(score_columns).to_pylist()]
-    embeddings = [e for table in tables for e in table.column("clip_embedding").to_pylist()] \
+    embeddings = [e for table in tables for e in table.column(CLIP_EMBEDDING).to_pylist()] \
         if policy.duplicate_cosine is not None else None
     decisions = policy.apply(rows, embeddings)
 
@@ -42,45 +59,43 @@ def apply_policy(root: str | Path, policy: Policy) -> Funnel:
     for part, table in zip(parts, tables):
         chosen = decisions[start:start + table.num_rows]
         start += table.num_rows
-        values = {
-            "keep": [d.keep for d in chosen], "reject_reasons": [d.reject_reasons for d in chosen],
-            "flags": [d.flags for d in chosen], "duplicate_of": [d.duplicate_of for d in chosen],
-        }
-        for name in _DECISION_COLUMNS:
-            index = table.schema.get_field_index(name)
+        decided = table
+        for name in DECISION_COLUMNS:
             column = SAMPLE_SCHEMA.field(name)
-            table = table.set_column(index, column, pa.array(values[name], column.type))
-        io.write_parquet_atomic(table, part)
+            values = pa.array([getattr(decision, name) for decision in chosen], column.type)
+            decided = decided.set_column(decided.schema.get_field_index(name), column, values)
+        if not decided.select(list(DECISION_COLUMNS)).equals(table.select(list(DECISION_COLUMNS))):
+            io.write_parquet_atomic(decided, part)
 
     result = funnel(rows, decisions, policy, {k: v["why"] for k, v in summary.get("unscored", {}).items()},
                     embeddings)
-    keep = {row["sample_id"]: d.keep for row, d in zip(rows, decisions)}
-    input_rows = _input_states(root, keep)
+    keep = {row[SAMPLE_ID]: d.keep for row, d in zip(rows, decisions)}
+    input_rows = decide_input_states(io.read_inputs(root).to_pylist() if inputs is None else inputs, keep)
+    io.write_inputs(root, input_rows)
     (root / POLICY_FILE).write_text(policy.text, encoding="utf-8")
     summary.update(policy_summary(policy, result, decisions))
     summary["samples"].update(kept=result.kept, rejected=result.total - result.kept)
-    if input_rows:
-        summary["inputs"].update(input_counts(input_rows))
+    summary["inputs"] = input_counts(input_rows)
+    summary["seconds"]["policy"] = round(time.perf_counter() - began, 3)
     io.write_json_atomic(summary, root / io.SUMMARY_FILE)
     return result
 
 
-def _input_states(root: Path, keep: dict[str, bool]) -> list[dict]:
-    """An input that took part in samples is `used` if any of them is kept, else `rejected`."""
-    if not (root / io.INPUTS_FILE).exists():
-        return []
-    rows = io.read_inputs(root).to_pylist()
-    for row in rows:
-        if row["state"] in (InputState.USED.value, InputState.REJECTED.value) and row["sample_ids"]:
+def decide_input_states(input_rows: list[dict], keep: dict[str, bool]) -> list[dict]:
+    """An input that took part in samples is `used` if any of them is kept, else `rejected` (the other states do
+    not depend on the policy)."""
+    out = []
+    for row in input_rows:
+        if row[STATE] in (InputState.USED.value, InputState.REJECTED.value) and row["sample_ids"]:
             used = any(keep.get(sample_id, False) for sample_id in row["sample_ids"])
-            row["state"] = (InputState.USED if used else InputState.REJECTED).value
-    io.write_parquet_atomic(pa.Table.from_pylist(rows, schema=INPUT_SCHEMA), root / io.INPUTS_FILE)
-    return rows
+            row = {**row, STATE: (InputState.USED if used else InputState.REJECTED).value}
+        out.append(row)
+    return out
 
 
 def input_counts(input_rows: list[dict]) -> dict[str, int]:
     """Inputs per end state, every state listed; `discovered` and `accounted` (their sum) beside them."""
-    states = Counter(row["state"] for row in input_rows)
+    states = Counter(row[STATE] for row in input_rows)
     counts = {"discovered": len(input_rows), **{state.value: states.get(state.value, 0) for state in InputState}}
     counts["accounted"] = sum(counts[state.value] for state in InputState)
     return counts

@@ -1,4 +1,9 @@
-"""CLIP scores of a layered sample with open_clip: caption alignment per layer, frame consistency, and an embedding."""
+"""CLIP with open_clip: which weights a build scores with (resolved once, in the driver), and the scores of a layered
+sample: caption alignment per layer, frame consistency, and an embedding.
+
+torch and open_clip are imported where a model is used, so resolving `--clip none` (or importing this module) stays
+light.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import open_clip
-import open_clip.pretrained
-import torch
-from huggingface_hub import constants as hf_constants
-from huggingface_hub import try_to_load_from_cache
-from PIL import Image
 
 from manifests.errors import ConfigError, LayerflowError, one_line
 from manifests.layers import CAPTIONED_LAYERS, Layer
@@ -37,6 +36,8 @@ class ClipSpec:
 
     @classmethod
     def parse(cls, spec: str) -> ClipSpec:
+        import open_clip
+
         # maxsplit 2: a weights path may itself contain ':'
         parts = spec.split(":", 2)
         if len(parts) != 3 or parts[0] != SPEC_PREFIX or not parts[1] or not parts[2]:
@@ -55,6 +56,8 @@ class ClipSpec:
     @property
     def tag(self) -> str | None:
         """The open_clip pretrained tag, or None when `pretrained` is a weights file (a tag wins, as in open_clip)."""
+        import open_clip
+
         return self.pretrained if open_clip.get_pretrained_cfg(self.arch, self.pretrained) else None
 
     def __str__(self) -> str:
@@ -68,6 +71,9 @@ def resolve_weights(spec: ClipSpec, allow_download: bool) -> Path:
     Called once in the driver before a build, so workers only ever load a local file. Without `allow_download` no
     network call is made: the caches are looked up on disk where open_clip's own download would put the file.
     """
+    import open_clip.pretrained
+    from huggingface_hub import constants as hf_constants
+
     if spec.tag is None:
         return Path(spec.pretrained)
     cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag)
@@ -88,6 +94,9 @@ def resolve_weights(spec: ClipSpec, allow_download: bool) -> Path:
 
 def _cached_weights(cfg: dict) -> Path | None:
     """The file open_clip's `download_pretrained(cfg)` would return without downloading, or None; reads disk only."""
+    import open_clip.pretrained
+    from huggingface_hub import try_to_load_from_cache
+
     if cfg.get("file"):
         return Path(cfg["file"]) if Path(cfg["file"]).is_file() else None
     if cfg.get("hf_hub"):
@@ -119,6 +128,8 @@ class ClipScorer:
     def __init__(self, arch: str, weights: str | Path, device: str = "cpu", tag: str | None = None) -> None:
         """`tag`: the pretrained tag the file was downloaded for; a bare file does not carry the preprocessing
         (mean, std, resize) and activation its tag prescribes, so they are taken from the tag's config."""
+        import open_clip
+
         cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(
             arch, pretrained=str(weights), device=device, force_quick_gelu=cfg.get("quick_gelu", False),
@@ -132,12 +143,17 @@ class ClipScorer:
 
     def embed_images(self, frames: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, D) float32, L2-normalised."""
+        import torch
+        from PIL import Image
+
         batch = torch.stack([self.preprocess(Image.fromarray(frame)) for frame in frames]).to(self.device)
         with torch.inference_mode():
             return self.model.encode_image(batch, normalize=True).float().cpu().numpy()
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """(N, D) float32, L2-normalised."""
+        import torch
+
         tokens = self.tokenizer(texts).to(self.device)
         with torch.inference_mode():
             return self.model.encode_text(tokens, normalize=True).float().cpu().numpy()
@@ -193,3 +209,28 @@ def clip_scores(scorer: ClipScorer, foreground: np.ndarray, alpha: np.ndarray, b
         consistency_min=float(consistency.min()) if len(consistency) else None,
         embedding=[float(x) for x in _unit(blended_frames.mean(axis=0))],
     )
+
+
+@dataclass(frozen=True)
+class ClipChoice:
+    """The CLIP model a build scores with, resolved once in the driver so workers only load a local file."""
+
+    spec: str | None = None
+    arch: str | None = None
+    weights: str | None = None
+    tag: str | None = None  # the pretrained tag, whose preprocessing settings apply to the weights file
+    unavailable: str | None = None  # why there are no CLIP scores
+
+
+def resolve_clip(setting: str) -> ClipChoice:
+    """`--clip` -> a local weights file, or the reason CLIP scores will be null (a malformed spec is an error).
+
+    `auto` only looks in the local caches; a named tag is downloaded if it is not there yet."""
+    if setting == "none":
+        return ClipChoice(unavailable="CLIP scoring is off (--clip none)")
+    spec = ClipSpec.parse(DEFAULT_CLIP if setting == "auto" else setting)
+    try:
+        weights = resolve_weights(spec, allow_download=setting != "auto")
+    except ClipUnavailable as exc:
+        return ClipChoice(spec=str(spec), unavailable=str(exc))
+    return ClipChoice(spec=str(spec), arch=spec.arch, weights=str(weights), tag=spec.tag)

@@ -1,4 +1,5 @@
-"""Model presets (`toy`, `small`, `cogvideox-2b`) and the training configuration, as frozen dataclasses."""
+"""Model presets (`toy`, `small`, `cogvideox-2b`), the training configuration and the sampler settings, as frozen
+dataclasses. Imports no torch: the command line reads its defaults from here."""
 
 from __future__ import annotations
 
@@ -15,6 +16,25 @@ class Space(str, Enum):
     COGVIDEOX_VAE = "cogvideox-vae"  # the CogVideoX 3D VAE of the `pretrained` folder
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """How a space shrinks a clip: pixels per latent pixel (each side), frames per latent frame, channels."""
+
+    spatial_ratio: int
+    temporal_ratio: int
+    channels: int
+
+    def latent_frames(self, frames: int) -> int:
+        return -(-frames // self.temporal_ratio)  # ceil(frames / temporal_ratio)
+
+
+GEOMETRY: dict[Space, Geometry] = {
+    Space.PIXEL: Geometry(spatial_ratio=1, temporal_ratio=1, channels=3),
+    # The CogVideoX-2b VAE (vae/config.json): 8x8 pixels and 4 frames per latent, 16 latent channels.
+    Space.COGVIDEOX_VAE: Geometry(spatial_ratio=8, temporal_ratio=4, channels=16),
+}
+
+
 class TextModel(str, Enum):
     TINY_T5 = "tiny-t5"  # a T5 encoder built from config with a byte-level tokenizer (no download)
     T5 = "t5"  # T5EncoderModel + tokenizer from the `pretrained` folder (CogVideoX-2b: T5-v1.1-XXL)
@@ -29,6 +49,11 @@ class Stage(str, Enum):
     BASE = "base"  # the whole model (or every `base_every`-th block) on video samples
     MOTION = "motion"  # the `motion` LoRA on frozen clips
     CONTENT = "content"  # the `content` LoRA on frozen images (motion on) and videos (motion off)
+
+
+class Sampler(str, Enum):
+    DDIM = "ddim"
+    DPM = "dpm"  # DPM-Solver++(2M), as CogVideoX samples
 
 
 @dataclass(frozen=True)
@@ -97,17 +122,21 @@ class ModelConfig:
         return self.space is Space.COGVIDEOX_VAE or self.text is TextModel.T5 or self.load_transformer
 
     @property
+    def geometry(self) -> Geometry:
+        return GEOMETRY[self.space]
+
+    @property
     def spatial_ratio(self) -> int:
-        return 8 if self.space is Space.COGVIDEOX_VAE else 1
+        return self.geometry.spatial_ratio
 
     @property
     def latent_frames(self) -> int:
         """Latent frames per layer sub-clip (each sub-clip is encoded on its own)."""
-        return -(-self.frames // 4) if self.space is Space.COGVIDEOX_VAE else self.frames  # ceil(frames / 4)
+        return self.geometry.latent_frames(self.frames)
 
     @property
     def latent_channels(self) -> int:
-        return 16 if self.space is Space.COGVIDEOX_VAE else 3
+        return self.geometry.channels
 
     @property
     def width_dim(self) -> int:
@@ -220,3 +249,19 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         return cls(**data)
 
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """How `sample` and `eval` denoise: steps, guidance scale, sampler and noise seed."""
+
+    steps: int = 25
+    cfg: float = 5.0
+    sampler: Sampler = Sampler.DDIM
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"steps: must be >= 1, got {self.steps}")
+        if self.cfg < 0:
+            raise ConfigError(f"cfg: must be >= 0, got {self.cfg}")
+        object.__setattr__(self, "sampler", Sampler(self.sampler))

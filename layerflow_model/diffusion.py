@@ -5,17 +5,13 @@ conditions (clean, never noised, no loss), constant classifier-free guidance.
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
 
 import torch
 from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 
+from layerflow_model.config import Sampler
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (clip, text, t) -> v
-
-
-class Sampler(str, Enum):
-    DDIM = "ddim"
-    DPM = "dpm"  # DPM-Solver++(2M), as CogVideoX samples
 
 
 def scheduler_kwargs(snr_shift: float) -> dict:

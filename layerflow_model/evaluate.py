@@ -20,10 +20,10 @@ import torch
 from tqdm import tqdm
 
 from layerflow_model.components import Components, build, load_checkpoint
-from layerflow_model.config import ConfigError
+from layerflow_model.config import ConfigError, SampleSettings
 from layerflow_model.data import ClipStore, crop, read_rows
 from layerflow_model.layout import Layout, Task
-from layerflow_model.sample import SampleSettings, run_task
+from layerflow_model.sample import run_task
 from manifests.device import resolve_device
 from manifests.layers import Layer
 from manifests.metrics import alpha_iou, alpha_mae, foreground_mask, psnr, recomposition_psnr

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLCogVideoX
 
+from layerflow_model.config import GEOMETRY, Space
 from layerflow_model.text import require_subfolder
 
 
@@ -46,7 +47,9 @@ class PixelSpace(LatentSpace):
     """The identity: the toy preset diffuses RGB pixels directly."""
 
     def __init__(self):
-        super().__init__(channels=3, spatial_ratio=1, temporal_ratio=1, source="pixels")
+        geometry = GEOMETRY[Space.PIXEL]
+        super().__init__(channels=geometry.channels, spatial_ratio=geometry.spatial_ratio,
+                         temporal_ratio=geometry.temporal_ratio, source="pixels")
 
     def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return video

@@ -8,11 +8,14 @@ everything else calls `pack`, `unpack`, `slots_of` and `condition_slots`.
 from __future__ import annotations
 
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from manifests.layers import Layer
+
+if TYPE_CHECKING:
+    import torch
 
 GREY = 0.5  # LayerFlow puts the foreground premultiplied onto mid-grey (notes §3.1)
 ALPHA_EPS = 1e-3  # below this alpha the foreground colour is unknown and is left black
@@ -30,6 +33,15 @@ class Slot(str, Enum):
     ALPHA = "alpha"  # the matte as a grey RGB video (0 -> -1, 1 -> +1)
     BACKGROUND = "background"
     BLENDED = "blended"
+
+
+# The dataset layer each slot is made from (by `pack`) and gives back (by `unpack`).
+LAYER_OF_SLOT: dict[Slot, Layer] = {
+    Slot.FOREGROUND: Layer.FOREGROUND,
+    Slot.ALPHA: Layer.ALPHA,
+    Slot.BACKGROUND: Layer.BACKGROUND,
+    Slot.BLENDED: Layer.BLENDED,
+}
 
 
 class Task(str, Enum):
@@ -69,8 +81,15 @@ def condition_slots(layout: Layout, task: Task) -> tuple[Slot, ...]:
     return tuple(slot for slot in slots_of(layout) if slot in GIVEN[Task(task)])
 
 
+def given_layers(layout: Layout, task: Task) -> tuple[Layer, ...]:
+    """The dataset layers a task is given, in layout order (the RGB layout is never given an alpha)."""
+    return tuple(LAYER_OF_SLOT[slot] for slot in condition_slots(layout, task))
+
+
 def condition_mask(layout: Layout, task: Task, frames_per_slot: int) -> torch.Tensor:
     """(F,) bool over the frames (or latent frames) of the packed clip: True where the frame is given."""
+    import torch  # here, not at the top: `config` reads this module, and the CLI reads `config` without torch
+
     given = condition_slots(layout, task)
     return torch.tensor([slot in given for slot in slots_of(layout) for _ in range(frames_per_slot)])
 
@@ -101,6 +120,8 @@ def pack(layers: dict[Layer, np.ndarray], layout: Layout) -> torch.Tensor:
     layers: `foreground`, `background`, `blended` as (T, H, W, 3) and `alpha` as (T, H, W), float in [0, 1].
     Returns (len(slots) * T, 3, H, W) float32 in [-1, 1].
     """
+    import torch  # see condition_mask
+
     alpha = np.asarray(layers[Layer.ALPHA], dtype=np.float32)
     by_slot = {
         # Both layouts put the foreground on grey; only RGBA also carries the matte (notes §3.2).
@@ -124,6 +145,8 @@ def split_slots(clip: torch.Tensor, layout: Layout) -> dict[Slot, torch.Tensor]:
 
 def join_slots(parts: dict[Slot, torch.Tensor], layout: Layout) -> torch.Tensor:
     """The inverse of `split_slots`."""
+    import torch  # see condition_mask
+
     return torch.cat([parts[slot] for slot in slots_of(layout)], dim=-4)
 
 

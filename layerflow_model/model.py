@@ -16,7 +16,7 @@ from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from layerflow_model.config import ModelConfig, Positions, Space, Stage
+from layerflow_model.config import ModelConfig, Positions, Stage
 from layerflow_model.layout import PROMPT_LAYERS, slots_of
 from layerflow_model.text import require_subfolder
 
@@ -89,7 +89,7 @@ class LayerPatchEmbed(nn.Module):
 def transformer_kwargs(config: ModelConfig) -> dict:
     """The diffusers constructor arguments that follow from our config (the rest keep CogVideoX-2b's values)."""
     total_latent_frames = len(slots_of(config.layout)) * config.latent_frames
-    ratio = 4 if config.space is Space.COGVIDEOX_VAE else 1
+    ratio = config.geometry.temporal_ratio
     return {
         "num_attention_heads": config.heads,
         "attention_head_dim": config.head_dim,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +9,17 @@ import torch
 from PIL import Image
 
 from layerflow_model.components import Components, load_checkpoint
-from layerflow_model.config import ConfigError, ModelConfig
+from layerflow_model.config import ConfigError, SampleSettings
 from layerflow_model.data import fit
-from layerflow_model.diffusion import Sampler, sample
+from layerflow_model.diffusion import sample
 from layerflow_model.layout import (
+    GIVEN,
+    LAYER_OF_SLOT,
     PROMPT_LAYERS,
-    Layout,
     Task,
     condition_mask,
     condition_slots,
+    given_layers,
     pack,
     prompts_for,
     unpack,
@@ -27,28 +28,10 @@ from layerflow_model.outputs import write_layers
 from manifests.device import resolve_device
 from manifests.layers import Layer
 
-# Which layers the input of a task provides.
+# Which layers the input of a task provides (in the RGBA layout; the RGB layout drops the alpha).
 INPUT_LAYERS: dict[Task, tuple[Layer, ...]] = {
-    Task.GENERATE: (),
-    Task.DECOMPOSE: (Layer.BLENDED,),
-    Task.FG2BG: (Layer.FOREGROUND, Layer.ALPHA),
-    Task.BG2FG: (Layer.BACKGROUND,),
+    task: tuple(LAYER_OF_SLOT[slot] for slot in slots) for task, slots in GIVEN.items()
 }
-
-
-@dataclass(frozen=True)
-class SampleSettings:
-    steps: int = 25
-    cfg: float = 5.0
-    sampler: Sampler = Sampler.DDIM
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ConfigError(f"steps: must be >= 1, got {self.steps}")
-        if self.cfg < 0:
-            raise ConfigError(f"cfg: must be >= 0, got {self.cfg}")
-        object.__setattr__(self, "sampler", Sampler(self.sampler))
 
 
 def split_prompts(text: str | list[str]) -> dict[Layer, str]:
@@ -92,9 +75,8 @@ def run_task(parts: Components, task: Task, captions: dict[Layer, str], given: d
     """One layered clip (float layers in [0, 1]) for `task`; the given layers come back as they went in."""
     config = parts.config
     task = Task(task)
-    needed = [layer for layer in INPUT_LAYERS[task] if layer in _layout_layers(config)]
     given = given or {}
-    missing = [layer.value for layer in needed if layer not in given]
+    missing = [layer.value for layer in given_layers(config.layout, task) if layer not in given]
     if missing:
         raise ConfigError(f"task {task.value} needs the {', '.join(missing)} layer(s) as input")
     blank = {Layer.FOREGROUND: np.zeros((config.frames, config.height, config.width, 3), np.float32),
@@ -118,14 +100,11 @@ def run_task(parts: Components, task: Task, captions: dict[Layer, str], given: d
     return unpack(pixels, config.layout)
 
 
-def _layout_layers(config: ModelConfig) -> set[Layer]:
-    return set(Layer) if config.layout is Layout.RGBA else set(Layer) - {Layer.ALPHA}
-
-
 def sample_to_folder(checkpoint: Path, task: Task, prompts: str | list[str], out: Path,
-                     input_path: Path | None = None, settings: SampleSettings = SampleSettings(),
+                     input_path: Path | None = None, settings: SampleSettings | None = None,
                      device: str = "auto", fps: float = 8.0) -> dict[str, str]:
     """Load a checkpoint, run one task and write its layers (see `outputs.write_layers`)."""
+    settings = settings or SampleSettings()
     if task not in {t.value for t in Task}:
         raise ConfigError(f"--task: {task!r} is not one of {', '.join(t.value for t in Task)}")
     task = Task(task)

@@ -34,8 +34,20 @@ from layerflow_model.components import (
 from layerflow_model.config import ConfigError, ModelConfig, TrainConfig
 from layerflow_model.data import Batch, BatchPlan, ClipStore, read_rows
 from layerflow_model.diffusion import Diffusion
-from layerflow_model.layout import condition_mask
+from layerflow_model.layout import PROMPT_LAYERS, condition_mask
 from manifests.device import resolve_device
+
+# AdamW's (beta1, beta2). beta2 0.95, not torch's 0.999, as CogVideoX and GPT-style transformers train: the second
+# moment then averages about 20 steps instead of 1000, so it keeps up as the gradient scale changes in training.
+ADAM_BETAS = (0.9, 0.95)
+# A step's RNG seed is seed * SEED_STRIDE + step * STEP_STRIDE + rank, primes chosen so that every (step, rank) of a
+# run with fewer than STEP_STRIDE workers gets its own seed, and runs of different seeds do too for their first
+# SEED_STRIDE // STEP_STRIDE (991) steps. Changing them changes every batch, noise and dropout draw of a seed, so a
+# resumed older run would no longer repeat the steps it missed.
+SEED_STRIDE = 1_000_003
+STEP_STRIDE = 1009
+# The shortest time (s) a rate is divided by: a run resumed at its last step takes no measurable time.
+MIN_SECONDS = 1e-9
 
 
 @dataclass(frozen=True)
@@ -82,7 +94,7 @@ def prepare(config: TrainConfig, model_config: ModelConfig | None, device: torch
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + step * 1009 + rank)
+    return torch.Generator().manual_seed(int(seed) * SEED_STRIDE + step * STEP_STRIDE + rank)
 
 
 def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resume: bool = False,
@@ -97,7 +109,7 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
     if config.gradient_checkpointing:
         model.transformer.enable_gradient_checkpointing()
     params = list(trained.values())
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=ADAM_BETAS, weight_decay=config.weight_decay)
     ema = {n: p.detach().clone() for n, p in trained.items()} if config.ema else None
 
     start = 0
@@ -134,7 +146,7 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
                 keys = [pick.key(parts.config) for pick in batch.picks]
                 x0 = latent_cache.get_or_compute(
                     keys, partial(_encode_picks, parts, batch, store, generator)).to(device)
-            drop = torch.rand(len(batch.prompts), 3, generator=generator) < parts.config.prompt_dropout
+            drop = torch.rand(len(batch.prompts), len(PROMPT_LAYERS), generator=generator) < parts.config.prompt_dropout
             text = parts.encode_prompts(batch.prompts, drop, text_cache)  # (B, 3 * n, D)
         # 2. v-prediction loss on the generated slots only.
         for group in optimizer.param_groups:
@@ -154,7 +166,7 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
         # 4. Log and checkpoint.
         loss_value = float(loss.detach())
         seen += len(batch.sample_ids) * world.size
-        rate = seen / max(time.perf_counter() - began, 1e-9)
+        rate = seen / max(time.perf_counter() - began, MIN_SECONDS)
         bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{rate:.1f}", task=batch.task.value, refresh=False)
         bar.update(1)
         done = step + 1
@@ -170,7 +182,7 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
     if world.size > 1:
         torch.distributed.barrier()  # rank 0 has written the last checkpoint when every rank returns
     return TrainResult(checkpoint_dir(out, config.steps), config.steps - start, seconds,
-                       seen / max(seconds, 1e-9), loss_value, sum(p.numel() for p in params))
+                       seen / max(seconds, MIN_SECONDS), loss_value, sum(p.numel() for p in params))
 
 
 def _encode_picks(parts: Components, batch: Batch, store: ClipStore, generator: torch.Generator,

@@ -28,6 +28,23 @@ MEDIA_FILES: dict[Layer, str] = {
 }
 
 
+# Column names that code outside this file reads or writes by name (the schemas below are built from them).
+SAMPLE_ID = "sample_id"
+KIND = "kind"
+SPLIT = "split"
+INPUT_ID = "input_id"
+URI = "uri"
+STATE = "state"
+RECOMPOSE_PSNR = "recompose_psnr"
+CLIP_EMBEDDING = "clip_embedding"  # L2-normalised CLIP embedding of the blended layer (near-duplicates)
+CLIP_MODEL = "clip_model"
+KEEP = "keep"
+REJECT_REASONS = "reject_reasons"
+FLAGS = "flags"
+DUPLICATE_OF = "duplicate_of"
+DECISION_COLUMNS = (KEEP, REJECT_REASONS, FLAGS, DUPLICATE_OF)  # what a policy decides (`layerflow-data filter`)
+
+
 def uri_column(layer: Layer) -> str:
     return f"uri_{layer.value}"
 
@@ -44,7 +61,7 @@ def media_uri(sample_id: str, layer: Layer) -> str:
 # Every score is a nullable float32 column: null means it could not be computed (the summary says why),
 # and a null score never rejects a sample.
 SCORES: dict[str, str] = {
-    "recompose_psnr": "PSNR (dB) of the blended file against alpha*fg + (1-alpha)*bg, all read back from the files",
+    RECOMPOSE_PSNR: "PSNR (dB) of the blended file against alpha*fg + (1-alpha)*bg, all read back from the files",
     "alpha_coverage_mean": "mean over frames of the mean alpha (0..1)",
     "alpha_coverage_min": "lowest per-frame mean alpha",
     "alpha_coverage_max": "highest per-frame mean alpha",
@@ -72,9 +89,9 @@ def _with_metadata(schema: pa.Schema, table: str) -> pa.Schema:
 
 
 SAMPLE_SCHEMA = _with_metadata(pa.schema([
-    pa.field("sample_id", pa.string(), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),  # SampleKind
-    pa.field("split", pa.string(), nullable=False),  # train | val
+    pa.field(SAMPLE_ID, pa.string(), nullable=False),
+    pa.field(KIND, pa.string(), nullable=False),  # SampleKind
+    pa.field(SPLIT, pa.string(), nullable=False),  # train | val
     *[pa.field(uri_column(layer), pa.string(), nullable=False) for layer in Layer],
     *[pa.field(caption_column(layer), pa.string()) for layer in (Layer.FOREGROUND, Layer.BACKGROUND, Layer.BLENDED)],
     pa.field("num_frames", pa.int32(), nullable=False),
@@ -96,32 +113,32 @@ SAMPLE_SCHEMA = _with_metadata(pa.schema([
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("config_fingerprint", pa.string(), nullable=False),
     *SCORE_FIELDS,
-    pa.field("clip_embedding", pa.list_(pa.float32())),  # L2-normalised CLIP embedding of the blended layer (dedup)
-    pa.field("clip_model", pa.string()),  # "<arch>:<weights file>" that produced the clip_* scores
+    pa.field(CLIP_EMBEDDING, pa.list_(pa.float32())),
+    pa.field(CLIP_MODEL, pa.string()),  # "<arch>:<weights file>" that produced the clip_* scores
     # policy (recomputed by `layerflow-data filter` from the scores above, with no model)
-    pa.field("keep", pa.bool_(), nullable=False),
-    pa.field("reject_reasons", pa.list_(pa.string()), nullable=False),  # rules that fired: "ssim_blended_mean>0.995"
-    pa.field("flags", pa.list_(pa.string()), nullable=False),  # rules that fired but the sample kind allows
-    pa.field("duplicate_of", pa.string()),  # the kept sample this one nearly duplicates (CLIP cosine)
+    pa.field(KEEP, pa.bool_(), nullable=False),
+    pa.field(REJECT_REASONS, pa.list_(pa.string()), nullable=False),  # rules that fired: "ssim_blended_mean>0.995"
+    pa.field(FLAGS, pa.list_(pa.string()), nullable=False),  # rules that fired but the sample kind allows
+    pa.field(DUPLICATE_OF, pa.string()),  # the kept sample this one nearly duplicates (CLIP cosine)
 ]), "manifest")
 
 FAILURE_SCHEMA = _with_metadata(pa.schema([
-    pa.field("input_id", pa.string(), nullable=False),
-    pa.field("uri", pa.string(), nullable=False),
+    pa.field(INPUT_ID, pa.string(), nullable=False),
+    pa.field(URI, pa.string(), nullable=False),
     pa.field("stage", pa.string(), nullable=False),  # Stage
     pa.field("error_class", pa.string(), nullable=False),
     pa.field("message", pa.string(), nullable=False),  # one line
-    pa.field("sample_id", pa.string()),  # set when a planned sample failed
+    pa.field(SAMPLE_ID, pa.string()),  # set when a planned sample failed
     pa.field("related_uris", pa.list_(pa.string()), nullable=False),
 ]), "failures")
 
 INPUT_SCHEMA = _with_metadata(pa.schema([
-    pa.field("input_id", pa.string(), nullable=False),
-    pa.field("uri", pa.string(), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),  # InputKind
+    pa.field(INPUT_ID, pa.string(), nullable=False),
+    pa.field(URI, pa.string(), nullable=False),
+    pa.field(KIND, pa.string(), nullable=False),  # InputKind
     pa.field("role", pa.string(), nullable=False),  # Role
     pa.field("pool", pa.string(), nullable=False),  # source | backgrounds
-    pa.field("state", pa.string(), nullable=False),  # InputState
+    pa.field(STATE, pa.string(), nullable=False),  # InputState
     pa.field("stage", pa.string()),  # where it failed (or, for a used input, the stage with a remark)
     pa.field("message", pa.string()),  # why it failed (or e.g. why it was used as a background only)
     pa.field("sample_ids", pa.list_(pa.string()), nullable=False),

@@ -12,19 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.build import build, resolve_clip
+from datagen.build import build
 from datagen.config import BuildConfig
 from datagen.demo import make_demo_source
 from datagen.runner import make_runner
 from filters.apply import apply_policy
+from filters.clip import resolve_clip
 from filters.policy import Policy
 from filters.report import write_report
 from layerflow_model.components import read_config
-from layerflow_model.config import Stage, TrainConfig, preset
+from layerflow_model.config import SampleSettings, Stage, TrainConfig, preset
 from layerflow_model.data import ClipStore, crop, read_rows
 from layerflow_model.evaluate import evaluate, write_eval
 from layerflow_model.layout import Task
-from layerflow_model.sample import SampleSettings, sample_to_folder
+from layerflow_model.sample import sample_to_folder
 from layerflow_model.train import train
 from manifests.errors import ConfigError
 from manifests.layers import Layer

@@ -19,11 +19,13 @@ from datagen.build import build
 from datagen.config import BuildConfig
 from datagen.pipeline import LocalRunner
 from datagen.plan import split_of
+from datagen.rows import InputRow
 from datagen.runner import StageSpec
 from datagen.scheduling import StageName
-from datagen.stages import OK
+from datagen.sources import SourceItem
 from manifests import io
 from manifests.errors import LayerflowError, StageSetupError
+from manifests.layers import InputKind
 from manifests.video_io import write_rgb_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,7 +154,7 @@ def test_a_stage_that_cannot_be_set_up_stops_the_run_with_one_line(runner_name):
         def __call__(self, batch):
             return batch
 
-    rows = [{"key": str(i), "status": OK} for i in range(5)]
+    rows = [InputRow.discovered(SourceItem(str(i), f"/data/{i}.mp4", InputKind.VIDEO)) for i in range(5)]
     with make_runner(no_ray=runner_name == "local", num_cpus=2) as runner, \
             pytest.raises(StageSetupError) as caught:
         list(runner.run(rows, [StageSpec(StageName.MATTE, FailsToSetUp)], "decode + matte"))

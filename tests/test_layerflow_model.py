@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from layerflow_model.components import build
-from layerflow_model.config import ConfigError, ModelConfig, Stage, preset
-from layerflow_model.diffusion import Diffusion, Sampler, masked_mse, sample
+from layerflow_model.config import (
+    GEOMETRY,
+    ConfigError,
+    Geometry,
+    ModelConfig,
+    Sampler,
+    SampleSettings,
+    Space,
+    Stage,
+    preset,
+)
+from layerflow_model.diffusion import Diffusion, masked_mse, sample
 from layerflow_model.layout import (
     PROMPT_OF_SLOT,
     Layout,
     Slot,
     Task,
     condition_mask,
+    given_layers,
     pack,
     premultiply_on_grey,
     prompts_for,
@@ -23,7 +37,8 @@ from layerflow_model.layout import (
     unpack,
     unpremultiply_from_grey,
 )
-from layerflow_model.model import CONTENT, MOTION
+from layerflow_model.model import CONTENT, MOTION, transformer_kwargs
+from layerflow_model.sample import INPUT_LAYERS, run_task
 from manifests.layers import Layer
 
 TINY = {"depth": 2, "heads": 2, "head_dim": 8, "height": 16, "width": 16, "frames": 2, "text_tokens": 8,
@@ -89,6 +104,26 @@ def test_condition_mask_marks_exactly_the_given_slots():
     assert condition_mask(Layout.RGBA, Task.DECOMPOSE, 1).tolist() == [False, False, False, True]
     assert condition_mask(Layout.RGB, Task.BG2FG, 1).tolist() == [False, True, False]
     assert not condition_mask(Layout.RGBA, Task.GENERATE, 3).any()
+
+
+def test_input_layers_are_the_given_slots_as_dataset_layers():
+    assert INPUT_LAYERS == {
+        Task.GENERATE: (),
+        Task.DECOMPOSE: (Layer.BLENDED,),
+        Task.FG2BG: (Layer.FOREGROUND, Layer.ALPHA),
+        Task.BG2FG: (Layer.BACKGROUND,),
+    }
+    assert given_layers(Layout.RGBA, Task.FG2BG) == (Layer.FOREGROUND, Layer.ALPHA)
+    assert given_layers(Layout.RGB, Task.FG2BG) == (Layer.FOREGROUND,)  # the RGB layout carries no matte
+
+
+def test_run_task_asks_for_the_given_layers_of_its_layout():
+    foreground = {Layer.FOREGROUND: np.full((2, 16, 16, 3), 0.25, np.float32)}
+    settings = SampleSettings(steps=1, cfg=1.0)
+    with pytest.raises(ConfigError, match="needs the alpha layer"):
+        run_task(build(tiny_config()), Task.FG2BG, {}, foreground, settings)
+    out = run_task(build(tiny_config(layout=Layout.RGB)), Task.FG2BG, {}, foreground, settings)
+    assert Layer.ALPHA not in out and out[Layer.BACKGROUND].shape == (2, 16, 16, 3)
 
 
 def test_prompts_carry_the_index_prefix_and_decompose_empties_the_blend_prompt():
@@ -298,3 +333,37 @@ def test_config_errors_name_the_field():
         build(preset("cogvideox-2b"))
     assert preset("cogvideox-2b").tokens() == 22278  # 3 x 226 text + 16 latent frames x 1350 (notes §1)
     assert len(slots_of(Layout.RGBA)) == 4
+
+
+def test_geometry_table_gives_the_config_its_latent_shape():
+    assert {Space.PIXEL: Geometry(spatial_ratio=1, temporal_ratio=1, channels=3),
+                        Space.COGVIDEOX_VAE: Geometry(spatial_ratio=8, temporal_ratio=4, channels=16)} == GEOMETRY
+    toy, small = preset("toy"), preset("small")  # toy: 2 pixel frames; small: 16 frames through the VAE
+    assert (toy.spatial_ratio, toy.latent_frames, toy.latent_channels) == (1, 2, 3)
+    assert (small.spatial_ratio, small.latent_frames, small.latent_channels) == (8, 4, 16)
+    assert [GEOMETRY[Space.COGVIDEOX_VAE].latent_frames(n) for n in (1, 4, 8, 9, 16)] == [1, 1, 2, 3, 4]
+
+
+def test_transformer_kwargs_read_the_geometry_table():
+    small = transformer_kwargs(preset("small"))  # 4 sub-clips x 4 latent frames of 32x32x16 latents
+    assert (small["in_channels"], small["sample_height"], small["temporal_compression_ratio"]) == (16, 32, 4)
+    assert small["sample_frames"] == (16 - 1) * 4 + 1
+    toy = transformer_kwargs(preset("toy"))  # 4 sub-clips x 2 pixel frames of 32x32x3
+    assert (toy["in_channels"], toy["sample_height"], toy["temporal_compression_ratio"]) == (3, 32, 1)
+    assert toy["sample_frames"] == 8
+
+
+def test_sample_settings_check_their_fields_and_take_sampler_names():
+    assert SampleSettings(sampler="dpm").sampler is Sampler.DPM
+    assert SampleSettings() == SampleSettings(steps=25, cfg=5.0, sampler=Sampler.DDIM, seed=0)
+    with pytest.raises(ConfigError, match="steps"):
+        SampleSettings(steps=0)
+    with pytest.raises(ConfigError, match="cfg"):
+        SampleSettings(cfg=-1.0)
+
+
+def test_importing_the_config_loads_no_torch():
+    # The CLI reads its defaults from the config module; torch takes seconds to import.
+    code = "import layerflow_model.config, sys; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -21,13 +21,13 @@ from datagen.demo import make_demo_source
 from datagen.pipeline import LocalRunner
 from layerflow_model.cache import EncoderCache
 from layerflow_model.components import MODEL_FILE, OPTIMIZER_FILE, build, latest_checkpoint, load_checkpoint
-from layerflow_model.config import Stage, TrainConfig, preset
+from layerflow_model.config import SampleSettings, Stage, TrainConfig, preset
 from layerflow_model.data import VIDEO_KINDS, BatchPlan, ClipStore, read_rows
 from layerflow_model.evaluate import evaluate
 from layerflow_model.layout import Task
 from layerflow_model.model import CONTENT, MOTION
-from layerflow_model.sample import SampleSettings, run_task
-from layerflow_model.train import train
+from layerflow_model.sample import run_task
+from layerflow_model.train import step_generator, train
 from manifests.errors import ConfigError
 from manifests.layers import Layer, SampleKind
 from manifests.metrics import foreground_mask
@@ -111,18 +111,21 @@ def test_task_weights_pick_the_tasks(dataset):
     assert {plan.batch(s).task for s in range(20)} == {Task.DECOMPOSE}
 
 
-def test_clips_read_through_a_non_local_pyarrow_filesystem(dataset, monkeypatch):
+def test_clips_read_through_a_non_local_pyarrow_filesystem(dataset, monkeypatch, tmp_path):
     import fsspec
     from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    from manifests.dataset import Dataset
 
     local = ClipStore(str(dataset), 16, 16)
     row = read_rows(str(dataset))[0]
     expected = local.layers(row)
     remote = PyFileSystem(FSSpecHandler(fsspec.filesystem("file")))
-    monkeypatch.setattr(data_module, "open_dataset", lambda uri: (remote, str(Path(uri).resolve())))
+    monkeypatch.setattr(data_module, "open_dataset",
+                        lambda uri: Dataset(uri, remote, str(Path(uri).resolve()), tmp_path / "mirror"))
     rows = data_module.read_rows(str(dataset))
     store = data_module.ClipStore(str(dataset), 16, 16)
-    assert not store.local
+    assert not store.dataset.is_local
     got = store.layers(rows[0])
     store.close()
     for layer in Layer:
@@ -185,6 +188,16 @@ def test_checkpoint_reloads_to_the_same_model(dataset, tmp_path):
     assert all(torch.equal(saved[k], current[k]) for k in saved)
     config = json.loads((result.checkpoint / "config.json").read_text())
     assert config["model"]["depth"] == 2 and config["train"]["stage"] == "base"
+    optimizer = torch.load(result.checkpoint / OPTIMIZER_FILE, weights_only=True)
+    assert tuple(optimizer["param_groups"][0]["betas"]) == (0.9, 0.95)
+
+
+def test_step_generators_keep_their_seeds():
+    # Resuming a run trained before any change depends on these exact numbers.
+    assert step_generator(2, 3, 1).initial_seed() == 2 * 1_000_003 + 3 * 1009 + 1
+    assert step_generator(0, 0, 0).initial_seed() == 0
+    assert torch.equal(torch.rand(3, generator=step_generator(1, 5, 0)),
+                       torch.rand(3, generator=torch.Generator().manual_seed(1_005_048)))
 
 
 def test_encoder_cache_computes_each_key_once(tmp_path):

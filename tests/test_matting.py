@@ -12,7 +12,7 @@ from datagen.matting import AutoMatting, load_matting
 from datagen.matting.bgsub import BackgroundSubtraction
 from datagen.matting.chroma import ChromaKey
 from datagen.matting.given import GivenAlpha
-from datagen.matting.refine import guided_filter, soft_edge
+from datagen.matting.refine import disk, guided_filter, keep_large_components, soft_edge
 from datagen.video_clip import VideoClip
 from manifests.errors import ConfigError, InputError
 from manifests.metrics import alpha_iou, alpha_mae
@@ -172,6 +172,62 @@ def test_chroma_rejects_a_clip_without_that_screen():
         ChromaKey(key="blue")(VideoClip(frames=frames))
     with pytest.raises(InputError, match="no green or blue screen"):
         ChromaKey()(VideoClip(frames=moving_object_clip(num_frames=3)[0]))
+
+
+def test_chroma_drops_a_speck_smaller_than_min_area():
+    frames, truth = screen_clip((40, 175, 70))
+    frames[0, 10:12, 30:32] = (200, 40, 200)  # 4 px of not-screen, far from the disk
+    kept = ChromaKey(open_px=0, min_area=0.0)(VideoClip(frames=frames)).alpha
+    dropped = ChromaKey(open_px=0, min_area=0.003)(VideoClip(frames=frames)).alpha  # 0.003 of 64x64: 12.3 px
+    assert (kept[0, 8:14, 28:34] >= 0.5).sum() == 4
+    assert (dropped[0, 8:14, 28:34] >= 0.5).sum() == 0
+    assert alpha_iou(dropped, truth) >= 0.95  # the disk stays
+
+
+def test_bgsub_drops_a_speck_smaller_than_min_area():
+    frames, truth = moving_object_clip()
+    frames[2, 58:60, 4:6] = 255 - frames[2, 58:60, 4:6]  # 4 px change in one frame, far from the object's path
+    kept = BackgroundSubtraction(min_area=0.0)(VideoClip(frames=frames)).alpha
+    dropped = BackgroundSubtraction(min_area=0.003)(VideoClip(frames=frames)).alpha  # 0.003 of 64x64: 12.3 px
+    assert (kept[2, 48:64, 0:16] >= 0.5).sum() == 4
+    assert (dropped[2, 48:64, 0:16] >= 0.5).sum() == 0
+    assert alpha_iou(dropped, truth) >= 0.9  # the object stays
+
+
+# --- component cleanup ------------------------------------------------------------------------------
+
+
+def test_keep_large_components_drops_components_below_the_area_and_joins_diagonals():
+    mask = np.zeros((10, 10), bool)
+    mask[1:4, 1:4] = True  # 9 px
+    mask[6, 6] = mask[7, 7] = True  # 2 px touching at a corner: one 8-connected component
+    mask[8, 1] = True  # 1 px
+    out = keep_large_components(mask, min_fraction=0.02)  # 0.02 of 100 px: 2 px, kept at exactly 2
+    expected = mask.copy()
+    expected[8, 1] = False
+    assert out.dtype == bool and np.array_equal(out, expected)
+    assert np.array_equal(keep_large_components(mask, 0.03), mask & (np.arange(10)[:, None] < 5))
+    assert not keep_large_components(mask, 0.1).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_keep_large_components_matches_a_scipy_reference(seed):
+    mask = np.random.default_rng(seed).random((32, 48)) > 0.6  # many blobs of many sizes
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3)))
+    areas = np.bincount(labels.ravel())
+    expected = (areas >= 0.004 * mask.size)[labels] & mask  # 0.004 of 1536 px: 6.1 px
+    out = keep_large_components(mask.astype(np.uint8), 0.004)
+    assert 0 < out.sum() < mask.sum()
+    assert np.array_equal(out, expected)
+
+
+def test_disk_is_the_elliptic_structuring_element():
+    assert np.array_equal(disk(1), [[0, 1, 0], [1, 1, 1], [0, 1, 0]])
+    assert np.array_equal(disk(2), [[0, 0, 1, 0, 0],
+                                    [1, 1, 1, 1, 1],
+                                    [1, 1, 1, 1, 1],
+                                    [1, 1, 1, 1, 1],
+                                    [0, 0, 1, 0, 0]])
 
 
 # --- given and auto ---------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from conftest import write_video
 from datagen.build import build
 from datagen.pipeline import LocalRunner
 from datagen.resume import WORK_DIR
-from datagen.stages import FAILED, OK
 from manifests import io
 from manifests.schema import MANIFEST_DIR, SUMMARY_FILE
 
@@ -157,9 +156,11 @@ from pathlib import Path
 import ray
 
 from datagen.ray_runner import RayRunner
+from datagen.rows import InputRow, encode, from_batch, to_batch
 from datagen.runner import StageSpec
 from datagen.scheduling import StageName
-from datagen.stages import OK, from_batch, to_batch
+from datagen.sources import SourceItem
+from manifests.layers import InputKind
 
 
 class CrashOnPoison:  # shipped by value; a crash, not an exception: the worker process dies
@@ -167,24 +168,25 @@ class CrashOnPoison:  # shipped by value; a crash, not an exception: the worker 
         self.attempts = attempts
 
     def __call__(self, batch):
-        rows = from_batch(batch)
+        rows = from_batch(batch, InputRow)
         for row in rows:
-            if row["key"] == "poison":  # the file says whether the row ran with others (its phase's task) or alone
+            if row.key == "poison":  # the file says whether the row ran with others (its phase's task) or alone
                 Path(self.attempts, f"{len(rows)}-{os.getpid()}-{time.monotonic_ns()}").touch()
                 os.kill(os.getpid(), signal.SIGSEGV)
-            row["done"] = True
+            row.source_frames = 1  # done
         return to_batch(rows)
 
 
 # poison first: the first task holds it and row 0 (two rows a task), so its tries with others tell from its own
-rows = [{"key": "poison", "status": OK}] + [{"key": str(i), "status": OK} for i in range(12)]
+keys = ["poison", *map(str, range(12))]
+rows = [InputRow.discovered(SourceItem(key, f"/data/{key}.mp4", InputKind.VIDEO)) for key in keys]
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 try:
     stages = [StageSpec(StageName.DECODE, CrashOnPoison, {"attempts": sys.argv[1]})]
     out = [row for batch in RayRunner(progress=False).run(rows, stages, "decode") for row in batch]
 finally:
     ray.shutdown()
-print(json.dumps(out))
+print(json.dumps([json.loads(encode(row)) for row in out]))
 """
 
 
@@ -201,11 +203,11 @@ def test_a_row_that_crashes_its_worker_is_tried_a_bounded_number_of_times_then_f
                           cwd=Path(__file__).resolve().parents[1], env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert sorted(row["key"] for row in out) == sorted(["poison", *map(str, range(12))])  # every row once
-    rows = {row["key"]: row for row in out}
-    assert all(rows[str(i)]["status"] == OK and rows[str(i)]["done"] for i in range(12))
-    poison = rows["poison"]
-    assert poison["status"] == FAILED and poison["stage"] == "decode"
+    assert sorted(row["item"]["input_id"] for row in out) == sorted(["poison", *map(str, range(12))])  # each once
+    rows = {row["item"]["input_id"]: row for row in out}
+    assert all(rows[str(i)]["status"] == "ok" and rows[str(i)]["source_frames"] == 1 for i in range(12))
+    poison = rows["poison"]["failure"]
+    assert rows["poison"]["status"] == "failed" and poison["stage"] == "decode"
     assert f"worker process died {ATTEMPTS} times" in poison["message"] and "\n" not in poison["message"]
     tries = Counter(path.name.split("-")[0] for path in attempts.iterdir())
     # Ray Data's phase stops when the task holding the poison has failed (at most ATTEMPTS tries: never Ray Data's

@@ -7,6 +7,7 @@ share it, and that a build puts its learned stages on GPU actors while each back
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import replace
@@ -19,11 +20,13 @@ from test_matting_rembg import export, no_downloads  # noqa: F401  (fixture: rem
 from datagen.build import build
 from datagen.config import BuildConfig
 from datagen.pipeline import LocalRunner
+from datagen.rows import InputRow, from_batch, to_batch
 from datagen.runner import StageSpec
 from datagen.scheduling import GPU_ACTOR_CPUS, Resources, StageName, StagePlan, plan_stages
-from datagen.stages import from_batch, to_batch
+from datagen.sources import SourceItem
 from manifests import io
 from manifests.errors import ConfigError
+from manifests.layers import InputKind
 
 CPU_STAGES = (StageName.DECODE, StageName.COMPOSE, StageName.SCORE)
 ALL_LEARNED = {StageName.MATTE, StageName.CAPTION, StageName.CLIP}
@@ -131,10 +134,10 @@ def test_fractional_gpu_actors_share_one_gpu_and_cpu_tasks_get_none(ray_with_one
             deadline = time.monotonic() + 60
             while self.started and len(os.listdir(self.started)) < 2 and time.monotonic() < deadline:
                 time.sleep(0.1)
-            rows = from_batch(batch)
-            for row in rows:
-                row[self.key] = [os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES"), len(os.listdir(self.started))
-                                 if self.started else None]
+            rows = from_batch(batch, InputRow)
+            for row in rows:  # recorded in the row's devices: (pid, CUDA_VISIBLE_DEVICES, actors started)
+                row.devices[self.key] = json.dumps([os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                                    len(os.listdir(self.started)) if self.started else None])
             return to_batch(rows)
 
     started = tmp_path / "started"
@@ -142,12 +145,13 @@ def test_fractional_gpu_actors_share_one_gpu_and_cpu_tasks_get_none(ray_with_one
     stages = [StageSpec(StageName.DECODE, Probe, {"key": "cpu"}, concurrency=2),
               StageSpec(StageName.MATTE, Probe, {"key": "gpu", "started": str(started)}, concurrency=2,
                         num_cpus=0.5, num_gpus=0.5, actor=True)]
-    rows = [{"key": str(i), "status": "ok"} for i in range(16)]
+    rows = [InputRow.discovered(SourceItem(str(i), f"/data/{i}.mp4", InputKind.VIDEO)) for i in range(16)]
     out = [row for batch in RayRunner(progress=False).run(rows, stages, "probe") for row in batch]
-    assert sorted(row["key"] for row in out) == sorted(row["key"] for row in rows)
-    assert {row["gpu"][1] for row in out} == {"0"}  # every actor holds a share of GPU 0 ...
-    assert {row["gpu"][2] for row in out} == {2}  # ... and both were up at once: two halves of one GPU
-    assert {row["cpu"][1] for row in out} <= {None, ""}  # a CPU task is given no GPU
+    assert sorted(row.key for row in out) == sorted(row.key for row in rows)
+    seen = [{key: json.loads(value) for key, value in row.devices.items()} for row in out]
+    assert {row["gpu"][1] for row in seen} == {"0"}  # every actor holds a share of GPU 0 ...
+    assert {row["gpu"][2] for row in seen} == {2}  # ... and both were up at once: two halves of one GPU
+    assert {row["cpu"][1] for row in seen} <= {None, ""}  # a CPU task is given no GPU
 
 
 @pytest.mark.slow

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datagen.build import build, resolve_clip
+from datagen.build import build
 from datagen.pipeline import LocalRunner
 from datagen.stages import ClipStage, ScoreStage
 from filters.apply import POLICY_FILE, apply_policy
 from filters.audit import validate_dataset
+from filters.clip import resolve_clip
 from filters.policy import Policy
 from manifests import io
 from manifests.layers import Layer

@@ -11,6 +11,7 @@ from diffusers import AutoencoderKLCogVideoX
 from safetensors.torch import load_model, save_model
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
+from layerflow_model.config import GEOMETRY, Space
 from layerflow_model.latents import CogVideoXLatents, PixelSpace
 from layerflow_model.text import ByteTokenizer, ModelFolderError, TextEncoder, TinyT5Config
 
@@ -146,6 +147,9 @@ def test_pixel_space_is_identity() -> None:
     assert torch.equal(space.decode(space.encode(video)), video)
     assert space.latent_frames(5) == 5 and space.latent_size(8, 12) == (8, 12)
     assert space.channels == 3 and list(space.parameters()) == []
+    pixel = GEOMETRY[Space.PIXEL]  # the one table the model config reads too
+    assert (space.channels, space.spatial_ratio, space.temporal_ratio) == (
+        pixel.channels, pixel.spatial_ratio, pixel.temporal_ratio)
 
 
 @pytest.fixture(scope="module")

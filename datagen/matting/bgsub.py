@@ -12,7 +12,7 @@ from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold, threshold_otsu
 
 from datagen.matting.base import BackendInfo, Matte
-from datagen.matting.refine import soft_edge
+from datagen.matting.refine import disk, keep_large_components, soft_edge
 from datagen.video_clip import VideoClip
 from manifests.errors import InputError
 
@@ -91,14 +91,10 @@ class BackgroundSubtraction:
     def _clean(self, mask: np.ndarray) -> np.ndarray:
         mask_u8 = mask.astype(np.uint8)
         if self.open_px > 0:
-            mask_u8 = cv2.morphologyEx(mask_u8, cv2.MORPH_OPEN, _disk(self.open_px))
+            mask_u8 = cv2.morphologyEx(mask_u8, cv2.MORPH_OPEN, disk(self.open_px))
         if self.close_px > 0:
-            mask_u8 = cv2.morphologyEx(mask_u8, cv2.MORPH_CLOSE, _disk(self.close_px))
-        filled = ndimage.binary_fill_holes(mask_u8)
-        _, labels, stats, _ = cv2.connectedComponentsWithStats(filled.astype(np.uint8), connectivity=8)
-        keep = stats[:, cv2.CC_STAT_AREA] >= self.min_area * mask.size
-        keep[0] = False  # label 0 is the background
-        return keep[labels]
+            mask_u8 = cv2.morphologyEx(mask_u8, cv2.MORPH_CLOSE, disk(self.close_px))
+        return keep_large_components(ndimage.binary_fill_holes(mask_u8), self.min_area)
 
 
 def _stable_background(planes: np.ndarray, tolerance: float) -> np.ndarray:
@@ -115,7 +111,3 @@ def _stable_background(planes: np.ndarray, tolerance: float) -> np.ndarray:
     chosen = np.take_along_axis(planes, support.argmax(axis=0)[None, None], axis=1)
     agree = np.sum((planes - chosen) ** 2, axis=0) < limit  # (T, H, W), the chosen frame included
     return np.sum(planes * agree, axis=1) / np.sum(agree, axis=0)
-
-
-def _disk(radius: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))

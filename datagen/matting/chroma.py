@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from datagen.matting.base import BackendInfo, Matte
-from datagen.matting.refine import soft_edge
+from datagen.matting.refine import disk, keep_large_components, soft_edge
 from datagen.video_clip import VideoClip
 from manifests.errors import ConfigError, InputError
 
@@ -75,12 +75,8 @@ class ChromaKey:
     def _clean(self, mask: np.ndarray) -> np.ndarray:
         mask_u8 = mask.astype(np.uint8)
         if self.open_px > 0:
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * self.open_px + 1, 2 * self.open_px + 1))
-            mask_u8 = cv2.morphologyEx(mask_u8, cv2.MORPH_OPEN, kernel)
-        _, labels, stats, _ = cv2.connectedComponentsWithStats(mask_u8, connectivity=8)
-        keep = stats[:, cv2.CC_STAT_AREA] >= self.min_area * mask.size
-        keep[0] = False  # label 0 is the screen
-        return keep[labels]
+            mask_u8 = cv2.morphologyEx(mask_u8, cv2.MORPH_OPEN, disk(self.open_px))
+        return keep_large_components(mask_u8, self.min_area)
 
 
 def _border(images: np.ndarray, width: int) -> np.ndarray:

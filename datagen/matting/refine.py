@@ -1,10 +1,27 @@
-"""Soft alpha edges: a colour guided filter (He et al. 2010, built on cv2.boxFilter) applied only in a
-thin band around a mask's boundary, so interiors stay exactly 1 and exteriors exactly 0."""
+"""Mask post-processing shared by the matting backends: dropping small components, and soft alpha edges from
+a colour guided filter (He et al. 2010, built on cv2.boxFilter) applied only in a thin band around a mask's
+boundary, so interiors stay exactly 1 and exteriors exactly 0."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+
+def disk(radius: int) -> np.ndarray:
+    """The (2r+1, 2r+1) elliptic structuring element of a radius-r morphology."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def keep_large_components(mask: np.ndarray, min_fraction: float) -> np.ndarray:
+    """(H, W) bool: the 8-connected components of `mask` covering at least `min_fraction` of the frame.
+
+    Specks of noise and compression grain survive thresholding as small blobs; an object does not come that small.
+    """
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_fraction * mask.size
+    keep[0] = False  # label 0 is everything outside the mask
+    return keep[labels]
 
 
 def _box(image: np.ndarray, radius: int) -> np.ndarray:
@@ -54,7 +71,7 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
 
 def edge_band(hard_mask: np.ndarray, width: int) -> np.ndarray:
     """Pixels within about `width` px of the boundary of the (H, W) bool mask, on either side."""
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    kernel = disk(width)
     mask_u8 = hard_mask.astype(np.uint8)
     return cv2.dilate(mask_u8, kernel) != cv2.erode(mask_u8, kernel)
 

@@ -1,0 +1,221 @@
+"""The rows that cross the runner, typed: an input (`InputRow`) through decode and matte, a sample (`SampleRow`)
+through compose, caption, score and CLIP.
+
+A stage gets its rows as these dataclasses and changes them in place; between stages (a Ray block, a worker
+process) a batch holds them as JSON text, written and read back by one codec (pydantic) into the same dataclass.
+Each stage declares the fields it reads and writes (`RowStage.reads` / `writes`); `tests/test_rows.py` checks the
+declarations against the stage chain and against what the stages really change.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import cache
+from typing import TypeVar
+
+from pydantic import TypeAdapter
+
+from datagen.config import BuildConfig
+from datagen.matting.base import BackendInfo
+from datagen.sources import SourceItem
+from filters.policy import Decision
+from manifests.errors import one_line
+from manifests.layers import CAPTIONED_LAYERS, InputKind, Layer, SampleKind, Stage
+from manifests.schema import (
+    CLIP_EMBEDDING,
+    CLIP_MODEL,
+    DUPLICATE_OF,
+    FLAGS,
+    KEEP,
+    KIND,
+    REJECT_REASONS,
+    SAMPLE_ID,
+    SCORES,
+    SPLIT,
+    caption_column,
+    media_uri,
+    uri_column,
+)
+
+Batch = dict[str, list]  # {"key": [...], "row": [json, ...]}: what a runner passes between stages
+KEY, ROW = "key", "row"
+
+
+class Status(str, Enum):
+    OK = "ok"
+    FAILED = "failed"  # a stage raised on this row; the stages after it pass it on untouched
+
+
+@dataclass(kw_only=True)
+class Failure:
+    """Why a row (or an input's matting) failed: where, the error class and a one-line message."""
+
+    stage: Stage
+    error_class: str
+    message: str
+
+    @classmethod
+    def of(cls, stage: Stage, exc: BaseException) -> Failure:
+        return cls(stage=stage, error_class=type(exc).__name__, message=one_line(exc))
+
+
+@dataclass(kw_only=True)
+class Row(ABC):
+    """What every row carries: its status, the failure that ended it, time per stage, and devices."""
+
+    status: Status = Status.OK
+    failure: Failure | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds spent on this row
+    devices: dict[str, str] = field(default_factory=dict)  # learned stage -> the device its backend really ran on
+
+    @property
+    @abstractmethod
+    def key(self) -> str:
+        """What the runner tracks the row by: the input id, or the sample id."""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    def fail(self, failure: Failure) -> None:
+        self.status, self.failure = Status.FAILED, failure
+
+
+@dataclass(kw_only=True)
+class InputRow(Row):
+    """One discovered input on its way through decode and matte."""
+
+    item: SourceItem
+    kind: InputKind  # the discovered kind, refined by decode (a video with alpha, an RGBA image, ...)
+    # decode
+    clip_path: str | None = None  # the decoded `VideoClip` (.npz) in the work folder; matte adds its alpha
+    background_path: str | None = None  # a layered image's own background clip
+    frame_indices: list[int] = field(default_factory=list)
+    source_frames: int | None = None
+    source_height: int | None = None
+    source_width: int | None = None
+    # matte
+    matting: BackendInfo | None = None  # the backend that matted it (None: not a foreground, or matting failed)
+    matte_error: Failure | None = None  # matting refused it: it can still serve as a background
+
+    @classmethod
+    def discovered(cls, item: SourceItem) -> InputRow:
+        row = cls(item=item, kind=item.kind)
+        if item.error is not None:
+            row.fail(Failure(stage=Stage.DISCOVER, error_class="InputError", message=item.error))
+        return row
+
+    @property
+    def key(self) -> str:
+        return self.item.input_id
+
+    @property
+    def input_id(self) -> str:
+        return self.item.input_id
+
+    @property
+    def uri(self) -> str:
+        return self.item.uri
+
+
+@dataclass(kw_only=True)
+class SampleInput:
+    """What a sample carries of one of its inputs: the input, its decoded clip and how it was matted."""
+
+    item: SourceItem
+    kind: InputKind
+    clip_path: str | None
+    matting: BackendInfo | None
+
+    @classmethod
+    def of(cls, row: InputRow) -> SampleInput:
+        return cls(item=row.item, kind=row.kind, clip_path=row.clip_path, matting=row.matting)
+
+    @property
+    def input_id(self) -> str:
+        return self.item.input_id
+
+    @property
+    def uri(self) -> str:
+        return self.item.uri
+
+
+@dataclass(kw_only=True)
+class SampleRow(Row):
+    """One planned sample on its way through compose, caption, score and CLIP; `manifest_row` projects it."""
+
+    sample_id: str
+    kind: SampleKind
+    split: str
+    fg: SampleInput
+    bg: SampleInput
+    bg_clip_path: str  # the background clip to paste onto (a layered image's own background)
+    # compose
+    placement: str | None = None  # JSON {"scale", "dx", "dy"}
+    frames_foreground: list[int] = field(default_factory=list)
+    frames_background: list[int] = field(default_factory=list)
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    # caption
+    captioner: str | None = None
+    captions: dict[Layer, str | None] = field(default_factory=dict)
+    # score and CLIP
+    scores: dict[str, float | None] = field(default_factory=dict)  # score column -> value (see manifests.schema)
+    clip_embedding: list[float] | None = None
+    clip_model: str | None = None
+    unscored: dict[str, str] = field(default_factory=dict)  # score column -> why it is null
+
+    @property
+    def key(self) -> str:
+        return self.sample_id
+
+    def manifest_row(self, config: BuildConfig, decision: Decision) -> dict:
+        """This finished sample as a row of the manifest (`SAMPLE_SCHEMA`), with the policy's decision on it."""
+        fg, bg, matting = self.fg, self.bg, self.fg.matting
+        return {
+            SAMPLE_ID: self.sample_id, KIND: self.kind.value, SPLIT: self.split,
+            **{uri_column(layer): media_uri(self.sample_id, layer) for layer in Layer},
+            **{caption_column(layer): self.captions.get(layer) for layer in CAPTIONED_LAYERS},
+            "num_frames": self.num_frames, "fps": config.fps, "height": self.height, "width": self.width,
+            "input_id_foreground": fg.input_id, "input_id_background": bg.input_id,
+            "source_foreground": fg.uri, "source_background": bg.uri,
+            "frames_foreground": self.frames_foreground, "frames_background": self.frames_background,
+            "placement": self.placement, "matting_backend": matting.name, "matting_model": matting.model_id,
+            "matting_weights_sha256": matting.weights_sha256, "captioner": self.captioner, "seed": config.seed,
+            "config_fingerprint": config.fingerprint(),
+            **{name: self.scores.get(name) for name in SCORES},
+            CLIP_EMBEDDING: self.clip_embedding, CLIP_MODEL: self.clip_model,
+            KEEP: decision.keep, REJECT_REASONS: decision.reject_reasons, FLAGS: decision.flags,
+            DUPLICATE_OF: decision.duplicate_of,
+        }
+
+
+R = TypeVar("R", bound=Row)
+
+
+@cache
+def _adapter(row_type: type[R]) -> TypeAdapter:
+    return TypeAdapter(row_type)
+
+
+def encode(row: Row) -> str:
+    """One row as JSON (what a batch and a committed input hold)."""
+    return _adapter(type(row)).dump_json(row).decode()
+
+
+def decode(text: str, row_type: type[R]) -> R:
+    """The row that `encode` wrote, as a `row_type` dataclass again."""
+    return _adapter(row_type).validate_json(text)
+
+
+def to_batch(rows: list[R]) -> Batch:
+    """Rows -> a batch: their keys, and each row as JSON."""
+    return {KEY: [row.key for row in rows], ROW: [encode(row) for row in rows]}
+
+
+def from_batch(batch: Batch, row_type: type[R]) -> list[R]:
+    """A batch -> the rows it holds, as `row_type` dataclasses."""
+    return [decode(str(text), row_type) for text in batch[ROW]]
