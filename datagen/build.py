@@ -8,10 +8,12 @@ end states and the summary are accounted for in `datagen.accounting`, and the po
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from datagen.accounting import (
@@ -24,12 +26,14 @@ from datagen.accounting import (
     part_record,
     unscored_summary,
 )
-from datagen.config import BuildConfig
+from datagen.config import DEMO_SOURCE, BuildConfig
+from datagen.demo import demo_source_for
 from datagen.plan import plan_samples
+from datagen.preflight import learned_stages, preflight
 from datagen.publish import Mirror, staging_dir
 from datagen.resume import BuildFolder, Committed, build_record
 from datagen.rows import InputRow, SampleRow
-from datagen.runner import Runner, StageSpec
+from datagen.runner import Runner, StageSpec, make_runner
 from datagen.scheduling import Resources, StageName, StagePlan, plan_stages, with_device
 from datagen.sources import SourceItem, discover
 from datagen.stages import CaptionStage, ClipStage, ComposeStage, DecodeStage, MatteStage, ScoreStage
@@ -72,19 +76,36 @@ def sample_stages(config: BuildConfig, out: Path, plans: dict[StageName, StagePl
     ]
 
 
-def learned_stages(config: BuildConfig, clip: ClipChoice) -> set[StageName]:
-    """The stages whose backend is a learned model that can use a GPU."""
-    from datagen.captioning import uses_gpu as captioner_uses_gpu
-    from datagen.matting import uses_gpu as matting_uses_gpu
+@dataclass(frozen=True)
+class BuildJob:
+    """One `layerflow-data build`: what to build, where to write it, and what to run it on."""
 
-    learned = set()
-    if matting_uses_gpu(config.matting):
-        learned.add(StageName.MATTE)
-    if captioner_uses_gpu(config.captioner):
-        learned.add(StageName.CAPTION)
-    if clip.weights is not None:
-        learned.add(StageName.CLIP)
-    return learned
+    out: str  # a folder, or a pyarrow filesystem URI (s3://bucket/ds)
+    source: str = DEMO_SOURCE  # a folder, a glob, a list file, or `demo` (the built-in demo source)
+    config: BuildConfig = field(default_factory=BuildConfig)
+    backgrounds: str | None = None  # a separate pool of backgrounds
+    policy: str | None = None  # a policy TOML (None: the shipped default)
+    overwrite: bool = False
+    keep_work: bool = False
+    resources: Resources = field(default_factory=Resources)
+    no_ray: bool = False
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a local Ray
+    num_cpus: int | None = None  # CPUs of the local Ray (None: all)
+
+
+def build_dataset(job: BuildJob, log: Callable[[str], None] = print) -> dict:
+    """`layerflow-data build`: the checks before any work (the device, the backends load, the policy parses, CLIP
+    weights), then the build on the runner the job asks for; returns the summary."""
+    on_cluster = bool(job.ray_address or os.environ.get("RAY_ADDRESS"))
+    preflight(job.config, on_cluster=on_cluster)
+    policy = Policy.load(job.policy)
+    clip = resolve_clip(job.config.clip)
+    if clip.unavailable:
+        log(f"no CLIP scores: {clip.unavailable}")
+    source = str(demo_source_for(job.out, log)) if job.source == DEMO_SOURCE else job.source
+    with make_runner(job.no_ray, job.ray_address, job.num_cpus) as runner:
+        return build(source, job.out, job.config, runner, backgrounds=job.backgrounds, overwrite=job.overwrite,
+                     keep_work=job.keep_work, resources=job.resources, policy=policy, clip=clip)
 
 
 def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, backgrounds: str | None = None,

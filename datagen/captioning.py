@@ -23,6 +23,7 @@ from manifests.errors import ConfigError
 from manifests.io import write_json_atomic
 from manifests.layers import CAPTIONED_LAYERS, Layer, SampleKind
 from manifests.metrics import on_grey
+from manifests.storage import cache_root
 
 BLENDED_TEMPLATE = "{foreground} in front of {background}"
 
@@ -84,8 +85,6 @@ def compose_blended(foreground: str, background: str) -> str:
 
 # Learned captioners --------------------------------------------------------------------------------------------
 
-CACHE_ENV = "LAYERFLOW_CACHE_DIR"  # the layerflow-data cache root; captions live in its `captions/` folder
-DEFAULT_CACHE_ROOT = "~/.cache/layerflow-data"
 # What a chat VLM is asked per layer (image-to-text models such as BLIP get no prompt: they caption unconditionally).
 INSTRUCTIONS: dict[Layer, str] = {
     Layer.FOREGROUND: "Describe the object in one sentence.",
@@ -103,7 +102,8 @@ def layer_images(layers: dict[Layer, np.ndarray]) -> dict[Layer, np.ndarray]:
 
 
 def default_cache_folder() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_ROOT).expanduser() / "captions"
+    """`captions/` in the project's cache (`$LAYERFLOW_CACHE_DIR`, else `~/.cache/layerflow-data`)."""
+    return cache_root() / "captions"
 
 
 def hub_offline() -> bool:

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
+from manifests.device import DEVICES
 from manifests.errors import ConfigError
 
 
@@ -26,9 +27,9 @@ def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+DEMO_SOURCE = "demo"  # `build --source demo` (the default): the built-in demo source (`datagen.demo`)
 SCORING_FIELDS = ("clip",)  # fields that change scores only, so they stay out of the fingerprint
 RUNTIME_FIELDS = ("device",)  # where the work runs, not what it makes: also out of the fingerprint
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ ground-truth alpha, all cut from the pictures that ship inside scikit-image.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -173,6 +174,22 @@ LAYERED_IMAGES = (
     ("colour_wheel", "slate_brick"),
     ("coins", "dry_grass"),
 )
+
+
+DEMO_FOLDER = "_demo_source"  # where a build writes it, beside the dataset's own files
+
+
+def demo_source_for(out: str, log: Callable[[str], None] = print) -> Path:
+    """The built-in demo source of a build of `out`: written once, into `OUT/_demo_source` (into the local staging
+    folder when `out` is a URI on object storage), and reused by a rerun."""
+    from datagen.publish import staging_dir
+    from manifests.storage import is_remote
+
+    folder = (staging_dir(out) if is_remote(out) else Path(out)) / DEMO_FOLDER
+    if not folder.exists():
+        log(f"writing the built-in demo source to {folder}")
+        make_demo_source(folder)
+    return folder
 
 
 def make_demo_source(out: Path, seed: int = 0) -> DemoManifest:

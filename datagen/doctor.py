@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from datagen.config import BuildConfig
+from datagen.preflight import learned_stages, load_backend
 from datagen.scheduling import Resources, StageName, plan_stages
-from datagen.stages import setup_error
 from manifests.errors import ConfigError, one_line
 
 PROBE_FRAMES, PROBE_SIZE = 4, 32
@@ -164,33 +164,6 @@ def device_checks(config: BuildConfig) -> list[Check]:
 # Backends -----------------------------------------------------------------------------------------------------
 
 
-def load_backend(stage: StageName, config: BuildConfig, device: str) -> object:
-    """The learned backend of a stage (matting, captioner), loaded as the stage will load it on `device`."""
-    from datagen.captioning import load_captioner
-    from datagen.matting import load_matting
-
-    if stage is StageName.MATTE:
-        return load_matting(config.matting, device)  # each backend checks the device it is given
-    return load_captioner(config.captioner, device)
-
-
-def preflight(config: BuildConfig, on_cluster: bool = False) -> None:
-    """`build`'s check before any work: the device, and that the matting backend and the captioner load. A wrong
-    spec is a `ConfigError`, a model that does not load a `StageSetupError`: one line either way. On a cluster the
-    GPUs are the workers', so the specs are only loaded on the CPU here (`doctor --ray-address` checks the rest)."""
-    from manifests.device import resolve_device
-
-    if not on_cluster:
-        resolve_device(config.device)
-    for stage in (StageName.MATTE, StageName.CAPTION):
-        try:
-            load_backend(stage, config, "cpu" if on_cluster else config.device)
-        except ConfigError:
-            raise
-        except Exception as exc:  # whatever the library raises, it is this stage's setup that failed
-            raise setup_error(stage, exc) from exc
-
-
 def backend_checks(config: BuildConfig) -> list[Check]:
     from filters.clip import resolve_clip
 
@@ -279,7 +252,6 @@ def ray_checks(request: Request) -> list[Check]:
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
     checks = [Check("ray cpus", cpus >= 1, f"{where}: {cpus:g} CPU(s); every CPU stage task asks for 1",
                     "give Ray at least one CPU (--num-cpus)")]
-    from datagen.build import learned_stages
     from filters.clip import resolve_clip
 
     config = request.config

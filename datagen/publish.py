@@ -15,7 +15,6 @@ the store as it commits, so the store holds the same commits a local `--out` wou
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -28,29 +27,8 @@ STAGING_ENV = "LAYERFLOW_STAGING_DIR"  # default: $LAYERFLOW_CACHE_DIR/staging, 
 
 def staging_dir(uri: str) -> Path:
     """The local folder a build of `uri` works in: the same path on every node, one per destination."""
-    root = os.environ.get(STAGING_ENV) or os.path.join(_cache_root(), "staging")
-    return Path(root).expanduser() / _key(uri)
-
-
-def local_copy(uri: str) -> Path:
-    """A dataset on object storage mirrored into `$LAYERFLOW_CACHE_DIR/datasets/` (only changed files are fetched),
-    for the commands that read a dataset folder (`validate`, `inspect`, ...)."""
-    folder = Path(_cache_root()).expanduser() / "datasets" / _key(uri)
-    remote = set(storage.list_files(uri))
-    if folder.is_dir():  # a file the store no longer has (a rebuilt dataset's old part) must not be read
-        for path in [p for p in folder.rglob("*") if p.is_file()]:
-            if path.relative_to(folder).as_posix() not in remote:
-                path.unlink()
-    storage.download_tree(uri, folder)
-    return folder
-
-
-def _cache_root() -> str:
-    return os.environ.get("LAYERFLOW_CACHE_DIR", "~/.cache/layerflow-data")
-
-
-def _key(uri: str) -> str:
-    return hashlib.sha1(uri.encode()).hexdigest()[:16]
+    root = os.environ.get(STAGING_ENV)
+    return (Path(root).expanduser() if root else storage.cache_root() / "staging") / storage.uri_key(uri)
 
 
 class Mirror:
@@ -63,9 +41,9 @@ class Mirror:
         """Fetch what says what the store has committed: the record, the summary, the parts and their side records."""
         self.local.mkdir(parents=True, exist_ok=True)
         for name in (record_file, summary_file):
-            target = self.local / name
-            if storage.exists(storage.join(self.uri, name)):
-                target.write_bytes(storage.read_bytes(storage.join(self.uri, name)))
+            source, target = storage.join(self.uri, name), self.local / name
+            if storage.exists(source):
+                storage.fetch(source, target)
             else:
                 target.unlink(missing_ok=True)  # a staging copy the store no longer has must not count
         for folder in (MANIFEST_DIR, parts_dir):
@@ -103,8 +81,5 @@ def obtain(path: Path, root: Path, uri: str) -> Path:
     """`path` (under the staging folder `root`), fetched from `uri` first if this node lacks it."""
     path = Path(path)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.fetch-{os.getpid()}")
-        tmp.write_bytes(storage.read_bytes(storage.join(uri, path.relative_to(root).as_posix())))
-        tmp.replace(path)
+        storage.fetch(storage.join(uri, path.relative_to(root).as_posix()), path)
     return path

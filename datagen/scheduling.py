@@ -21,7 +21,7 @@ from manifests.errors import ConfigError
 
 
 class StageName(str, Enum):
-    """The build's stages, as named in `--<stage>-concurrency` / `--<stage>-gpus` and the summary."""
+    """The build's stages, as named in `--concurrency STAGE=N` / `--gpus-per-actor STAGE=F` and the summary."""
 
     DECODE = "decode"
     MATTE = "matte"
@@ -44,12 +44,24 @@ GPU_ACTOR_CPUS = 0.5  # CPUs each GPU actor holds
 
 @dataclass(frozen=True)
 class Resources:
-    """What the user asked for: `--gpus`, `--concurrency`, `--<stage>-concurrency`, `--<stage>-gpus`."""
+    """What the user asked for: `--gpus`, `--concurrency` (all CPU stages, or STAGE=N), `--gpus-per-actor` (STAGE=F)."""
 
     gpus: float | None = None  # GPUs for the learned stages; None: all the cluster has, unless --device cpu
     concurrency: int = DEFAULT_CONCURRENCY  # copies of each CPU stage
     stage_concurrency: dict[StageName, int] = field(default_factory=dict)  # per-stage copies (overrides)
     gpus_per_actor: dict[StageName, float] = field(default_factory=dict)  # per GPU stage: its share of a GPU
+
+    @classmethod
+    def from_options(cls, gpus: float | None = None, concurrency: list[str] = (),
+                     gpus_per_actor: list[str] = ()) -> Resources:
+        """From `--gpus`, `--concurrency` (`4`: every CPU stage; `decode=4,matte=2`: those stages) and
+        `--gpus-per-actor` (`matte=0.5`)."""
+        bare, copies = stage_values(list(concurrency), "--concurrency", int)
+        share, shares = stage_values(list(gpus_per_actor), "--gpus-per-actor", float)
+        if share is not None:
+            raise ConfigError(f"--gpus-per-actor {share:g}: name the stage, e.g. matte={share:g}")
+        return cls(gpus=gpus, concurrency=DEFAULT_CONCURRENCY if bare is None else bare, stage_concurrency=copies,
+                   gpus_per_actor=shares)
 
     def __post_init__(self) -> None:
         if self.gpus is not None and self.gpus < 0:
@@ -58,13 +70,37 @@ class Resources:
             raise ConfigError(f"--concurrency must be >= 1, got {self.concurrency}")
         for stage, copies in self.stage_concurrency.items():
             if copies < 1:
-                raise ConfigError(f"--{stage.value}-concurrency must be >= 1, got {copies}")
+                raise ConfigError(f"--concurrency {stage.value}={copies}: must be >= 1")
         for stage, share in self.gpus_per_actor.items():
             if stage not in learned_capable():
-                raise ConfigError(f"--{stage.value}-gpus: {stage.value} is a CPU stage")
+                actors = ", ".join(s.value for s in learned_capable())
+                raise ConfigError(f"--gpus-per-actor {stage.value}={share:g}: {stage.value} is a CPU stage (the GPU "
+                                  f"actors are {actors})")
             if share <= 0 or (share > 1 and share != int(share)):
-                raise ConfigError(f"--{stage.value}-gpus must be a fraction in (0, 1] or a whole number of GPUs, "
-                                  f"got {share:g}")
+                raise ConfigError(f"--gpus-per-actor {stage.value}={share:g}: a fraction in (0, 1] or a whole number "
+                                  "of GPUs")
+
+
+def stage_values(options: list[str], option: str, cast: type) -> tuple[object | None, dict[StageName, object]]:
+    """`["decode=4,matte=2", "clip=1"]` -> (None, {DECODE: 4, MATTE: 2, CLIP: 1}); a bare value (`"4"`) is the
+    first item. A repeatable `key=value` option: `--concurrency decode=4,matte=2`, `--gpus-per-actor matte=0.5`."""
+    bare, per_stage = None, {}
+    names = ", ".join(stage.value for stage in StageName)
+    for part in (piece.strip() for text in options for piece in text.split(",") if piece.strip()):
+        name, has_stage, value = part.rpartition("=") if "=" in part else ("", False, part)
+        try:
+            parsed = cast(value)
+        except ValueError:
+            raise ConfigError(f"{option} {part!r}: {value!r} is not {'a whole number' if cast is int else 'a number'}"
+                              ) from None
+        if not has_stage:
+            bare = parsed
+            continue
+        try:
+            per_stage[StageName(name.strip())] = parsed
+        except ValueError:
+            raise ConfigError(f"{option} {part!r}: no stage {name!r}; the stages are {names}") from None
+    return bare, per_stage
 
 
 def learned_capable() -> tuple[StageName, ...]:
@@ -98,7 +134,7 @@ def plan_stages(config: BuildConfig, resources: Resources, learned: set[StageNam
     copies = {stage: resources.stage_concurrency.get(stage) for stage in StageName}
     if cluster_gpus is None:
         if resources.gpus or resources.gpus_per_actor:
-            raise ConfigError("--gpus / --<stage>-gpus schedule Ray actors; with --no-ray the stages run in this "
+            raise ConfigError("--gpus / --gpus-per-actor schedule Ray actors; with --no-ray the stages run in this "
                               "process on --device")
         return {stage: StagePlan(copies[stage] or resources.concurrency, device=config.device) for stage in StageName}
 
@@ -115,12 +151,12 @@ def plan_stages(config: BuildConfig, resources: Resources, learned: set[StageNam
         asked = sum(plans[stage].concurrency * plans[stage].num_gpus for stage in on_gpu)
         if asked > gpus + 1e-9:
             raise ConfigError(f"the GPU stages that run together ask for {asked:g} GPUs ({parts}) but --gpus gives "
-                              f"{gpus:g}; lower --<stage>-concurrency or --<stage>-gpus")
+                              f"{gpus:g}; lower --concurrency STAGE=N or --gpus-per-actor STAGE=F")
         held = sum(plans[stage].concurrency * plans[stage].num_cpus for stage in on_gpu)
         if on_gpu and held > cluster_cpus - 1:  # the CPU stages of the phase need at least one CPU
             raise ConfigError(f"the GPU actors that run together ({parts}) hold {held:g} of the cluster's "
                               f"{cluster_cpus:g} CPUs ({GPU_ACTOR_CPUS:g} each), leaving under one for decoding and "
-                              "writing; lower --<stage>-concurrency or add CPUs")
+                              "writing; lower --concurrency STAGE=N or add CPUs")
     for stage in StageName:
         if stage in plans:
             continue

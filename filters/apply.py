@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from filters.policy import Decision, Funnel, Policy, funnel
-from manifests import io
+from manifests import io, storage
+from manifests.dataset import DatasetLike, open_dataset
 from manifests.layers import InputState
 from manifests.schema import (
     CLIP_EMBEDDING,
@@ -30,24 +30,28 @@ from manifests.schema import (
 POLICY_FILE = "policy.toml"  # the policy last applied, beside the manifest
 
 
-def dataset_policy(root: str | Path) -> Policy:
-    """The policy last applied to the dataset at `root` (the shipped default if none was written)."""
-    path = Path(root) / POLICY_FILE
-    return Policy.from_toml(path.read_text(encoding="utf-8"), source=str(path)) if path.is_file() else Policy.default()
+def read_policy(dataset: DatasetLike) -> Policy:
+    """The policy last applied to the dataset (`DS/policy.toml`, wherever the dataset lives); the shipped default if
+    none was written."""
+    dataset = open_dataset(dataset)
+    text = dataset.read_text(POLICY_FILE)
+    return Policy.default() if text is None else Policy.from_toml(text, source=storage.join(dataset.uri, POLICY_FILE))
 
 
-def apply_policy(root: str | Path, policy: Policy, summary: dict | None = None,
+def apply_policy(dataset: DatasetLike, policy: Policy, summary: dict | None = None,
                  inputs: list[dict] | None = None) -> Funnel:
     """Recompute the decision columns of every manifest part from the stored scores; return the funnel.
 
     A part is rewritten only if a decision in it changed. `summary` / `inputs` (a build's, not yet written): the
     summary and the `inputs.parquet` rows to decide and write; None reads the dataset's own. The summary is written
-    last.
+    last. A dataset on object storage is decided in its local mirror, and what changed is uploaded, summary last.
     """
     began = time.perf_counter()
-    root = Path(root)
+    dataset = open_dataset(dataset)
+    root = dataset.local_root()
     summary = io.read_summary(root) if summary is None else summary
     parts = sorted((root / MANIFEST_DIR).glob("part-*.parquet"))
+    written = []
     tables = [pq.read_table(part, schema=SAMPLE_SCHEMA) for part in parts]
     score_columns = sorted({rule.score for rule in policy.rules} | {SAMPLE_ID, KIND})
     rows = [row for table in tables for row in table.select(score_columns).to_pylist()]
@@ -66,6 +70,7 @@ def apply_policy(root: str | Path, policy: Policy, summary: dict | None = None,
             decided = decided.set_column(decided.schema.get_field_index(name), column, values)
         if not decided.select(list(DECISION_COLUMNS)).equals(table.select(list(DECISION_COLUMNS))):
             io.write_parquet_atomic(decided, part)
+            written.append(f"{MANIFEST_DIR}/{part.name}")
 
     result = funnel(rows, decisions, policy, {k: v["why"] for k, v in summary.get("unscored", {}).items()},
                     embeddings)
@@ -78,6 +83,9 @@ def apply_policy(root: str | Path, policy: Policy, summary: dict | None = None,
     summary["inputs"] = input_counts(input_rows)
     summary["seconds"]["policy"] = round(time.perf_counter() - began, 3)
     io.write_json_atomic(summary, root / io.SUMMARY_FILE)
+    if not dataset.is_local:
+        for name in [*written, io.INPUTS_FILE, POLICY_FILE, io.SUMMARY_FILE]:
+            storage.upload_file(root / name, storage.join(dataset.uri, name))
     return result
 
 

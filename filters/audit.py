@@ -4,10 +4,10 @@ dataset's own policy keeps (its decision recomputed from the recomposition PSNR 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
-from filters.apply import dataset_policy
+from filters.apply import read_policy
 from filters.policy import Policy
+from manifests.dataset import DatasetLike, open_dataset
 from manifests.validate import Report, RowCheck, validate
 
 
@@ -24,8 +24,9 @@ def policy_check(policy: Policy) -> RowCheck:
     return check
 
 
-def validate_dataset(root: Path, progress: bool = False, allow_empty: bool = False,
+def validate_dataset(dataset: DatasetLike, progress: bool = False, allow_empty: bool = False,
                      min_samples: Mapping[str, int] | None = None) -> Report:
-    """Every problem of the dataset at `root`: the contract's, and kept samples its policy (`DS/policy.toml`)
-    rejects."""
-    return validate(root, progress, allow_empty, min_samples, row_checks=[policy_check(dataset_policy(root))])
+    """Every problem of the dataset (a folder, a pyarrow filesystem URI or an open handle): the contract's, and kept
+    samples its policy (`DS/policy.toml`) rejects."""
+    dataset = open_dataset(dataset)
+    return validate(dataset, progress, allow_empty, min_samples, row_checks=[policy_check(read_policy(dataset))])

@@ -11,15 +11,15 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from io import BytesIO
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from filters.apply import dataset_policy
+from filters.apply import read_policy
 from filters.policy import Op, Policy, Rule
-from manifests import io
+from manifests.dataset import Dataset, DatasetLike, open_dataset
 from manifests.layers import CAPTIONED_LAYERS, InputState, Layer
 from manifests.preview import GAP, TILE_NAMES, TILE_ORDER, frame_indices, layer_tiles
 from manifests.schema import SCORES, caption_column
@@ -38,25 +38,30 @@ _SVG_WIDTH, _SVG_HEIGHT = 340, 170
 _PLOT_LEFT, _PLOT_RIGHT, _PLOT_TOP, _PLOT_BOTTOM = 34, 330, 34, 140  # the bars' box inside the SVG
 
 
-def write_report(root: Path, out: Path | None = None, gallery: int = 24) -> Path:
-    """Write the report of the dataset at `root` to `out` (default `<root>/report.html`); return its path.
+def write_report(dataset: DatasetLike, out: Path | None = None, gallery: int = 24) -> Path:
+    """Write the report of the dataset (a folder, a pyarrow filesystem URI or an open handle) to the local file `out`;
+    return its path. Default: `DS/report.html` for a local dataset; for a remote one (s3://...), `report.html` in
+    the current folder, since the page is to be opened here (its gallery's media are fetched into the dataset's
+    local copy).
 
     The gallery shows the first `gallery` kept and the first `gallery` rejected samples by sample_id.
     """
-    root = Path(root)
-    out = Path(out) if out is not None else root / REPORT_FILE
-    summary = io.read_summary(root)
-    rows = io.read_manifest(root).select(_COLUMNS).sort_by("sample_id").to_pylist()
-    failures = io.read_failures(root).to_pylist()
-    policy = dataset_policy(root)
+    dataset = open_dataset(dataset)
+    if out is None:
+        out = dataset.local_root() / REPORT_FILE if dataset.is_local else Path.cwd() / REPORT_FILE
+    out = Path(out)
+    summary = dataset.summary()
+    rows = dataset.manifest(columns=_COLUMNS).sort_by("sample_id").to_pylist()
+    failures = dataset.failures().to_pylist()
+    policy = read_policy(dataset)
     kept = [row for row in rows if row["keep"]]
     rejected = [row for row in rows if not row["keep"]]
     chosen = [("kept", row) for row in kept[:gallery]] + [("rejected", row) for row in rejected[:gallery]]
     cards = {"kept": [], "rejected": []}
     for group, row in tqdm(chosen, desc="report gallery", unit="sample", disable=None):
-        cards[group].append(_card(root, row, policy))
+        cards[group].append(_card(dataset, row, policy))
     body = "\n".join([
-        _header(root, summary, policy),
+        _header(dataset, summary, policy),
         _funnel(summary),
         _histograms(rows, policy, summary),
         _gallery("kept", "Kept samples", cards["kept"], len(kept)),
@@ -64,7 +69,8 @@ def write_report(root: Path, out: Path | None = None, gallery: int = 24) -> Path
         _failures(failures, summary),
     ])
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_PAGE.format(title=_e(f"layerflow-data report: {root.name}"), css=_CSS, body=body),
+    name = PurePosixPath(dataset.root).name
+    out.write_text(_PAGE.format(title=_e(f"layerflow-data report: {name}"), css=_CSS, body=body),
                    encoding="utf-8")
     return out
 
@@ -86,7 +92,7 @@ def _input_counts(counts: Mapping[str, int]) -> dict[str, int]:
     return {**{k: counts[k] for k in _INPUT_ORDER if k in counts}, **counts}
 
 
-def _header(root: Path, summary: dict, policy: Policy) -> str:
+def _header(dataset: Dataset, summary: dict, policy: Policy) -> str:
     samples, inputs = summary.get("samples", {}), summary.get("inputs", {})
     backends = summary.get("backends", {})
     matting, clip = backends.get("matting", {}), backends.get("clip", {})
@@ -96,7 +102,7 @@ def _header(root: Path, summary: dict, policy: Policy) -> str:
     if clip.get("unavailable"):
         clip_text += f' <span class="bad">unavailable: {_e(clip["unavailable"])}</span>'
     facts = [
-        ("dataset", f"<code>{_e(root.resolve())}</code>"),
+        ("dataset", f"<code>{_e(dataset.root if dataset.is_local else dataset.uri)}</code>"),
         ("samples", f"{_e(samples.get('total', 0))} total: <b class=\"good\">{_e(samples.get('kept', 0))} kept</b>, "
                     f"<b class=\"bad\">{_e(samples.get('rejected', 0))} rejected</b>"),
         ("by kind", _counts(samples.get("by_kind", {}))),
@@ -246,11 +252,11 @@ def _img(image: np.ndarray, alt: str) -> str:
     return f'<img src="{uri}" width="{image.shape[1]}" height="{image.shape[0]}" alt="{_e(alt)}">'
 
 
-def _card(root: Path, row: Mapping, policy: Policy) -> str:
+def _card(dataset: Dataset, row: Mapping, policy: Policy) -> str:
     """One sample: the four layers of its middle frame, a strip of blended frames, captions, scores, decision."""
     sample_id = row["sample_id"]
     try:
-        layers = io.read_layers(root, sample_id)
+        layers = dataset.layers(sample_id)
     except Exception as exc:  # a damaged sample gets a card saying so instead of ending the report
         pictures = f'<p class="bad">media could not be read: {_e(type(exc).__name__)}: {_e(exc)}</p>'
     else:

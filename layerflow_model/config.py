@@ -51,6 +51,12 @@ class Stage(str, Enum):
     CONTENT = "content"  # the `content` LoRA on frozen images (motion on) and videos (motion off)
 
 
+class Precision(str, Enum):
+    AUTO = "auto"  # bf16 autocast on a GPU, fp32 on the CPU
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
 class Sampler(str, Enum):
     DDIM = "ddim"
     DPM = "dpm"  # DPM-Solver++(2M), as CogVideoX samples
@@ -191,7 +197,23 @@ def preset(name: str, **overrides) -> ModelConfig:
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
+DEFAULT_PRESET = "toy"
+Preset = Enum("Preset", {name.upper().replace("-", "_"): name for name in PRESETS}, type=str)  # the choices
+Preset.__doc__ = "A model preset (see `PRESETS`)."
+
 DEFAULT_TASK_WEIGHTS: dict[str, float] = {task.value: 1.0 for task in Task}
+
+
+def parse_task_weights(text: str) -> dict[str, float]:
+    """`generate=1,decompose=2` -> {"generate": 1.0, "decompose": 2.0} (`--tasks`); TrainConfig checks the names."""
+    weights = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--tasks: {part!r} is not task=weight (e.g. generate=1,decompose=2)") from None
+    return weights
 
 
 @dataclass(frozen=True)
@@ -214,14 +236,18 @@ class TrainConfig:
     task_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
     split: str = "train"
     workers: int = 1  # data-parallel workers (Ray Train) when > 1
-    device: str = "auto"
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Precision = Precision.AUTO
     gradient_checkpointing: bool = False
     cache_dir: str | None = None  # latent and text-embedding cache (GPU presets)
     pretrained: str | None = None  # this machine's CogVideoX-2b folder, if the checkpoint's moved
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage", Stage(self.stage))
+        try:
+            object.__setattr__(self, "precision", Precision(self.precision))
+        except ValueError:
+            raise ConfigError(f"precision: auto, fp32 or bf16, got {self.precision!r}") from None
         for name in ("steps", "batch_size", "checkpoint_every", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -239,8 +265,6 @@ class TrainConfig:
             raise ConfigError(f"task_weights: need non-negative weights with a positive sum, got {self.task_weights}")
         if self.stage is not Stage.BASE and not self.init:
             raise ConfigError(f"init: the {self.stage.value} stage starts from a checkpoint of the previous stage")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"precision: auto, fp32 or bf16, got {self.precision!r}")
 
     def to_dict(self) -> dict:
         return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()}
@@ -248,6 +272,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         return cls(**data)
+
+
+EVAL_CFG = 3.0  # the guidance scale `eval` samples with by default: lower than sampling's, for fidelity to the input
 
 
 @dataclass(frozen=True)

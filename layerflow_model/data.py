@@ -6,25 +6,19 @@ from an RNG seeded with (seed, step), so a resumed run sees exactly the batches 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
-import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import torch
 
 from layerflow_model.config import ConfigError, ModelConfig, Stage
 from layerflow_model.layout import Task, pack, prompts_for
-from manifests.errors import DatasetError
-from manifests.io import MANIFEST_DIR, resolve_media
+from manifests.dataset import DatasetLike, open_dataset
 from manifests.layers import CAPTIONED_LAYERS, Layer, SampleKind
-from manifests.schema import SAMPLE_SCHEMA, caption_column, uri_column
+from manifests.schema import caption_column, uri_column
+from manifests.video_io import read_layer
 
 VIDEO_KINDS = (SampleKind.VIDEO_COPY_PASTE,)
 FROZEN_KINDS = (SampleKind.IMAGE_FROZEN,)
@@ -41,30 +35,19 @@ class Row:
     captions: dict[Layer, str]
 
 
-def open_dataset(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A dataset root as (filesystem, path): a local path, file://, s3://, gs://, hdfs:// ..."""
-    if "://" not in str(uri):
-        return pafs.LocalFileSystem(), str(Path(uri).resolve())
-    return pafs.FileSystem.from_uri(str(uri))
+# The manifest columns a Row is made of (the only ones read).
+_ROW_COLUMNS = ["sample_id", "kind", "num_frames", *(uri_column(layer) for layer in Layer),
+               *(caption_column(layer) for layer in CAPTIONED_LAYERS)]
 
 
-def read_rows(uri: str, split: str | None = "train") -> list[Row]:
-    """The kept samples of a split (all splits for None), in sample-id order."""
-    fs, root = open_dataset(uri)
-    selector = pafs.FileSelector(f"{root}/{MANIFEST_DIR}", allow_not_found=True)
-    parts = sorted(info.path for info in fs.get_file_info(selector)
-                   if PurePosixPath(info.path).name.startswith("part-") and info.path.endswith(".parquet"))
-    if not parts:
-        raise DatasetError(f"{uri}: no {MANIFEST_DIR}/part-*.parquet (build a dataset with `layerflow-data build`)")
-    table = pa.concat_tables([pq.read_table(p, filesystem=fs, schema=SAMPLE_SCHEMA) for p in parts])
-    rows = []
-    for rec in table.to_pylist():
-        if not rec["keep"] or (split is not None and rec["split"] != split):
-            continue
-        rows.append(Row(rec["sample_id"], SampleKind(rec["kind"]), rec["num_frames"],
-                        {layer: rec[uri_column(layer)] for layer in Layer},
-                        {layer: rec[caption_column(layer)] or "" for layer in CAPTIONED_LAYERS}))
-    return sorted(rows, key=lambda r: r.sample_id)
+def read_rows(uri: DatasetLike, split: str | None = "train") -> list[Row]:
+    """The kept samples of a split (all splits for None), in sample-id order, of the dataset at `uri` (a local path,
+    any pyarrow filesystem URI, or an open `Dataset`)."""
+    table = open_dataset(uri).manifest(columns=_ROW_COLUMNS, split=split, keep=True).sort_by("sample_id")
+    return [Row(rec["sample_id"], SampleKind(rec["kind"]), rec["num_frames"],
+                {layer: rec[uri_column(layer)] for layer in Layer},
+                {layer: rec[caption_column(layer)] or "" for layer in CAPTIONED_LAYERS})
+            for rec in table.to_pylist()]
 
 
 def fit(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -80,15 +63,14 @@ def fit(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 
 class ClipStore:
     """Decodes the four layers of a sample at the model's size and keeps the most recent ones as uint8, up to
-    `max_bytes`; `layers` returns float32 in [0, 1]."""
+    `max_bytes`; `layers` returns float32 in [0, 1]. The media of a remote dataset are fetched once into its local
+    copy (`Dataset.media`), where the next run finds them."""
 
-    def __init__(self, uri: str, height: int, width: int, max_bytes: int = 2 << 30) -> None:
-        self.fs, self.root = open_dataset(uri)
-        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+    def __init__(self, uri: DatasetLike, height: int, width: int, max_bytes: int = 2 << 30) -> None:
+        self.dataset = open_dataset(uri)
         self.height, self.width, self.max_bytes = height, width, max_bytes
         self._cache: OrderedDict[str, dict[Layer, np.ndarray]] = OrderedDict()
         self._bytes = 0
-        self._download = None if self.local else Path(tempfile.mkdtemp(prefix="layerflow-media-"))
 
     def layers(self, row: Row) -> dict[Layer, np.ndarray]:
         return {layer: x.astype(np.float32) / 255.0 for layer, x in self._decoded(row).items()}
@@ -97,9 +79,7 @@ class ClipStore:
         if row.sample_id in self._cache:
             self._cache.move_to_end(row.sample_id)
             return self._cache[row.sample_id]
-        from manifests.video_io import read_layer  # PyAV; imported here so that reading a manifest stays light
-
-        out = {layer: fit(read_layer(self._media(uri), layer), self.height, self.width)
+        out = {layer: fit(read_layer(self.dataset.media(uri), layer), self.height, self.width)
                for layer, uri in row.uris.items()}
         self._cache[row.sample_id] = out
         self._bytes += sum(x.nbytes for x in out.values())
@@ -108,19 +88,10 @@ class ClipStore:
             self._bytes -= sum(x.nbytes for x in dropped.values())
         return out
 
-    def _media(self, uri: str) -> Path:
-        if self.local:
-            return resolve_media(Path(self.root), uri)
-        target = resolve_media(self._download, uri)  # the same refusal of unsafe paths
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with self.fs.open_input_stream(f"{self.root}/{uri}") as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        return target
-
     def close(self) -> None:
-        if self._download is not None:
-            shutil.rmtree(self._download, ignore_errors=True)
+        """Drop the decoded clips (the fetched media stay in the dataset's local copy)."""
+        self._cache.clear()
+        self._bytes = 0
 
 
 @dataclass(frozen=True)

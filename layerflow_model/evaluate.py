@@ -24,6 +24,7 @@ from layerflow_model.config import ConfigError, SampleSettings
 from layerflow_model.data import ClipStore, crop, read_rows
 from layerflow_model.layout import Layout, Task
 from layerflow_model.sample import run_task
+from manifests.dataset import open_dataset
 from manifests.device import resolve_device
 from manifests.layers import Layer
 from manifests.metrics import alpha_iou, alpha_mae, foreground_mask, psnr, recomposition_psnr
@@ -108,13 +109,14 @@ def evaluate(checkpoint: Path | str, manifest: str, split: str = "val", settings
         raise ConfigError("eval measures alpha, so it needs an RGBA-layout checkpoint")
     untrained = build(config, dev, seed=untrained_seed)
     untrained = Components(config, untrained.model, trained.text, trained.latents)  # same frozen encoders
-    rows = read_rows(manifest, split)
+    dataset = open_dataset(manifest)  # resolved once, for the rows and for the media
+    rows = read_rows(dataset, split)
     rows = [r for r in rows if r.num_frames >= config.frames or r.num_frames == 1]
     if limit:
         rows = rows[:limit]
     if not rows:
         raise ConfigError(f"{manifest}: no kept samples in the {split!r} split to evaluate on")
-    store = ClipStore(manifest, config.height, config.width)
+    store = ClipStore(dataset, config.height, config.width)
     per_sample = []
     for index, row in enumerate(tqdm(rows, desc="eval", unit="sample", disable=not progress)):
         truth = crop(store.layers(row), 0, config.frames)

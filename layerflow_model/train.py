@@ -31,10 +31,11 @@ from layerflow_model.components import (
     read_config,
     save_checkpoint,
 )
-from layerflow_model.config import ConfigError, ModelConfig, TrainConfig
+from layerflow_model.config import ConfigError, ModelConfig, Precision, TrainConfig
 from layerflow_model.data import Batch, BatchPlan, ClipStore, read_rows
 from layerflow_model.diffusion import Diffusion
 from layerflow_model.layout import PROMPT_LAYERS, condition_mask
+from manifests.dataset import open_dataset
 from manifests.device import resolve_device
 
 # AdamW's (beta1, beta2). beta2 0.95, not torch's 0.999, as CogVideoX and GPT-style transformers train: the second
@@ -72,8 +73,8 @@ class TrainResult:
     trained_parameters: int
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
+    if precision is Precision.BF16 or (precision is Precision.AUTO and device.type == "cuda"):
         return torch.bfloat16
     return None
 
@@ -118,9 +119,10 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
         start = _restore(previous, parts, optimizer, ema, config)
 
     diffusion = Diffusion(parts.config.snr_shift)
-    plan = BatchPlan(read_rows(config.manifest, config.split), parts.config, config.stage, config.batch_size,
+    dataset = open_dataset(config.manifest)  # resolved once, for the rows and for the media
+    plan = BatchPlan(read_rows(dataset, config.split), parts.config, config.stage, config.batch_size,
                      config.task_weights, config.seed)
-    store = ClipStore(config.manifest, parts.config.height, parts.config.width)
+    store = ClipStore(dataset, parts.config.height, parts.config.width)
     text_cache = parts.text_cache(config.cache_dir) if config.cache_dir else None
     latent_cache = parts.latent_cache(config.cache_dir) if config.cache_dir else None
     network = model

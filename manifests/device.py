@@ -3,9 +3,20 @@ cannot see is an error, never a silent CPU run. torch is imported only when a GP
 
 from __future__ import annotations
 
+from enum import Enum
+
 from manifests.errors import ConfigError
 
-DEVICES = ("auto", "cpu", "cuda")  # what --device offers (`cuda:N` names one GPU where a command runs one model)
+
+class Device(str, Enum):
+    """What `--device` offers (the library also takes `cuda:N`; on the command line CUDA_VISIBLE_DEVICES picks one)."""
+
+    AUTO = "auto"  # a GPU if torch sees one, else the CPU
+    CPU = "cpu"
+    CUDA = "cuda"  # a GPU, or a one-line error
+
+
+DEVICES = tuple(device.value for device in Device)
 
 
 def torch_build() -> str:

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
-from manifests import io
+from manifests.dataset import DatasetLike, open_dataset
 
 
-def inspect_dataset(root: Path, examples: int = 3) -> dict:
-    root = Path(root)
-    samples = io.read_manifest(root).to_pylist()
-    summary = io.read_summary(root)
-    failures = io.read_failures(root).to_pylist()
-    inputs = io.read_inputs(root).to_pylist()
+def inspect_dataset(dataset: DatasetLike, examples: int = 3) -> dict:
+    """The counts and `examples` sample rows of the dataset (a folder, a pyarrow filesystem URI or an open handle)."""
+    dataset = open_dataset(dataset)
+    samples = dataset.manifest().to_pylist()
+    summary = dataset.summary()
+    failures = dataset.failures().to_pylist()
+    inputs = dataset.inputs().to_pylist()
     return {
-        "root": str(root),
+        "root": dataset.uri,
         "samples": len(samples),
         "by_kind": dict(Counter(s["kind"] for s in samples)),
         "by_split": dict(Counter(s["split"] for s in samples)),

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from manifests import io
+from manifests.dataset import DatasetLike, open_dataset
 from manifests.errors import ConfigError, DatasetError
 from manifests.layers import Layer
 
@@ -93,23 +93,24 @@ def animation_frames(layers: dict[Layer, np.ndarray]) -> list[Image.Image]:
     return out
 
 
-def write_preview(root: Path, sample_id: str, out_dir: Path, frames: int = 6,
+def write_preview(dataset: DatasetLike, sample_id: str, out_dir: Path, frames: int = 6,
                   animation_format: AnimationFormat = "gif") -> tuple[Path, Path]:
-    """Write `<out_dir>/<sample_id>_sheet.png` and `<out_dir>/<sample_id>.<gif|webp>` (looping at the sample's fps).
+    """Write `<out_dir>/<sample_id>_sheet.png` and `<out_dir>/<sample_id>.<gif|webp>` (looping at the sample's fps)
+    for a sample of the dataset (a folder, a pyarrow filesystem URI or an open handle).
 
     Identical consecutive frames (a frozen-image sample) are merged by the GIF and WebP encoders into one
     longer frame, so such an animation holds fewer frames than the clip while playing just as long.
     """
     if animation_format not in ("gif", "webp"):
         raise ConfigError(f"animation_format must be 'gif' or 'webp', got {animation_format!r}")
-    root, out_dir = Path(root), Path(out_dir)
-    table = io.read_manifest(root).select(["sample_id", "fps"]).to_pylist()
+    dataset, out_dir = open_dataset(dataset), Path(out_dir)
+    table = dataset.manifest(columns=["sample_id", "fps"]).to_pylist()
     fps = {row["sample_id"]: row["fps"] for row in table}
     if sample_id not in fps:
         known = sorted(fps)
         listed = ", ".join(known[:5]) + (f", ... ({len(known)} in all)" if len(known) > 5 else "")
-        raise DatasetError(f"{root}: no sample {sample_id!r}; samples include: {listed or '(none)'}")
-    layers = io.read_layers(root, sample_id)
+        raise DatasetError(f"{dataset.uri}: no sample {sample_id!r}; samples include: {listed or '(none)'}")
+    layers = dataset.layers(sample_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     sheet_path = out_dir / f"{sample_id}_sheet.png"
     contact_sheet(layers, frames).save(sheet_path)

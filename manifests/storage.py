@@ -1,7 +1,8 @@
 """Where a dataset lives: any pyarrow filesystem URI (`s3://bucket/prefix`, `gs://bucket/prefix`, `file:///x`, a path).
 
 One code path serves local folders and object stores: `resolve` turns a URI into a pyarrow filesystem and the path
-inside it, and the helpers below copy files and whole trees between a local folder and that URI. Relative paths are
+inside it, and the helpers below copy files and whole trees between a local folder and that URI. Every file brought
+here goes through `fetch` (a temporary name, then a rename), so no reader ever sees a partial copy. Relative paths are
 posix (`media/abc/alpha.mkv`) and are refused if they are absolute or contain `..`, so nothing escapes a prefix.
 
 S3 (and S3-compatible servers such as MinIO, Ceph or moto) is configured by the standard AWS environment variables,
@@ -23,6 +24,7 @@ one-line message that names the URI and says what to check.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -43,6 +45,7 @@ _ATOMIC_OBJECT_STORES = {"s3", "gcs"}
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _WORKERS = 8  # parallel transfers in the tree functions: object stores are latency-bound, not bandwidth-bound
 _CHUNK = 8 << 20
+CACHE_ENV = "LAYERFLOW_CACHE_DIR"  # the root of the local cache (staging folders, copies of remote datasets)
 
 
 def is_remote(uri: str) -> bool:
@@ -53,8 +56,18 @@ def is_remote(uri: str) -> bool:
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem of a URI and the path inside it (`bucket/prefix` for object stores, absolute for local)."""
     target = uri if _SCHEME.match(uri) else os.path.abspath(os.path.expanduser(uri))
-    with _errors(uri):
+    with errors(uri):
         return pafs.FileSystem.from_uri(target)
+
+
+def cache_root() -> Path:
+    """The local cache of this project: `$LAYERFLOW_CACHE_DIR`, else `~/.cache/layerflow-data`."""
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/layerflow-data").expanduser()
+
+
+def uri_key(uri: str) -> str:
+    """A short folder name for a URI (a hash of it): one local folder per destination or dataset."""
+    return hashlib.sha1(uri.encode()).hexdigest()[:16]
 
 
 def join(uri: str, *parts: str) -> str:
@@ -71,21 +84,21 @@ def join(uri: str, *parts: str) -> str:
 def exists(uri: str) -> bool:
     """True if the URI is a file or a folder (on an object store: a prefix with at least one object under it)."""
     fs, path = resolve(uri)
-    with _errors(uri):
+    with errors(uri):
         return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def read_bytes(uri: str) -> bytes:
     """The whole content of one file."""
     fs, path = resolve(uri)
-    with _errors(uri, fs, path), fs.open_input_stream(path) as stream:
+    with errors(uri, fs, path), fs.open_input_stream(path) as stream:
         return stream.read()
 
 
 def list_files(uri: str) -> list[str]:
     """Relative posix paths of every file under the prefix, sorted ([] if there is none: an empty or missing prefix)."""
     fs, path = resolve(uri)
-    return sorted(_file_sizes(fs, path, uri))
+    return sorted(file_sizes(fs, path, uri))
 
 
 def upload_file(local: Path, uri: str) -> None:
@@ -124,15 +137,35 @@ def download_tree(uri: str, local_dir: Path) -> int:
     """
     local_dir = Path(local_dir)
     fs, root = resolve(uri)
-    sizes = _file_sizes(fs, root, uri)
+    sizes = file_sizes(fs, root, uri)
     todo = []
     for name, size in sorted(sizes.items()):
         target = local_dir.joinpath(*_relative(name).split("/"))
         if not (target.is_file() and target.stat().st_size == size):
             todo.append(name)
-    _parallel(lambda name: _download(fs, f"{root}/{name}", local_dir.joinpath(*name.split("/")), join(uri, name)),
+    _parallel(lambda name: fetch(join(uri, name), local_dir.joinpath(*name.split("/")), (fs, f"{root}/{name}")),
               todo)
     return len(todo)
+
+
+def fetch(uri: str, local: Path, resolved: tuple[pafs.FileSystem, str] | None = None) -> Path:
+    """Copy one file from the URI to `local` (returned): written to a temporary name in the same folder, then renamed.
+
+    So `local` is whole or absent, never a partial file (a failed copy leaves nothing behind), and processes that
+    fetch the same file at once each rename a complete copy. `resolved`: the URI's (filesystem, path) when the caller
+    holds them, so that the URI is not resolved again for every file.
+    """
+    fs, path = resolved or resolve(uri)
+    local = Path(local)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f".{local.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        with errors(uri, fs, path), fs.open_input_stream(path) as src, tmp.open("wb") as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
+        os.replace(tmp, local)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return local
 
 
 def _relative(name: str) -> str:
@@ -143,11 +176,11 @@ def _relative(name: str) -> str:
     return pure.as_posix()
 
 
-def _file_sizes(fs: pafs.FileSystem, root: str, uri: str) -> dict[str, int]:
+def file_sizes(fs: pafs.FileSystem, root: str, uri: str) -> dict[str, int]:
     """Relative path -> size of every file under `root` (directory markers and folders are left out)."""
     # Not allow_not_found=True: pyarrow would then also answer [] for a bucket that does not exist.
     try:
-        with _errors(uri):
+        with errors(uri):
             infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     except StorageError as exc:
         if isinstance(exc.__cause__, FileNotFoundError):  # a missing prefix (a missing bucket is another error)
@@ -164,7 +197,7 @@ def _upload(local: Path, fs: pafs.FileSystem, path: str, uri: str) -> None:
     in_place = fs.type_name in _ATOMIC_OBJECT_STORES
     parent, _, name = path.rpartition("/")
     target = path if in_place else f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
-    with _errors(uri):
+    with errors(uri):
         if fs.type_name == "local":
             fs.create_dir(parent, recursive=True)
         try:
@@ -176,17 +209,6 @@ def _upload(local: Path, fs: pafs.FileSystem, path: str, uri: str) -> None:
             if not in_place:
                 _delete_quietly(fs, target)
             raise
-
-
-def _download(fs: pafs.FileSystem, path: str, local: Path, uri: str) -> None:
-    local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local.with_name(f".{local.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        with _errors(uri, fs, path), fs.open_input_stream(path) as src, tmp.open("wb") as dst:
-            shutil.copyfileobj(src, dst, _CHUNK)
-        os.replace(tmp, local)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
@@ -216,7 +238,7 @@ def _bucket_missing(fs: pafs.FileSystem, path: str) -> bool:
 
 
 @contextmanager
-def _errors(uri: str, fs: pafs.FileSystem | None = None, path: str = "") -> Iterator[None]:
+def errors(uri: str, fs: pafs.FileSystem | None = None, path: str = "") -> Iterator[None]:
     """Turn pyarrow's OSError / ArrowInvalid into a one-line StorageError naming the URI.
 
     With `fs` and `path`, a missing file on an object store is told apart from a missing bucket (one more request).
@@ -250,7 +272,7 @@ def _explain(uri: str, exc: BaseException, bucket_missing: bool = False) -> str:
 def delete_tree(uri: str) -> None:
     """Delete every file under the prefix (nothing happens if there is none)."""
     fs, path = resolve(uri)
-    with _errors(uri, fs, path):
+    with errors(uri, fs, path):
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             fs.delete_dir_contents(path, missing_dir_ok=True)
             with suppress(OSError):  # the folder itself (an object store may have had no marker object)

@@ -8,19 +8,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from manifests import io, video_io
-from manifests.errors import DatasetError
+from manifests import video_io
+from manifests.dataset import Dataset, DatasetLike, open_dataset
+from manifests.errors import DatasetError, StorageError
 from manifests.layers import Layer
 from manifests.metrics import recomposition_psnr
 from manifests.schema import (
     FAILURE_SCHEMA,
+    FAILURES_FILE,
     INPUT_SCHEMA,
-    MANIFEST_DIR,
+    INPUTS_FILE,
     SAMPLE_SCHEMA,
     SCHEMA_VERSION,
     uri_column,
@@ -42,56 +42,57 @@ class Report:
         return not self.problems
 
 
-def validate(root: Path, progress: bool = False, allow_empty: bool = False,
+def validate(dataset: DatasetLike, progress: bool = False, allow_empty: bool = False,
              min_samples: Mapping[str, int] | None = None, row_checks: Sequence[RowCheck] = ()) -> Report:
-    """Every problem of the dataset at `root`. A dataset with no sample is a problem unless `allow_empty`;
+    """Every problem of the dataset (a folder, a pyarrow filesystem URI or an open handle; a remote dataset's media
+    are fetched into its local copy to be decoded). A dataset with no sample is a problem unless `allow_empty`;
     `min_samples` (sample kind -> count) says how many samples of a kind it must hold at least."""
-    root = Path(root)
+    dataset = open_dataset(dataset)
     report = Report()
     try:
-        summary = io.read_summary(root)
-        table = io.read_manifest(root)
-    except (DatasetError, OSError, ValueError) as exc:
+        summary = dataset.summary()
+        table = dataset.manifest()
+    except (DatasetError, StorageError, ValueError) as exc:
         report.problems.append(str(exc))
         return report
-    _check_schemas(root, report)
+    _check_schemas(dataset, report)
     rows = table.to_pylist()
     report.samples = len(rows)
     if not rows and not allow_empty:
-        report.problems.append(f"{root}: the manifest has no samples (see failures.parquet and inputs.parquet for "
-                               "why; pass --allow-empty if that is expected)")
+        report.problems.append(f"{dataset.uri}: the manifest has no samples (see failures.parquet and inputs.parquet "
+                               "for why; pass --allow-empty if that is expected)")
     kinds = Counter(row["kind"] for row in rows)
     report.problems += [f"{kinds.get(kind, 0)} {kind} samples, expected at least {count}"
                         for kind, count in sorted((min_samples or {}).items()) if kinds.get(kind, 0) < count]
     duplicates = [sid for sid, n in Counter(r["sample_id"] for r in rows).items() if n > 1]
     report.problems += [f"sample {sid}: appears more than once" for sid in duplicates]
     for row in tqdm(rows, desc="validate", unit="sample", disable=not progress):
-        report.problems += _check_sample(root, row, report, row_checks)
-    _check_accounting(root, summary, len(rows), report)
+        report.problems += _check_sample(dataset, row, report, row_checks)
+    _check_accounting(dataset, summary, len(rows), report)
     return report
 
 
-def _check_schemas(root: Path, report: Report) -> None:
-    files = sorted((root / MANIFEST_DIR).glob("part-*.parquet"))
-    files += [p for p in (root / io.FAILURES_FILE, root / io.INPUTS_FILE) if p.exists()]
+def _check_schemas(dataset: Dataset, report: Report) -> None:
     expected = {"manifest": SAMPLE_SCHEMA, "failures": FAILURE_SCHEMA, "inputs": INPUT_SCHEMA}
-    for path in files:
-        schema = pq.read_schema(path)
+    for name in [*dataset.part_files(), FAILURES_FILE, INPUTS_FILE]:
+        schema = dataset.schema(name)
+        if schema is None:  # no failures or inputs table
+            continue
         meta = schema.metadata or {}
         table = meta.get(b"layerflow.table", b"").decode()
         if meta.get(b"layerflow.schema_version", b"").decode() != SCHEMA_VERSION:
-            report.problems.append(f"{path.name}: schema version is not {SCHEMA_VERSION}")
+            report.problems.append(f"{name.rpartition('/')[2]}: schema version is not {SCHEMA_VERSION}")
         if table not in expected or not schema.remove_metadata().equals(expected[table].remove_metadata()):
-            report.problems.append(f"{path.relative_to(root)}: columns or types differ from the {table or '?'} schema")
+            report.problems.append(f"{name}: columns or types differ from the {table or '?'} schema")
 
 
-def _check_sample(root: Path, row: dict, report: Report, row_checks: Sequence[RowCheck]) -> list[str]:
+def _check_sample(dataset: Dataset, row: dict, report: Report, row_checks: Sequence[RowCheck]) -> list[str]:
     sid = row["sample_id"]
     layers = {}
     for layer in Layer:
         try:
-            path = io.resolve_media(root, row[uri_column(layer)])
-        except DatasetError as exc:
+            path = dataset.media(row[uri_column(layer)])
+        except (DatasetError, StorageError) as exc:  # an unsafe path; a remote file that is missing or unreadable
             return [f"sample {sid}: {exc}"]
         if not path.is_file():
             return [f"sample {sid}: {layer.value} file missing: {row[uri_column(layer)]}"]
@@ -119,8 +120,8 @@ def _check_sample(root: Path, row: dict, report: Report, row_checks: Sequence[Ro
     return problems
 
 
-def _check_accounting(root: Path, summary: dict, samples: int, report: Report) -> None:
-    inputs = io.read_inputs(root)
+def _check_accounting(dataset: Dataset, summary: dict, samples: int, report: Report) -> None:
+    inputs = dataset.inputs()
     counts = summary.get("inputs", {})
     if inputs.num_rows != counts.get("discovered"):
         report.problems.append(f"inputs table has {inputs.num_rows} rows, summary says {counts.get('discovered')} "

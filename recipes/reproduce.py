@@ -27,6 +27,7 @@ from layerflow_model.evaluate import evaluate, write_eval
 from layerflow_model.layout import Task
 from layerflow_model.sample import sample_to_folder
 from layerflow_model.train import train
+from manifests.dataset import open_dataset
 from manifests.errors import ConfigError
 from manifests.layers import Layer
 from manifests.video_io import quantise, write_rgb_video, write_rgba_video
@@ -121,11 +122,12 @@ def _sample_all(checkpoint: Path, dataset: Path, out: Path, settings) -> dict[st
     exactly as `layerflow-data sample --input` would."""
 
     config, _ = read_config(checkpoint)
-    rows = read_rows(str(dataset), "val") or read_rows(str(dataset), "train")
+    handle = open_dataset(dataset)
+    rows = read_rows(handle, "val") or read_rows(handle, "train")
     if not rows:
         raise ConfigError(f"{dataset}: no kept samples to take sampling inputs from")
     row = rows[0]
-    store = ClipStore(str(dataset), config.height, config.width)
+    store = ClipStore(handle, config.height, config.width)
     layers = crop(store.layers(row), 0, config.frames)
     store.close()
     inputs = out / "inputs"

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 import cli
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
@@ -21,8 +26,12 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     return exit_info.value.code, captured.out + captured.err
 
 
-@pytest.mark.parametrize("command", ["build", "demo-source", "inspect", "validate", "eval-matting", "filter", "report",
-                                     "preview", "doctor"])
+COMMANDS = ["build", "demo-source", "inspect", "validate", "eval-matting", "filter", "report", "preview", "doctor",
+            "train", "sample", "eval", "reproduce"]
+MAX_BODY_LINES = 15
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_an_example(command):
     result = runner.invoke(cli.app, [command, "--help"])
     assert result.exit_code == 0
@@ -88,3 +97,35 @@ def test_demo_source_build_inspect_validate_and_eval(tmp_path):
     assert scored.exit_code == 0, scored.output
     line = json.loads(scored.output.strip().splitlines()[-1])
     assert len(line["videos"]) == 6 and line["mean_iou"] >= 0.9
+
+
+def test_every_command_is_one_library_call_between_parsing_and_printing():
+    """A command's body (after its docstring) is at most 15 lines; the work is in the library."""
+    tree = ast.parse(Path(cli.__file__).read_text(encoding="utf-8"))
+    def is_command(node: ast.AST) -> bool:
+        return isinstance(node, ast.FunctionDef) and any(
+            isinstance(d, ast.Call) and getattr(d.func, "attr", "") == "command" for d in node.decorator_list)
+
+    commands = {node.name: node for node in tree.body if is_command(node)}
+    assert len(commands) == len(COMMANDS)
+    for name, node in commands.items():
+        body = node.body[1:] if isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant) \
+            else node.body
+        lines = body[-1].end_lineno - body[0].lineno + 1
+        assert lines <= MAX_BODY_LINES, f"{name}: {lines} lines"
+
+
+def test_importing_the_command_line_loads_no_model_or_cluster_library():
+    probe = ("import sys, cli; "
+             "print(sorted(m for m in ('torch', 'ray', 'open_clip', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_build_defaults_come_from_the_config():
+    from datagen.config import BuildConfig
+
+    params = {param.name: param for param in typer.main.get_command(cli.app).commands["build"].params}
+    assert params["frames"].default == BuildConfig.frames and params["crf"].default == BuildConfig.crf
+    assert params["size"].default == "x".join(map(str, BuildConfig.size))

@@ -11,9 +11,10 @@ import pytest
 from s3_server import s3_bucket  # noqa: F401  (fixture: a bucket on the local server, AWS env set)
 from test_cli import run_main
 
-from datagen.publish import local_copy, staging_dir
+from datagen.publish import staging_dir
 from filters.audit import validate_dataset
 from manifests import io, storage
+from manifests.dataset import open_dataset
 
 OPTIONS = ["--frames", "4", "--size", "32x48", "--clip", "none", "--no-ray"]
 
@@ -52,7 +53,7 @@ def test_build_to_s3_reads_back_validates_and_equals_a_local_build(monkeypatch, 
 
     code, output = run_main(monkeypatch, capsys, "validate", uri)
     assert code in (0, None) and "6 samples" in output and "OK" in output, output
-    mirrored = local_copy(uri)  # what `validate` read: the store mirrored into the cache (nothing left to fetch)
+    mirrored = open_dataset(uri).local_root()  # the store mirrored into the cache
     assert manifest_rows(mirrored) == manifest_rows(local) and validate_dataset(mirrored).ok
 
 
@@ -120,15 +121,15 @@ def test_stages_on_another_node_fetch_decoded_clips_and_media_from_the_store(mon
 
     def commit_then_forget(self, row):  # the clips stay on the node that decoded them
         real_commit(self, row)
-        for key in ("clip_path", "background_path"):
-            if row.get(key):
-                Path(row[key]).unlink()
+        for path in (row.clip_path, row.background_path):
+            if path:
+                Path(path).unlink()
 
     real_compose = stages.ComposeStage.process
 
     def compose_then_forget(self, row):  # the media stay on the node that composed them
         real_compose(self, row)
-        for path in (self.out_dir / "media" / row["sample_id"]).iterdir():
+        for path in (self.out_dir / "media" / row.sample_id).iterdir():
             path.unlink()
 
     monkeypatch.setattr(build_module.BuildFolder, "commit_input", commit_then_forget)
@@ -141,5 +142,5 @@ def test_stages_on_another_node_fetch_decoded_clips_and_media_from_the_store(mon
     code, output = run_main(monkeypatch, capsys, "build", "--source", str(tiny_source), "--out",
                             str(tmp_path / "local"), *OPTIONS)
     assert code == 0, output
-    assert manifest_rows(local_copy(uri)) == manifest_rows(tmp_path / "local")
+    assert manifest_rows(open_dataset(uri).local_root()) == manifest_rows(tmp_path / "local")
     assert not any(name.startswith("_work/") for name in storage.list_files(uri))  # the shared clips are cleaned up

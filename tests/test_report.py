@@ -16,7 +16,7 @@ from PIL import Image
 from datagen.build import build
 from datagen.config import BuildConfig
 from datagen.pipeline import LocalRunner
-from filters.apply import dataset_policy
+from filters.apply import read_policy
 from filters.report import write_report
 from manifests import io
 from manifests.layers import Layer
@@ -145,14 +145,14 @@ def test_captions_are_escaped(report, page):
 
 
 def test_the_funnel_has_one_row_per_rule(page, dataset):
-    policy = dataset_policy(dataset)
+    policy = read_policy(dataset)
     expected = [rule.name for rule in policy.rules] + ([policy.duplicate_rule] if policy.duplicate_rule else [])
     assert len(page.find("tr", "rule")) == len(expected)
     assert [data for classes, data in page.texts if "rule-name" in classes] == expected
 
 
 def test_each_scored_column_has_a_histogram_with_its_thresholds(page, rows, dataset):
-    policy = dataset_policy(dataset)
+    policy = read_policy(dataset)
     scored = [score for score in SCORES if any(row[score] is not None for row in rows)]
     assert "recompose_psnr" in scored and "alpha_coverage_max" in scored
     assert [a["data-score"] for a in page.find("svg", "histogram")] == scored

@@ -99,8 +99,8 @@ def test_requests_the_cluster_cannot_serve_are_one_line_errors(cluster_gpus, cpu
 
 @pytest.mark.parametrize(("resources", "message"), [
     ({"gpus": -1}, "--gpus must be >= 0"),
-    ({"stage_concurrency": {StageName.SCORE: 0}}, "--score-concurrency must be >= 1"),
-    ({"gpus_per_actor": {StageName.DECODE: 0.5}}, "--decode-gpus: decode is a CPU stage"),
+    ({"stage_concurrency": {StageName.SCORE: 0}}, "--concurrency score=0: must be >= 1"),
+    ({"gpus_per_actor": {StageName.DECODE: 0.5}}, "--gpus-per-actor decode=0.5: decode is a CPU stage"),
     ({"gpus_per_actor": {StageName.MATTE: 1.5}}, "a fraction in \\(0, 1\\] or a whole number"),
 ])
 def test_malformed_requests_are_refused(resources, message):
@@ -192,6 +192,25 @@ def test_no_ray_with_gpus_is_refused_before_any_work(tiny_source, small_config, 
     assert not (tmp_path / "ds").exists()
 
 
+def test_per_stage_options_are_repeatable_key_value_pairs_and_a_bare_number_sets_every_cpu_stage():
+    resources = Resources.from_options(2.0, ["4", "decode=6,matte=1", "clip=2"], ["matte=0.5", "clip=0.25"])
+    assert resources == Resources(gpus=2.0, concurrency=4, gpus_per_actor={StageName.MATTE: 0.5, StageName.CLIP: 0.25},
+                                  stage_concurrency={StageName.DECODE: 6, StageName.MATTE: 1, StageName.CLIP: 2})
+    assert Resources.from_options() == Resources()
+
+
+@pytest.mark.parametrize(("concurrency", "shares", "message"), [
+    (["decod=2"], [], "--concurrency 'decod=2': no stage 'decod'; the stages are decode, matte"),
+    (["decode=two"], [], "'two' is not a whole number"),
+    ([], ["0.5"], "--gpus-per-actor 0.5: name the stage, e.g. matte=0.5"),
+    ([], ["compose=0.5"], "compose is a CPU stage"),
+])
+def test_bad_per_stage_options_are_one_line(concurrency, shares, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        Resources.from_options(None, concurrency, shares)
+    assert "\n" not in str(error.value)
+
+
 def test_cli_takes_per_stage_settings_and_refuses_bad_ones_in_one_line(monkeypatch, capsys, tiny_source, tmp_path):
     from test_cli import run_main
 
@@ -199,11 +218,11 @@ def test_cli_takes_per_stage_settings_and_refuses_bad_ones_in_one_line(monkeypat
                             "--no-ray", "--gpus", "1", "--clip", "none")
     assert code == 2 and "with --no-ray" in output.strip().splitlines()[-1] and "Traceback" not in output
     code, output = run_main(monkeypatch, capsys, "build", "--source", str(tiny_source), "--out", str(tmp_path / "b"),
-                            "--no-ray", "--decode-gpus", "0.5")
-    assert code == 2 and "No such option" in output
+                            "--no-ray", "--gpus-per-actor", "decode=0.5")
+    assert code == 2 and "decode is a CPU stage" in output.strip().splitlines()[-1] and "Traceback" not in output
     code, output = run_main(monkeypatch, capsys, "build", "--source", str(tiny_source), "--out", str(tmp_path / "c"),
                             "--no-ray", "--clip", "none", "--size", "32x48", "--frames", "4",
-                            "--compose-concurrency", "3", "--caption-concurrency", "1")
+                            "--concurrency", "compose=3", "--concurrency", "caption=1")
     assert code == 0, output
     summary = io.read_summary(tmp_path / "c")
     assert summary["scheduling"]["compose"]["concurrency"] == 3 and summary["scheduling"]["decode"]["concurrency"] == 2

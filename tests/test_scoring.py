@@ -13,13 +13,15 @@ import pytest
 
 from datagen.build import build
 from datagen.pipeline import LocalRunner
+from datagen.rows import SampleInput, SampleRow
+from datagen.sources import SourceItem
 from datagen.stages import ClipStage, ScoreStage
 from filters.apply import POLICY_FILE, apply_policy
 from filters.audit import validate_dataset
 from filters.clip import resolve_clip
 from filters.policy import Policy
 from manifests import io
-from manifests.layers import Layer
+from manifests.layers import InputKind, Layer, SampleKind
 from manifests.schema import CLIP_COLUMNS, SCORES, media_uri
 from manifests.video_io import write_rgb_video
 
@@ -116,10 +118,13 @@ def test_a_corrupted_blended_layer_fails_the_recomposition_bound(scored, small_c
     noise = np.random.default_rng(0).integers(-60, 61, blended.shape)
     corrupted = np.clip(blended.astype(int) + noise, 0, 255).astype(np.uint8)
     write_rgb_video(io.resolve_media(out, media_uri(row["sample_id"], Layer.BLENDED)), corrupted, small_config.fps)
-    rescored = {**row, "seconds": {}}
+    given = SampleInput(item=SourceItem("x", "/data/x.mp4", InputKind.VIDEO), kind=InputKind.VIDEO, clip_path=None,
+                        matting=None)
+    rescored = SampleRow(sample_id=row["sample_id"], kind=SampleKind(row["kind"]), split=row["split"], fg=given,
+                         bg=given, bg_clip_path="")
     ScoreStage(small_config, str(out)).process(rescored)
-    assert rescored["recompose_psnr"] < 30
-    assert "recompose_psnr<30" in Policy.default().decide(rescored).reject_reasons
+    assert rescored.scores["recompose_psnr"] < 30
+    assert "recompose_psnr<30" in Policy.default().decide({**row, **rescored.scores}).reject_reasons
     assert any("recomposition PSNR" in problem for problem in validate_dataset(out).problems)
 
 
