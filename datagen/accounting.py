@@ -17,9 +17,7 @@ from filters.apply import input_counts
 from manifests.layers import InputState, Stage
 from manifests.schema import (
     INPUT_ID,
-    KEEP,
     KIND,
-    REJECT_REASONS,
     SAMPLE_ID,
     SCHEMA_VERSION,
     SPLIT,
@@ -28,19 +26,18 @@ from manifests.schema import (
 )
 
 # What the summary reads of the manifest (not the embeddings, which would cost memory on a large dataset).
-SUMMARY_COLUMNS = (SAMPLE_ID, KIND, SPLIT, KEEP, REJECT_REASONS, "input_id_foreground", "input_id_background",
+SUMMARY_COLUMNS = (SAMPLE_ID, KIND, SPLIT, "input_id_foreground", "input_id_background",
                    "matting_backend", "matting_model", "matting_weights_sha256", "captioner")
 
 
 def input_states(inputs: list[InputRow], samples: list[dict], sample_failures: list[SampleRow]) -> list[dict]:
-    """One `inputs.parquet` row per input, in its end state with the reason where it is not simply used
-    (used > rejected > failed > unused; used or rejected as the samples' `keep` says so far)."""
+    """One `inputs.parquet` row per input, in its end state with the reason where it is not simply used: in samples
+    > failed > unused. An input in samples is `used` here; the policy makes it `rejected` if none of its samples is
+    kept (`filters.apply.decide_input_states`)."""
     in_samples: dict[str, list[str]] = {}
-    kept: set[str] = set()
     for sample in samples:
         for input_id in {sample["input_id_foreground"], sample["input_id_background"]}:
             in_samples.setdefault(input_id, []).append(sample[SAMPLE_ID])
-            kept.update([input_id] if sample[KEEP] else [])
     failed_samples = {row.fg.input_id: row for row in sample_failures}
     unused_why = _unused_reasons(inputs, bool(samples or sample_failures))
     out = []
@@ -49,7 +46,7 @@ def input_states(inputs: list[InputRow], samples: list[dict], sample_failures: l
         if not row.ok:
             state, stage, message = InputState.FAILED, row.failure.stage, row.failure.message
         elif row.input_id in in_samples:
-            state, message = (InputState.USED if row.input_id in kept else InputState.REJECTED), None
+            state, message = InputState.USED, None
             if row.matte_error is not None:  # used, but only as a background: say why it was no foreground
                 stage, message = Stage.MATTE, f"background only: {row.matte_error.message}"
         elif row.input_id in failed_samples:

@@ -29,7 +29,7 @@ from datagen.rows import InputRow, decode, encode
 from filters.apply import POLICY_FILE
 from manifests import io
 from manifests.errors import ConfigError
-from manifests.schema import MANIFEST_DIR, MEDIA_DIR, SCHEMA_VERSION
+from manifests.schema import MANIFEST_DIR, MEDIA_DIR, SAMPLE_ID, SCHEMA_VERSION
 
 RECORD_FILE = "_build.json"
 WORK_DIR = "_work"
@@ -186,7 +186,7 @@ def committed_sample_ids(out: Path) -> set[str]:
     files = sorted(str(p) for p in (Path(out) / MANIFEST_DIR).glob("part-*.parquet"))
     if not files:
         return set()
-    return set(ds.dataset(files, format="parquet").to_table(columns=["sample_id"]).column(0).to_pylist())
+    return set(ds.dataset(files, format="parquet").to_table(columns=[SAMPLE_ID]).column(0).to_pylist())
 
 
 def _differences(old: dict, new: dict) -> str:

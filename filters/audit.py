@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from filters.apply import read_policy
 from filters.policy import Policy
 from manifests.dataset import DatasetLike, open_dataset
+from manifests.schema import KEEP, RECOMPOSE_PSNR
 from manifests.validate import Report, RowCheck, validate
 
 
@@ -15,8 +16,8 @@ def policy_check(policy: Policy) -> RowCheck:
     """A row check: a kept sample that `policy` would reject (with the recomputed recomposition PSNR) is a problem."""
 
     def check(row: dict, recompose_psnr: float) -> list[str]:
-        decision = policy.decide({**row, "recompose_psnr": recompose_psnr})
-        if row["keep"] and not decision.keep:
+        decision = policy.decide({**row, RECOMPOSE_PSNR: recompose_psnr})
+        if row[KEEP] and not decision.keep:
             return [f"sample {row['sample_id']}: kept, but the dataset's policy rejects it: "
                     f"{', '.join(decision.reject_reasons)}"]
         return []

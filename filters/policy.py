@@ -18,7 +18,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from manifests.errors import ConfigError
 from manifests.layers import SampleKind
-from manifests.schema import SCORES
+from manifests.schema import KIND, SAMPLE_ID, SCORES
 
 DEFAULT_POLICY = "default_policy.toml"
 _RULE_KEYS = {"score", "below", "above", "allow", "why"}
@@ -109,7 +109,7 @@ class Policy:
         reasons, flags = [], []
         for rule in self.rules:
             if rule.fires(row.get(rule.score)):
-                (flags if SampleKind(row["kind"]) in rule.allow else reasons).append(rule.name)
+                (flags if SampleKind(row[KIND]) in rule.allow else reasons).append(rule.name)
         return Decision(keep=not reasons, reject_reasons=reasons, flags=flags)
 
     def apply(self, rows: Sequence[Mapping], embeddings: Sequence[Sequence[float] | None] | None = None
@@ -118,7 +118,7 @@ class Policy:
         decisions = [self.decide(row) for row in rows]
         if self.duplicate_cosine is None or embeddings is None:
             return decisions
-        duplicates = near_duplicates([row["sample_id"] for row in rows], embeddings,
+        duplicates = near_duplicates([row[SAMPLE_ID] for row in rows], embeddings,
                                      [d.keep for d in decisions], self.duplicate_cosine)
         out = []
         for decision, duplicate in zip(decisions, duplicates):

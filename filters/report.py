@@ -22,7 +22,7 @@ from filters.policy import Op, Policy, Rule
 from manifests.dataset import Dataset, DatasetLike, open_dataset
 from manifests.layers import CAPTIONED_LAYERS, InputState, Layer
 from manifests.preview import GAP, TILE_NAMES, TILE_ORDER, frame_indices, layer_tiles
-from manifests.schema import SCORES, caption_column
+from manifests.schema import DUPLICATE_OF, FLAGS, KEEP, KIND, REJECT_REASONS, SAMPLE_ID, SCORES, SPLIT, caption_column
 
 REPORT_FILE = "report.html"
 TILE_HEIGHT = 160  # tiles are shrunk to at most this many pixels tall to keep the file small
@@ -31,7 +31,7 @@ STRIP_FRAMES = 5
 JPEG_QUALITY = 85
 HISTOGRAM_BINS = 24
 # what the report shows of a row (not e.g. the CLIP embeddings, which would cost memory on a large dataset)
-_COLUMNS = ["sample_id", "kind", "split", "keep", "reject_reasons", "flags", "duplicate_of",
+_COLUMNS = [SAMPLE_ID, KIND, SPLIT, KEEP, REJECT_REASONS, FLAGS, DUPLICATE_OF,
             *(caption_column(layer) for layer in CAPTIONED_LAYERS), *SCORES]
 _INPUT_ORDER = ("discovered", *(state.value for state in InputState), "accounted")  # the summary stores them sorted
 _SVG_WIDTH, _SVG_HEIGHT = 340, 170
@@ -51,11 +51,11 @@ def write_report(dataset: DatasetLike, out: Path | None = None, gallery: int = 2
         out = dataset.local_root() / REPORT_FILE if dataset.is_local else Path.cwd() / REPORT_FILE
     out = Path(out)
     summary = dataset.summary()
-    rows = dataset.manifest(columns=_COLUMNS).sort_by("sample_id").to_pylist()
+    rows = dataset.manifest(columns=_COLUMNS).sort_by(SAMPLE_ID).to_pylist()
     failures = dataset.failures().to_pylist()
     policy = read_policy(dataset)
-    kept = [row for row in rows if row["keep"]]
-    rejected = [row for row in rows if not row["keep"]]
+    kept = [row for row in rows if row[KEEP]]
+    rejected = [row for row in rows if not row[KEEP]]
     chosen = [("kept", row) for row in kept[:gallery]] + [("rejected", row) for row in rejected[:gallery]]
     cards = {"kept": [], "rejected": []}
     for group, row in tqdm(chosen, desc="report gallery", unit="sample", disable=None):
@@ -254,7 +254,7 @@ def _img(image: np.ndarray, alt: str) -> str:
 
 def _card(dataset: Dataset, row: Mapping, policy: Policy) -> str:
     """One sample: the four layers of its middle frame, a strip of blended frames, captions, scores, decision."""
-    sample_id = row["sample_id"]
+    sample_id = row[SAMPLE_ID]
     try:
         layers = dataset.layers(sample_id)
     except Exception as exc:  # a damaged sample gets a card saying so instead of ending the report
@@ -272,8 +272,8 @@ def _card(dataset: Dataset, row: Mapping, policy: Policy) -> str:
         pictures = (f'<div class="tiles">{tiles}</div><p class="muted">frame {middle} of {num_frames}</p>'
                     f'<figure class="strip">{_img(strip, "blended frames")}'
                     f"<figcaption>blended, frames {', '.join(map(str, indices))}</figcaption></figure>")
-    fired = set(row["reject_reasons"])
-    flagged = set(row["flags"])
+    fired = set(row[REJECT_REASONS])
+    flagged = set(row[FLAGS])
     scores = []
     for score, description in SCORES.items():
         names = {rule.name for rule in policy.rule(score)}
@@ -285,17 +285,17 @@ def _card(dataset: Dataset, row: Mapping, policy: Policy) -> str:
         f'<li><b>{layer.value}</b>: {_e(row[caption_column(layer)]) if row[caption_column(layer)] else "<i>none</i>"}'
         "</li>" for layer in CAPTIONED_LAYERS)
     decision = []
-    if row["reject_reasons"]:
+    if row[REJECT_REASONS]:
         decision.append(f"<li>reject reasons: {_codes(row['reject_reasons'], 'bad')}</li>")
-    if row["flags"]:
+    if row[FLAGS]:
         decision.append(f"<li>flags: {_codes(row['flags'], 'warn')}</li>")
-    if row["duplicate_of"]:
+    if row[DUPLICATE_OF]:
         decision.append(f"<li>duplicate of {_codes([row['duplicate_of']], '')}</li>")
-    group = "kept" if row["keep"] else "rejected"
+    group = "kept" if row[KEEP] else "rejected"
     return (f'<article class="card {group}" data-sample-id="{_e(sample_id)}">'
             f'<h3 class="sample-id">{_e(sample_id)}</h3>'
-            f'<p><span class="tag {group}">{group}</span> <span class="tag">{_e(row["kind"])}</span> '
-            f'<span class="tag">{_e(row["split"])}</span></p>'
+            f'<p><span class="tag {group}">{group}</span> <span class="tag">{_e(row[KIND])}</span> '
+            f'<span class="tag">{_e(row[SPLIT])}</span></p>'
             f'{pictures}<ul class="captions">{captions}</ul><ul class="decision">{"".join(decision)}</ul>'
             f'<div class="scores">{"".join(scores)}</div></article>')
 

@@ -17,7 +17,7 @@ from layerflow_model.config import ConfigError, ModelConfig, Stage
 from layerflow_model.layout import Task, pack, prompts_for
 from manifests.dataset import DatasetLike, open_dataset
 from manifests.layers import CAPTIONED_LAYERS, Layer, SampleKind
-from manifests.schema import caption_column, uri_column
+from manifests.schema import KIND, SAMPLE_ID, caption_column, uri_column
 from manifests.video_io import read_layer
 
 VIDEO_KINDS = (SampleKind.VIDEO_COPY_PASTE,)
@@ -36,15 +36,15 @@ class Row:
 
 
 # The manifest columns a Row is made of (the only ones read).
-_ROW_COLUMNS = ["sample_id", "kind", "num_frames", *(uri_column(layer) for layer in Layer),
+_ROW_COLUMNS = [SAMPLE_ID, KIND, "num_frames", *(uri_column(layer) for layer in Layer),
                *(caption_column(layer) for layer in CAPTIONED_LAYERS)]
 
 
 def read_rows(uri: DatasetLike, split: str | None = "train") -> list[Row]:
     """The kept samples of a split (all splits for None), in sample-id order, of the dataset at `uri` (a local path,
     any pyarrow filesystem URI, or an open `Dataset`)."""
-    table = open_dataset(uri).manifest(columns=_ROW_COLUMNS, split=split, keep=True).sort_by("sample_id")
-    return [Row(rec["sample_id"], SampleKind(rec["kind"]), rec["num_frames"],
+    table = open_dataset(uri).manifest(columns=_ROW_COLUMNS, split=split, keep=True).sort_by(SAMPLE_ID)
+    return [Row(rec[SAMPLE_ID], SampleKind(rec[KIND]), rec["num_frames"],
                 {layer: rec[uri_column(layer)] for layer in Layer},
                 {layer: rec[caption_column(layer)] or "" for layer in CAPTIONED_LAYERS})
             for rec in table.to_pylist()]

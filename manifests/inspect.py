@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from manifests.dataset import DatasetLike, open_dataset
+from manifests.schema import KEEP, KIND, RECOMPOSE_PSNR, REJECT_REASONS, SAMPLE_ID, SPLIT
 
 
 def inspect_dataset(dataset: DatasetLike, examples: int = 3) -> dict:
@@ -17,17 +18,17 @@ def inspect_dataset(dataset: DatasetLike, examples: int = 3) -> dict:
     return {
         "root": dataset.uri,
         "samples": len(samples),
-        "by_kind": dict(Counter(s["kind"] for s in samples)),
-        "by_split": dict(Counter(s["split"] for s in samples)),
-        "by_keep": {"kept": sum(s["keep"] for s in samples), "rejected": sum(not s["keep"] for s in samples)},
-        "reject_reasons": dict(Counter(r for s in samples for r in s["reject_reasons"])),
+        "by_kind": dict(Counter(s[KIND] for s in samples)),
+        "by_split": dict(Counter(s[SPLIT] for s in samples)),
+        "by_keep": {"kept": sum(s[KEEP] for s in samples), "rejected": sum(not s[KEEP] for s in samples)},
+        REJECT_REASONS: dict(Counter(r for s in samples for r in s[REJECT_REASONS])),
         "inputs": dict(Counter(i["state"] for i in inputs)),
-        "inputs_by_kind": dict(Counter(i["kind"] for i in inputs)),
+        "inputs_by_kind": dict(Counter(i[KIND] for i in inputs)),
         "failures": [
             {"uri": f["uri"], "stage": f["stage"], "error": f"{f['error_class']}: {f['message']}"} for f in failures
         ],
         "examples": [
-            {k: s[k] for k in ("sample_id", "kind", "split", "keep", "caption_blended", "recompose_psnr",
+            {k: s[k] for k in (SAMPLE_ID, KIND, SPLIT, KEEP, "caption_blended", RECOMPOSE_PSNR,
                                "alpha_coverage_mean", "matting_backend", "source_foreground", "source_background")}
             for s in samples[:examples]
         ],

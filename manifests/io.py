@@ -21,6 +21,7 @@ from manifests.schema import (
     INPUT_SCHEMA,
     INPUTS_FILE,
     MANIFEST_DIR,
+    SAMPLE_ID,
     SAMPLE_SCHEMA,
     SUMMARY_FILE,
     media_uri,
@@ -45,14 +46,14 @@ def write_json_atomic(data: dict, path: Path) -> None:
 
 def manifest_part_name(rows: list[dict]) -> str:
     """`part-<hash of the sorted sample ids>.parquet`: the same rows give the same name."""
-    ids = sorted(row["sample_id"] for row in rows)
+    ids = sorted(row[SAMPLE_ID] for row in rows)
     return f"part-{hashlib.sha1(chr(10).join(ids).encode()).hexdigest()[:16]}.parquet"
 
 
 def write_manifest_part(root: Path, rows: list[dict]) -> Path:
     """One part of the manifest, named by the hash of its sample ids, written by rename (all or nothing)."""
     path = root / MANIFEST_DIR / manifest_part_name(rows)
-    write_parquet_atomic(to_table(sorted(rows, key=lambda r: r["sample_id"]), SAMPLE_SCHEMA), path)
+    write_parquet_atomic(to_table(sorted(rows, key=lambda r: r[SAMPLE_ID]), SAMPLE_SCHEMA), path)
     return path
 
 

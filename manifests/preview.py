@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from manifests.dataset import DatasetLike, open_dataset
 from manifests.errors import ConfigError, DatasetError
 from manifests.layers import Layer
+from manifests.schema import SAMPLE_ID
 
 AnimationFormat = Literal["gif", "webp"]
 TILE_ORDER: tuple[Layer, ...] = (Layer.FOREGROUND, Layer.ALPHA, Layer.BACKGROUND, Layer.BLENDED)
@@ -104,8 +105,8 @@ def write_preview(dataset: DatasetLike, sample_id: str, out_dir: Path, frames: i
     if animation_format not in ("gif", "webp"):
         raise ConfigError(f"animation_format must be 'gif' or 'webp', got {animation_format!r}")
     dataset, out_dir = open_dataset(dataset), Path(out_dir)
-    table = dataset.manifest(columns=["sample_id", "fps"]).to_pylist()
-    fps = {row["sample_id"]: row["fps"] for row in table}
+    table = dataset.manifest(columns=[SAMPLE_ID, "fps"]).to_pylist()
+    fps = {row[SAMPLE_ID]: row["fps"] for row in table}
     if sample_id not in fps:
         known = sorted(fps)
         listed = ", ".join(known[:5]) + (f", ... ({len(known)} in all)" if len(known) > 5 else "")

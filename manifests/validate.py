@@ -21,6 +21,11 @@ from manifests.schema import (
     FAILURES_FILE,
     INPUT_SCHEMA,
     INPUTS_FILE,
+    KEEP,
+    KIND,
+    RECOMPOSE_PSNR,
+    REJECT_REASONS,
+    SAMPLE_ID,
     SAMPLE_SCHEMA,
     SCHEMA_VERSION,
     uri_column,
@@ -61,10 +66,10 @@ def validate(dataset: DatasetLike, progress: bool = False, allow_empty: bool = F
     if not rows and not allow_empty:
         report.problems.append(f"{dataset.uri}: the manifest has no samples (see failures.parquet and inputs.parquet "
                                "for why; pass --allow-empty if that is expected)")
-    kinds = Counter(row["kind"] for row in rows)
+    kinds = Counter(row[KIND] for row in rows)
     report.problems += [f"{kinds.get(kind, 0)} {kind} samples, expected at least {count}"
                         for kind, count in sorted((min_samples or {}).items()) if kinds.get(kind, 0) < count]
-    duplicates = [sid for sid, n in Counter(r["sample_id"] for r in rows).items() if n > 1]
+    duplicates = [sid for sid, n in Counter(r[SAMPLE_ID] for r in rows).items() if n > 1]
     report.problems += [f"sample {sid}: appears more than once" for sid in duplicates]
     for row in tqdm(rows, desc="validate", unit="sample", disable=not progress):
         report.problems += _check_sample(dataset, row, report, row_checks)
@@ -87,7 +92,7 @@ def _check_schemas(dataset: Dataset, report: Report) -> None:
 
 
 def _check_sample(dataset: Dataset, row: dict, report: Report, row_checks: Sequence[RowCheck]) -> list[str]:
-    sid = row["sample_id"]
+    sid = row[SAMPLE_ID]
     layers = {}
     for layer in Layer:
         try:
@@ -110,10 +115,10 @@ def _check_sample(dataset: Dataset, row: dict, report: Report, row_checks: Seque
         return problems
     value = recomposition_psnr(layers[Layer.FOREGROUND], layers[Layer.ALPHA], layers[Layer.BACKGROUND],
                                layers[Layer.BLENDED])
-    stored = row["recompose_psnr"]
+    stored = row[RECOMPOSE_PSNR]
     if stored is not None and abs(value - stored) > PSNR_TOLERANCE_DB:
         problems.append(f"sample {sid}: recomposition PSNR {value:.2f} dB differs from the stored {stored:.2f} dB")
-    if not row["keep"] and not row["reject_reasons"]:
+    if not row[KEEP] and not row[REJECT_REASONS]:
         problems.append(f"sample {sid}: rejected without a reason")
     for check in row_checks:
         problems += check(row, value)

@@ -56,6 +56,15 @@ def test_build_to_s3_reads_back_validates_and_equals_a_local_build(monkeypatch, 
     mirrored = open_dataset(uri).local_root()  # the store mirrored into the cache
     assert manifest_rows(mirrored) == manifest_rows(local) and validate_dataset(mirrored).ok
 
+    strict = tmp_path / "strict.toml"  # `filter` on the URI: decided in the mirror, what changed uploaded
+    strict.write_text('[[rule]]\nscore = "recompose_psnr"\nbelow = 1000\n')
+    code, output = run_main(monkeypatch, capsys, "filter", uri, "--policy", str(strict))
+    assert code in (0, None) and "kept 0 of 6 samples" in output, output
+    stored = open_dataset(uri)
+    assert not any(stored.manifest(["keep"]).column("keep").to_pylist())
+    assert stored.summary()["samples"]["kept"] == 0 and stored.read_text("policy.toml") == strict.read_text()
+    assert set(stored.inputs().column("state").to_pylist()) == {"rejected"}
+
 
 @pytest.mark.slow
 def test_a_killed_s3_build_resumes_from_what_the_store_holds(monkeypatch, capsys, tiny_source, s3_bucket):  # noqa: F811
