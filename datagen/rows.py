@@ -83,8 +83,22 @@ class Row(ABC):
         self.status, self.failure = Status.FAILED, failure
 
 
+class FromItem:
+    """The `input_id` and `uri` of the discovered input (`item`) a row or a sample's input holds."""
+
+    item: SourceItem
+
+    @property
+    def input_id(self) -> str:
+        return self.item.input_id
+
+    @property
+    def uri(self) -> str:
+        return self.item.uri
+
+
 @dataclass(kw_only=True)
-class InputRow(Row):
+class InputRow(FromItem, Row):
     """One discovered input on its way through decode and matte."""
 
     item: SourceItem
@@ -111,17 +125,9 @@ class InputRow(Row):
     def key(self) -> str:
         return self.item.input_id
 
-    @property
-    def input_id(self) -> str:
-        return self.item.input_id
-
-    @property
-    def uri(self) -> str:
-        return self.item.uri
-
 
 @dataclass(kw_only=True)
-class SampleInput:
+class SampleInput(FromItem):
     """What a sample carries of one of its inputs: the input, its decoded clip and how it was matted."""
 
     item: SourceItem
@@ -132,14 +138,6 @@ class SampleInput:
     @classmethod
     def of(cls, row: InputRow) -> SampleInput:
         return cls(item=row.item, kind=row.kind, clip_path=row.clip_path, matting=row.matting)
-
-    @property
-    def input_id(self) -> str:
-        return self.item.input_id
-
-    @property
-    def uri(self) -> str:
-        return self.item.uri
 
 
 @dataclass(kw_only=True)
