@@ -484,7 +484,7 @@ def reproduce(
     no_ray: NoRayOption = ReproduceConfig.no_ray,
 ) -> None:
     """The whole system on its embedded defaults: demo source -> build -> filter -> train base, motion, content
-    -> sample all four tasks -> eval -> report. About 17 minutes on 2 CPU cores (measured), no network.
+    -> sample all four tasks -> eval -> report. About 15 minutes on 2 CPU cores (measured), no network.
 
     Example: `layerflow-data reproduce --out ./repro`
     """

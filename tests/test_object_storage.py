@@ -153,3 +153,13 @@ def test_stages_on_another_node_fetch_decoded_clips_and_media_from_the_store(mon
     assert code == 0, output
     assert manifest_rows(open_dataset(uri).local_root()) == manifest_rows(tmp_path / "local")
     assert not any(name.startswith("_work/") for name in storage.list_files(uri))  # the shared clips are cleaned up
+
+
+def test_a_missing_bucket_is_one_line_from_every_reading_command(monkeypatch, capsys, s3_bucket):  # noqa: F811
+    """`StorageError` is a `LayerflowError`: the command line catches it like every error it raises on purpose."""
+    missing = s3_bucket.replace("s3://", "s3://no-such-bucket-") + "/ds"
+    for command in (["inspect", missing], ["validate", missing], ["report", missing], ["filter", missing]):
+        code, output = run_main(monkeypatch, capsys, *command)
+        assert code == 2 and "Traceback" not in output, (command, output)
+        [line] = [line for line in output.splitlines() if line.startswith("error:")]
+        assert "bucket does not exist" in line, (command, output)
