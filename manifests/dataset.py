@@ -79,6 +79,7 @@ class Dataset:
         """`_summary.json`: counts, timings, backends, config, the policy's funnel."""
         text = self.read_text(SUMMARY_FILE)
         if text is None:
+            storage.check_bucket(self.uri, self.fs, self.root)
             raise DatasetError(f"{self.uri}: no {SUMMARY_FILE} (was the build interrupted?)")
         return json.loads(text)
 

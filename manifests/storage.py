@@ -227,6 +227,13 @@ def _parallel(function: Callable[[str], None], names: list[str]) -> None:
             future.result()
 
 
+def check_bucket(uri: str, fs: pafs.FileSystem, path: str) -> None:
+    """Raise the one-line StorageError of a missing bucket: an object store answers "not found" for a missing object
+    and for a missing bucket alike, and only the second is worth saying as such."""
+    if _bucket_missing(fs, path):
+        raise StorageError(_explain(uri, FileNotFoundError(uri), bucket_missing=True))
+
+
 def _bucket_missing(fs: pafs.FileSystem, path: str) -> bool:
     """On an object store, whether the bucket of `path` does not exist (a missing object does not say which)."""
     if fs.type_name not in _ATOMIC_OBJECT_STORES:

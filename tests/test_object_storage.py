@@ -158,8 +158,11 @@ def test_stages_on_another_node_fetch_decoded_clips_and_media_from_the_store(mon
 def test_a_missing_bucket_is_one_line_from_every_reading_command(monkeypatch, capsys, s3_bucket):  # noqa: F811
     """`StorageError` is a `LayerflowError`: the command line catches it like every error it raises on purpose."""
     missing = s3_bucket.replace("s3://", "s3://no-such-bucket-") + "/ds"
-    for command in (["inspect", missing], ["validate", missing], ["report", missing], ["filter", missing]):
+    for command in (["inspect", missing], ["report", missing], ["filter", missing]):
         code, output = run_main(monkeypatch, capsys, *command)
         assert code == 2 and "Traceback" not in output, (command, output)
         [line] = [line for line in output.splitlines() if line.startswith("error:")]
         assert "bucket does not exist" in line, (command, output)
+    code, output = run_main(monkeypatch, capsys, "validate", missing)  # validate lists it as the dataset's problem
+    assert code == 1 and "Traceback" not in output
+    assert "bucket does not exist" in " ".join(output.split()), output
