@@ -13,9 +13,8 @@ from layerflow_model.config import ConfigError, SampleSettings
 from layerflow_model.data import fit
 from layerflow_model.diffusion import sample
 from layerflow_model.layout import (
-    GIVEN,
-    LAYER_OF_SLOT,
     PROMPT_LAYERS,
+    Layout,
     Task,
     condition_mask,
     condition_slots,
@@ -29,9 +28,7 @@ from manifests.device import resolve_device
 from manifests.layers import Layer
 
 # Which layers the input of a task provides (in the RGBA layout; the RGB layout drops the alpha).
-INPUT_LAYERS: dict[Task, tuple[Layer, ...]] = {
-    task: tuple(LAYER_OF_SLOT[slot] for slot in slots) for task, slots in GIVEN.items()
-}
+INPUT_LAYERS: dict[Task, tuple[Layer, ...]] = {task: given_layers(Layout.RGBA, task) for task in Task}
 
 
 def split_prompts(text: str | list[str]) -> dict[Layer, str]:
