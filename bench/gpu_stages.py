@@ -84,6 +84,7 @@ def head(clip: VideoClip, count: int) -> VideoClip:
 
 def load_clips(data: Path, config: BuildConfig, limit: int | None) -> tuple[list[VideoClip], list[str], dict[str, str]]:
     """The decoded clips of every video source under `data` (its `videos/` folder when there is one)."""
+    data = data.resolve()  # discovery gives absolute paths
     root = data / "videos" if (data / "videos").is_dir() else data
     clips, names, skipped = [], [], {}
     for item in discover(str(root)):
