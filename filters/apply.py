@@ -81,7 +81,7 @@ def apply_policy(dataset: DatasetLike, policy: Policy, summary: dict | None = No
     summary.update(policy_summary(policy, result, decisions))
     summary["samples"].update(kept=result.kept, rejected=result.total - result.kept)
     summary["inputs"] = input_counts(input_rows)
-    summary["seconds"]["policy"] = round(time.perf_counter() - began, 3)
+    summary.setdefault("seconds", {})["policy"] = round(time.perf_counter() - began, 3)
     io.write_json_atomic(summary, root / io.SUMMARY_FILE)
     if not dataset.is_local:
         for name in [*written, io.INPUTS_FILE, POLICY_FILE, io.SUMMARY_FILE]:
