@@ -110,11 +110,7 @@ class BuildFolder:
         (self.work / LOCK_FILE).unlink(missing_ok=True)
 
     def commit_input(self, row: InputRow) -> None:
-        path = self.inputs_dir / f"{row.input_id}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(encode(row), encoding="utf-8")
-        os.replace(tmp, path)
+        io.write_text_atomic(encode(row), self.inputs_dir / f"{row.input_id}.json")
 
     def commit_samples(self, rows: list[dict], record: dict) -> Path:
         """Side record first, then the part: a part on disk always has its record."""

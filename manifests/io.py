@@ -37,11 +37,16 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_json_atomic(data: dict, path: Path) -> None:
+def write_text_atomic(text: str, path: Path) -> None:
+    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json_atomic(data: dict, path: Path) -> None:
+    write_text_atomic(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", path)
 
 
 def manifest_part_name(rows: list[dict]) -> str:
