@@ -14,11 +14,12 @@ from tqdm.auto import tqdm
 from manifests import video_io
 from manifests.dataset import Dataset, DatasetLike, open_dataset
 from manifests.errors import DatasetError, StorageError
-from manifests.layers import Layer
+from manifests.layers import InputState, Layer
 from manifests.metrics import recomposition_psnr
 from manifests.schema import (
     FAILURE_SCHEMA,
     FAILURES_FILE,
+    INPUT_ID,
     INPUT_SCHEMA,
     INPUTS_FILE,
     KEEP,
@@ -28,6 +29,8 @@ from manifests.schema import (
     SAMPLE_ID,
     SAMPLE_SCHEMA,
     SCHEMA_VERSION,
+    STATE,
+    URI,
     uri_column,
 )
 
@@ -133,6 +136,10 @@ def _check_accounting(dataset: Dataset, summary: dict, samples: int, report: Rep
                                "discovered")
     if counts.get("accounted") != counts.get("discovered"):
         report.problems.append(f"input states add up to {counts.get('accounted')}, not {counts.get('discovered')}")
+    named = set(dataset.failures().column(INPUT_ID).to_pylist())
+    report.problems += [f"input {row[URI]}: failed, but no row of {FAILURES_FILE} names it"
+                        for row in inputs.to_pylist() if row[STATE] == InputState.FAILED.value
+                        and row[INPUT_ID] not in named]
     total = summary.get("samples", {}).get("total")
     if total != samples:
         report.problems.append(f"manifest has {samples} samples, summary says {total}")

@@ -73,6 +73,21 @@ def test_an_input_refused_at_the_matte_stage_has_its_failure_row(tmp_path, small
     assert io.read_summary(out)["failures"]["by_stage"] == {"matte": 1}
 
 
+def test_validate_names_a_failed_input_without_a_failure_row(tmp_path, small_config):
+    from filters.audit import validate_dataset
+
+    source = tmp_path / "src"
+    write_video(source / "static.mp4", seed=1)
+    write_pan(source / "pan.mp4")
+    (source / "pan.json").write_text(json.dumps({"role": "foreground"}))
+    out = tmp_path / "ds"
+    run(source, out, small_config)  # no sample: `static` has no background, `pan` is a foreground it cannot matte
+    assert validate_dataset(out, allow_empty=True).ok
+    io.write_failures(out, [])  # as the build wrote it before the fix
+    assert validate_dataset(out, allow_empty=True).problems == [f"input {source / 'pan.mp4'}: failed, but no row of failures.parquet "
+                                              "names it"]
+
+
 def nothing_to_plan(source: Path) -> Path:
     """Plain photos, a text file and a Photoshop document (not read yet): no input can be a foreground."""
     source.mkdir(parents=True)
