@@ -84,8 +84,8 @@ def test_validate_names_a_failed_input_without_a_failure_row(tmp_path, small_con
     run(source, out, small_config)  # no sample: `static` has no background, `pan` is a foreground it cannot matte
     assert validate_dataset(out, allow_empty=True).ok
     io.write_failures(out, [])  # as the build wrote it before the fix
-    assert validate_dataset(out, allow_empty=True).problems == [f"input {source / 'pan.mp4'}: failed, but no row of failures.parquet "
-                                              "names it"]
+    expected = f"input {source / 'pan.mp4'}: failed, but no row of failures.parquet names it"
+    assert validate_dataset(out, allow_empty=True).problems == [expected]
 
 
 def nothing_to_plan(source: Path) -> Path:
