@@ -59,14 +59,19 @@ DeviceOption = Annotated[Device, typer.Option(
     help="Where learned models run: auto (a GPU if visible), cpu, or cuda (a GPU or a one-line error; "
          "CUDA_VISIBLE_DEVICES picks which).")]
 MattingOption = Annotated[str, typer.Option(
-    help="auto | given | bgsub | chroma[:green|:blue] | rembg:MODEL_OR_ONNX | tflite:PATH | sam2:CONFIG[:CKPT] | "
-         "rembg:MODEL+sam2:CONFIG")]
+    help="auto (the registry's default for the device, fetched on first use; the built-in demo and an offline "
+         "build without it: given, else bgsub) | given | bgsub | chroma[:green|:blue] | rembg:MODEL_OR_ONNX | "
+         "tflite:PATH | sam2:CONFIG[:CKPT] | rembg:MODEL+sam2:CONFIG. See `layerflow-data models list`.")]
 CaptionerOption = Annotated[str, typer.Option(
-    help="sidecar | none | hf:MODEL_ID_OR_FOLDER (a transformers image-to-text model or chat VLM, on --device; "
-         "captions cached under $LAYERFLOW_CACHE_DIR or ~/.cache/layerflow-data)")]
+    help="auto (the registry's default captioner for the device, fetched on first use; the built-in demo and an "
+         "offline build without it: sidecar) | sidecar | none | hf:MODEL_ID_OR_FOLDER (a transformers "
+         "image-to-text model or chat VLM; captions cached under $LAYERFLOW_CACHE_DIR or ~/.cache/layerflow-data)")]
 ClipOption = Annotated[str, typer.Option(
-    help="CLIP scores: `auto` (the default model if its weights are on this machine, else null scores), `none`, "
-         "or `openclip:ARCH:TAG_OR_FILE` (downloaded if needed).")]
+    help="CLIP scores: `auto` (the registry's default, fetched on first use; the built-in demo: only if cached, "
+         "else null scores), `none`, or `openclip:ARCH:TAG_OR_FILE`.")]
+OfflineOption = Annotated[bool, typer.Option(
+    help="Never use the network for weights (as HF_HUB_OFFLINE=1): `auto` falls back to what is cached, then to "
+         "the weight-free path; a named model must be cached.")]
 FramesOption = Annotated[int, typer.Option(help="Frames per layer clip.")]
 FpsOption = Annotated[float, typer.Option(help="Frame rate the frames are sampled at.")]
 SizeOption = Annotated[str, typer.Option(help="HEIGHTxWIDTH (or one number): resize, then centre-crop.")]
@@ -150,6 +155,7 @@ def build(
         help="Delete what is at --out and build from scratch (needed when the settings or the source changed).")
     ] = False,
     keep_work: Annotated[bool, typer.Option(help="Keep the decoded clips in OUT/_work.")] = False,
+    offline: OfflineOption = BuildConfig.offline,
 ) -> None:
     """Turn a source folder into a layered-video dataset (Parquet manifest + media).
 
@@ -174,7 +180,7 @@ def build(
     config = BuildConfig(frames=frames, fps=fps, size=parse_size(size), matting=matting, captioner=captioner,
                          seed=seed, backgrounds_per_foreground=backgrounds_per_foreground, val_fraction=val_fraction,
                          crf=crf, frame_folder_fps=frame_folder_fps, max_pixels=int(max_megapixels * MEGA), clip=clip,
-                         device=device.value)
+                         device=device.value, offline=offline)
     resources = Resources.from_options(gpus, concurrency or [], gpus_per_actor or [])
     summary = build_dataset(BuildJob(out, source, config, backgrounds, policy, overwrite, keep_work, resources, no_ray,
                                      ray_address, num_cpus), log=_say)
@@ -330,6 +336,67 @@ def doctor(
     console.print("[green]the requested build can run here[/green]")
 
 
+models_app = typer.Typer(help="The model registry: list, fetch and verify the weights the learned stages use.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per model instead of tables.")] = False,
+) -> None:
+    """Every known model, grouped as matting, captioning and clip: spec, size, revision, licence, default, and
+    whether and where it is cached. Reads the disk only (works offline).
+
+    Example: `layerflow-data models list`
+    """
+    from manifests.models import listing
+
+    rows = listing()
+    if as_json:
+        print("\n".join(json.dumps(row, sort_keys=True) for row in rows))
+    else:
+        _print_models(rows)
+
+
+@models_app.command("fetch")
+def models_fetch(
+    specs: Annotated[list[str] | None, typer.Argument(help="Specs as the options take them (see `models list`).")]
+    = None,
+    defaults: Annotated[bool, typer.Option(help="Fetch the defaults `auto` picks on --for.")] = False,
+    for_device: Annotated[Device, typer.Option("--for", help="The device whose defaults --defaults fetches.")]
+    = Device.CPU,
+) -> None:
+    """Download weights into the cache (once, with a progress bar, to a temporary name then renamed), verify them
+    and pin them in the lock file. Run it on a machine with network, then copy the caches (README "Models").
+
+    Example: `layerflow-data models fetch --defaults`
+
+    Example: `layerflow-data models fetch sam2:sam2.1_hiera_t rembg:isnet-general-use --for cuda`
+    """
+    from manifests.models import fetch_specs, wanted_specs
+
+    for fetched in fetch_specs(wanted_specs(specs or [], defaults, for_device.value)):
+        _say(f"{fetched.pin.spec}: {fetched.path} (revision {fetched.pin.revision or 'file'}, "
+             f"sha256 {fetched.pin.sha256})")
+
+
+@models_app.command("verify")
+def models_verify() -> None:
+    """Recompute the sha256 of every fetched model and compare it with the lock file; exits 1 on a mismatch.
+
+    Example: `layerflow-data models verify`
+    """
+    from manifests.models import read_lock, verify
+
+    problems = verify()
+    for spec, problem in problems:
+        _say(f"[red]{spec}[/red]: {problem}")
+    if problems:
+        _fail(f"{len(problems)} problem(s); delete the file(s) named and run `layerflow-data models fetch` again")
+    _say(f"{len(read_lock())} model(s) verified")
+
+
 @app.command("eval-matting")
 def eval_matting(
     videos: Annotated[str, typer.Option(help="Folder (or glob) of videos / frame folders.")],
@@ -384,6 +451,9 @@ def train(
     cache_dir: Annotated[str | None, typer.Option(
         help="Keep VAE latents and T5 embeddings here and reuse them (GPU presets).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT from its last checkpoint.")] = False,
+    allow_empty_captions: Annotated[bool, typer.Option(
+        "--allow-empty-captions", help="Train even if no kept sample has a caption (all prompts empty).")
+    ] = TrainConfig.allow_empty_captions,
 ) -> None:
     """Train one stage of the LayerFlow model on the `keep` rows of a manifest.
 
@@ -403,6 +473,7 @@ def train(
         warmup=warmup, grad_clip=grad_clip, ema=ema, checkpoint_every=checkpoint_every, seed=seed,
         task_weights=parse_task_weights(tasks), split=split, workers=workers, device=device.value, precision=precision,
         gradient_checkpointing=gradient_checkpointing, pretrained=pretrained, cache_dir=cache_dir,
+        allow_empty_captions=allow_empty_captions,
     )
     result = train_stage(config, preset.value, resume=resume, ray_address=ray_address)
     console.print(f"{config.stage.value}: {result.steps} steps in {result.seconds:.1f} s "
@@ -541,9 +612,8 @@ def _print_summary(summary: dict) -> None:
     table.add_row("failures", _joined(summary["failures"]["by_stage"]))
     matting = summary["backends"]["matting"]
     table.add_row("matting", f"requested {matting['requested']}; used {_joined(matting['used'])}")
-    table.add_row("captioner", summary["backends"]["captioner"])
-    clip = summary["backends"]["clip"]
-    table.add_row("clip", clip["spec"] if not clip["unavailable"] else f"none: {clip['unavailable']}")
+    for option, stage in summary["backends"].get("models", {}).items():
+        table.add_row(f"{option} model", f"{stage['runs'] or 'none'} ({stage['why']})")
     stages = {k: f"{v:.1f} s" for k, v in seconds.items() if k != "wall"}
     table.add_row("time", f"{seconds['wall']:.1f} s wall; {_joined(stages)}")
     resumed = summary.get("resumed", {})
@@ -553,6 +623,21 @@ def _print_summary(summary: dict) -> None:
         table.add_row("resume", f"{resumed['inputs_committed_before']} inputs and "
                                 f"{resumed['samples_committed_before']} samples were committed by an earlier run")
     Console().print(table)
+
+
+def _print_models(rows: list[dict]) -> None:
+    out = Console()
+    for group in ("matting", "captioning", "clip"):
+        table = Table(title=group, caption="size ?: unknown until fetched")
+        table.add_column("spec", no_wrap=True)
+        for name in ("size", "revision", "licence", "default"):
+            table.add_column(name)
+        table.add_column("cached at", overflow="fold")
+        for row in (row for row in rows if row["group"] == group):
+            size = f"{row['size_bytes'] / MEGA:.0f} MB" if row["size_bytes"] else "?"
+            table.add_row(row["spec"], size, row["revision"] or "unpinned", row["licence"],
+                          ", ".join(row["default_for"]) or "-", row["cached"] or "not cached")
+        out.print(table)
 
 
 def _print_inspect(dataset: str, info: dict) -> None:

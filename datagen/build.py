@@ -29,7 +29,7 @@ from datagen.accounting import (
 from datagen.config import DEMO_SOURCE, BuildConfig
 from datagen.demo import demo_source_for
 from datagen.plan import plan_samples
-from datagen.preflight import learned_stages, preflight
+from datagen.preflight import Models, choose_models, learned_stages, preflight
 from datagen.publish import Mirror, staging_dir
 from datagen.resume import BuildFolder, Committed, build_record
 from datagen.rows import InputRow, SampleRow
@@ -38,12 +38,12 @@ from datagen.scheduling import Resources, StageName, StagePlan, plan_stages, wit
 from datagen.sources import SourceItem, discover
 from datagen.stages import CaptionStage, ClipStage, ComposeStage, DecodeStage, MatteStage, ScoreStage
 from filters.apply import apply_policy
-from filters.clip import ClipChoice, resolve_clip
+from filters.clip import ClipChoice
 from filters.policy import Policy
 from manifests import io, storage
 from manifests.errors import ConfigError
 from manifests.layers import Role, Stage
-from manifests.schema import KIND
+from manifests.schema import CAPTION_LAYERS, KIND
 
 
 def _spec(name: StageName, cls: type, plans: dict[StageName, StagePlan], **kwargs: object) -> StageSpec:
@@ -94,34 +94,39 @@ class BuildJob:
 
 
 def build_dataset(job: BuildJob, log: Callable[[str], None] = print) -> dict:
-    """`layerflow-data build`: the checks before any work (the device, the backends load, the policy parses, CLIP
-    weights), then the build on the runner the job asks for; returns the summary."""
+    """`layerflow-data build`: the checks before any work (the device, the weights each learned stage runs, fetched
+    once here when missing, the backends load, the policy parses), then the build on the runner the job asks for;
+    returns the summary."""
     on_cluster = bool(job.ray_address or os.environ.get("RAY_ADDRESS"))
-    preflight(job.config, on_cluster=on_cluster)
+    models = choose_models(job.config, learned_defaults=job.source != DEMO_SOURCE, on_cluster=on_cluster)
+    for line in models.lines():
+        log(line)
+    if models.random_weights:
+        log("WARNING: this build runs randomly initialised weights (tests and benchmarks only); every row says so")
+    preflight(models.config, on_cluster=on_cluster)
     policy = Policy.load(job.policy)
-    clip = resolve_clip(job.config.clip)
-    if clip.unavailable:
-        log(f"no CLIP scores: {clip.unavailable}")
     source = str(demo_source_for(job.out, log)) if job.source == DEMO_SOURCE else job.source
     with make_runner(job.no_ray, job.ray_address, job.num_cpus) as runner:
-        return build(source, job.out, job.config, runner, backgrounds=job.backgrounds, overwrite=job.overwrite,
-                     keep_work=job.keep_work, resources=job.resources, policy=policy, clip=clip)
+        return build(source, job.out, models.config, runner, backgrounds=job.backgrounds, overwrite=job.overwrite,
+                     keep_work=job.keep_work, resources=job.resources, policy=policy, models=models)
 
 
 def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, backgrounds: str | None = None,
           overwrite: bool = False, keep_work: bool = False, resources: Resources | None = None,
-          policy: Policy | None = None, clip: ClipChoice | None = None) -> dict:
+          policy: Policy | None = None, clip: ClipChoice | None = None, models: Models | None = None) -> dict:
     """Build a dataset at `out`, or resume the build of it there; returns the summary (also `_summary.json`).
 
     Resuming skips every input and sample an earlier run of the same build committed (see `datagen.resume`).
     `out` may be a pyarrow filesystem URI (`s3://bucket/ds`): the build then works in a local staging folder and
-    publishes each commit to it (see `datagen.publish`).
+    publishes each commit to it (see `datagen.publish`). `models`: what the learned stages run (`choose_models`);
+    by default `auto` is the weight-free path, as for the built-in demo. `clip` overrides its CLIP choice.
     """
     destination = str(out)
     remote = destination if storage.is_remote(destination) else None
     out = staging_dir(remote) if remote else Path(out)
     policy = policy or Policy.default()
-    clip = clip or resolve_clip(config.clip)
+    models = models or choose_models(config, learned_defaults=False)
+    config, clip = models.config, clip or models.clip
     plans = plan_stages(config, resources or Resources(), learned_stages(config, clip), runner.gpus,
                         runner.cpus)
     wall = time.perf_counter()
@@ -136,12 +141,14 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
     seconds[Stage.DISCOVER.value] = time.perf_counter() - start
 
     folder = BuildFolder(out, Mirror(remote, out) if remote else None)
-    record = build_record(source, backgrounds, config, clip.spec, [item.input_id for item in items])
+    record = build_record(source, backgrounds, config, clip.spec, [item.input_id for item in items], models.record())
     committed = folder.open(record, overwrite)
     try:
         if committed.complete:
             return {**io.read_summary(out), "already_complete": True}
         summary, input_rows = _run(folder, committed, items, config, runner, plans, policy, clip, seconds, remote)
+        summary["backends"]["models"] = models.stages
+        summary["random_weights"] = models.random_weights
     finally:
         folder.close()
     if not keep_work:
@@ -182,7 +189,8 @@ def _run(folder: BuildFolder, committed: Committed, items: list[SourceItem], con
     for batch in runner.run(todo, sample_stages(config, out, plans, clip, remote), "compose + caption + score"):
         finished = [row for row in batch if row.ok]
         if finished:
-            manifest_rows = [row.manifest_row(config, policy.decide({KIND: row.kind.value, **row.scores}))
+            manifest_rows = [row.manifest_row(config, policy.decide({KIND: row.kind.value, **row.scores,
+                                                                     CAPTION_LAYERS: row.caption_layers}))
                              for row in finished]
             folder.commit_samples(manifest_rows, part_record(finished))
         for row in batch:

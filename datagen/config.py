@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from manifests.device import DEVICES
 from manifests.errors import ConfigError
+from manifests.models import Access
 
 
 def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
@@ -29,7 +30,9 @@ def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
 
 DEMO_SOURCE = "demo"  # `build --source demo` (the default): the built-in demo source (`datagen.demo`)
 SCORING_FIELDS = ("clip",)  # fields that change scores only, so they stay out of the fingerprint
-RUNTIME_FIELDS = ("device",)  # where the work runs, not what it makes: also out of the fingerprint
+# Where the work runs and how weights are had, not what it makes: also out of the fingerprint (the weights a build
+# resolved are in its record, `_build.json`, so resuming with other weights is refused all the same).
+RUNTIME_FIELDS = ("device", "offline", "access")
 
 
 @dataclass(frozen=True)
@@ -39,8 +42,13 @@ class BuildConfig:
     frames: int = 16  # frames per layer clip
     fps: float = 8.0  # frames are sampled from the source at this rate
     size: tuple[int, int] = (256, 256)  # (height, width): resize, then centre-crop
-    matting: str = "auto"  # auto | given | bgsub | chroma
-    captioner: str = "sidecar"  # sidecar | none | hf:<model id or local folder>
+    # auto: the registry's default for the device (fetched on first use; the demo source keeps the weight-free
+    # path) | given | bgsub | chroma[:green|:blue] | rembg[:<model>] | sam2[:<config>] | <spec>+sam2 | tflite:<file>
+    matting: str = "auto"
+    # auto: the registry's default captioner for the device (fetched on first use; the demo source and an offline
+    # build without it cached: sidecar) | sidecar | none | hf:<model id or local folder>. A build records what
+    # `auto` became, so the demo's sample ids stay those of its sidecar captions.
+    captioner: str = "auto"
     seed: int = 0
     backgrounds_per_foreground: int = 2  # copy-paste samples made from each foreground clip
     val_fraction: float = 0.1  # share of foreground inputs whose samples go to the `val` split
@@ -55,6 +63,10 @@ class BuildConfig:
     # Runtime only: the device learned backends run on. auto: a GPU if one is visible, else the CPU; cuda: a GPU
     # or a start-up error (never a silent CPU run).
     device: str = "auto"
+    # Runtime only: never use the network for weights (also HF_HUB_OFFLINE=1); `access` is the driver's decision
+    # (offline or not, the pins, what `auto` became), set by the build, never on the command line.
+    offline: bool = False
+    access: Access = field(default_factory=Access)
 
     def __post_init__(self) -> None:
         h, w = self.size
@@ -79,7 +91,8 @@ class BuildConfig:
             raise ConfigError(f"clip: use auto, none or openclip:<arch>:<pretrained tag or file>, got {self.clip!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings (the driver's `access` decision is recorded apart, as the build's `models`)."""
+        return {key: value for key, value in asdict(self).items() if key != "access"}
 
     def fingerprint(self) -> str:
         """A short hash of everything that changes the samples (goes into sample ids)."""

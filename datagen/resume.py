@@ -38,7 +38,7 @@ PARTS_DIR = f"{WORK_DIR}/parts"
 
 
 def build_record(source: str, backgrounds: str | None, config: BuildConfig, clip_spec: str | None,
-                 input_ids: list[str]) -> dict:
+                 input_ids: list[str], models: dict | None = None) -> dict:
     """What a dataset is built from; two runs may share a folder only if their records are equal."""
     settings = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
     return {
@@ -47,6 +47,7 @@ def build_record(source: str, backgrounds: str | None, config: BuildConfig, clip
         "backgrounds": backgrounds,
         "config": json.loads(json.dumps(settings)),  # tuples as lists, as they read back from the file
         "clip": clip_spec,
+        "models": models or {},  # what each learned stage runs and the weights it is pinned to
         "inputs": len(input_ids),
         "inputs_sha1": hashlib.sha1("\n".join(sorted(input_ids)).encode()).hexdigest(),
     }

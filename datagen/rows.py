@@ -24,6 +24,8 @@ from filters.policy import Decision
 from manifests.errors import one_line
 from manifests.layers import CAPTIONED_LAYERS, InputKind, Layer, SampleKind, Stage
 from manifests.schema import (
+    CAPTION_LAYERS,
+    CAPTION_MISSING,
     CLIP_EMBEDDING,
     CLIP_MODEL,
     DUPLICATE_OF,
@@ -159,16 +161,30 @@ class SampleRow(Row):
     width: int | None = None
     # caption
     captioner: str | None = None
+    captioner_sha256: str | None = None  # a learned captioner's weights (over the model folder's files)
     captions: dict[Layer, str | None] = field(default_factory=dict)
+    caption_missing: dict[Layer, str] = field(default_factory=dict)  # layer -> why its caption is null
     # score and CLIP
     scores: dict[str, float | None] = field(default_factory=dict)  # score column -> value (see manifests.schema)
     clip_embedding: list[float] | None = None
     clip_model: str | None = None
+    clip_weights_sha256: str | None = None
     unscored: dict[str, str] = field(default_factory=dict)  # score column -> why it is null
 
     @property
     def key(self) -> str:
         return self.sample_id
+
+    @property
+    def caption_layers(self) -> int:
+        """How many of the captioned layers have a non-empty caption."""
+        return sum(bool((self.captions.get(layer) or "").strip()) for layer in CAPTIONED_LAYERS)
+
+    def missing_captions(self) -> str | None:
+        """Why the captioned layers without a caption have none, on one line (None: every layer has one)."""
+        missing = [f"{layer.value}: {self.caption_missing.get(layer, 'no caption')}" for layer in CAPTIONED_LAYERS
+                   if not (self.captions.get(layer) or "").strip()]
+        return "; ".join(missing) or None
 
     def manifest_row(self, config: BuildConfig, decision: Decision) -> dict:
         """This finished sample as a row of the manifest (`SAMPLE_SCHEMA`), with the policy's decision on it."""
@@ -177,15 +193,19 @@ class SampleRow(Row):
             SAMPLE_ID: self.sample_id, KIND: self.kind.value, SPLIT: self.split,
             **{uri_column(layer): media_uri(self.sample_id, layer) for layer in Layer},
             **{caption_column(layer): self.captions.get(layer) for layer in CAPTIONED_LAYERS},
+            CAPTION_LAYERS: self.caption_layers, CAPTION_MISSING: self.missing_captions(),
             "num_frames": self.num_frames, "fps": config.fps, "height": self.height, "width": self.width,
             "input_id_foreground": fg.input_id, "input_id_background": bg.input_id,
             "source_foreground": fg.uri, "source_background": bg.uri,
             "frames_foreground": self.frames_foreground, "frames_background": self.frames_background,
             "placement": self.placement, "matting_backend": matting.name, "matting_model": matting.model_id,
-            "matting_weights_sha256": matting.weights_sha256, "captioner": self.captioner, "seed": config.seed,
+            "matting_weights_sha256": matting.weights_sha256, "matting_revision": matting.revision,
+            "random_weights": matting.random_weights, "captioner": self.captioner,
+            "captioner_weights_sha256": self.captioner_sha256, "seed": config.seed,
             "config_fingerprint": config.fingerprint(),
             **{name: self.scores.get(name) for name in SCORES},
             CLIP_EMBEDDING: self.clip_embedding, CLIP_MODEL: self.clip_model,
+            "clip_weights_sha256": self.clip_weights_sha256,
             KEEP: decision.keep, REJECT_REASONS: decision.reject_reasons, FLAGS: decision.flags,
             DUPLICATE_OF: decision.duplicate_of,
         }

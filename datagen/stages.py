@@ -149,7 +149,7 @@ class MatteStage(RowStage[InputRow]):
     writes = ("matting", "matte_error")
 
     def __init__(self, config: BuildConfig, work_dir: str | None = None, remote: str | None = None) -> None:
-        self.backend = load_matting(config.matting, config.device)
+        self.backend = load_matting(config.matting, config.device, config.access)
         self.given = load_matting("given")
         self.work_dir = Path(work_dir) if work_dir else None
         self.remote = remote
@@ -230,18 +230,20 @@ class CaptionStage(RowStage[SampleRow]):
     stage = Stage.CAPTION
     row_type = SampleRow
     reads = ("sample_id", "kind", "fg", "bg")
-    writes = ("captioner", "captions")
+    writes = ("captioner", "captioner_sha256", "captions", "caption_missing")
 
     def __init__(self, config: BuildConfig, out_dir: str, remote: str | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.remote = remote
-        self.captioner = load_captioner(config.captioner, config.device)
+        self.captioner = load_captioner(config.captioner, config.device, config.access)
 
     def process(self, row: SampleRow) -> None:
         # Decoding the four layer files back costs time: only captioners that look at pixels get them.
         layers = sample_layers(self.out_dir, self.remote, row.sample_id) if self.captioner.needs_pixels else None
-        row.captions = self.captioner(row, layers)
+        captions = self.captioner(row, layers)
+        row.captions, row.caption_missing = dict(captions), captions.missing
         row.captioner = self.captioner.name
+        row.captioner_sha256 = getattr(self.captioner, "weights_sha256", None)  # learned captioners only
         device = getattr(self.captioner, "torch_device", None)  # learned captioners only
         if device is not None:
             row.devices[StageName.CAPTION.value] = device
@@ -281,7 +283,7 @@ class ClipStage(RowStage[SampleRow]):
     stage = Stage.SCORE
     row_type = SampleRow
     reads = ("sample_id", "captions")
-    writes = ("scores", "clip_embedding", "clip_model", "unscored")
+    writes = ("scores", "clip_embedding", "clip_model", "clip_weights_sha256", "unscored")
 
     def __init__(self, out_dir: str, clip_arch: str | None, clip_weights: str | None, clip_tag: str | None,
                  unavailable: str | None, device: str = "auto", remote: str | None = None) -> None:
@@ -323,5 +325,6 @@ class ClipStage(RowStage[SampleRow]):
                           clip_text_blended=scores.text_blended, clip_consistency_mean=scores.consistency_mean,
                           clip_consistency_min=scores.consistency_min)
         row.clip_embedding, row.clip_model = scores.embedding, self.scorer.model_id
+        row.clip_weights_sha256 = self.scorer.weights_sha256
         row.unscored.update(
             {f"clip_text_{layer}": "no caption for this layer" for layer, text in captions.items() if not text})

@@ -7,7 +7,6 @@ light.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,16 @@ import numpy as np
 from manifests.errors import ConfigError, LayerflowError, one_line
 from manifests.layers import CAPTIONED_LAYERS, Layer
 from manifests.metrics import on_grey
+from manifests.models import (
+    REGISTRY,
+    Access,
+    Group,
+    ModelUnavailable,
+    default_access,
+    default_spec,
+    ensure,
+    file_sha256,
+)
 
 DEFAULT_CLIP = "openclip:ViT-B-32:laion2b_s34b_b79k"
 SPEC_PREFIX = "openclip"
@@ -114,14 +123,6 @@ def _cached_weights(cfg: dict) -> Path | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):  # streamed: weights files are hundreds of MB
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class ClipScorer:
     """One open_clip model, loaded once (per worker) from a local weights file."""
 
@@ -139,7 +140,7 @@ class ClipScorer:
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.device = device
         self.model_id = f"{arch}:{tag or Path(weights).name}"
-        self.weights_sha256 = _sha256(Path(weights))
+        self.weights_sha256 = file_sha256(Path(weights))
 
     def embed_images(self, frames: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, D) float32, L2-normalised."""
@@ -220,17 +221,29 @@ class ClipChoice:
     weights: str | None = None
     tag: str | None = None  # the pretrained tag, whose preprocessing settings apply to the weights file
     unavailable: str | None = None  # why there are no CLIP scores
+    revision: str | None = None  # the hub commit of registry weights
+    sha256: str | None = None  # of the weights file (registry weights; others are hashed by the scorer)
 
 
-def resolve_clip(setting: str) -> ClipChoice:
+def resolve_clip(setting: str, access: Access | None = None, fetch_auto: bool = False, device: str = "cpu"
+                 ) -> ClipChoice:
     """`--clip` -> a local weights file, or the reason CLIP scores will be null (a malformed spec is an error).
 
-    `auto` only looks in the local caches; a named tag is downloaded if it is not there yet."""
+    `auto` is the registry's default for `device`: fetched when missing only with `fetch_auto` (a build of real
+    sources; never the built-in demo), else only if cached. A named registry spec goes through the model registry
+    (`access`: offline or not, and the pins); another open_clip tag through open_clip's own download."""
     if setting == "none":
         return ClipChoice(unavailable="CLIP scoring is off (--clip none)")
-    spec = ClipSpec.parse(DEFAULT_CLIP if setting == "auto" else setting)
+    access = access or default_access()
+    text = default_spec(Group.CLIP, device) if setting == "auto" else setting
+    spec = ClipSpec.parse(text)
     try:
-        weights = resolve_weights(spec, allow_download=setting != "auto")
-    except ClipUnavailable as exc:
+        if text in REGISTRY:
+            cached_only = access.offline or (setting == "auto" and not fetch_auto)
+            fetched = ensure(text, Access(offline=cached_only, pins=access.pins))
+            return ClipChoice(spec=text, arch=spec.arch, weights=str(fetched.path), tag=spec.tag,
+                              revision=fetched.pin.revision, sha256=fetched.pin.sha256)
+        weights = resolve_weights(spec, allow_download=setting != "auto" and not access.offline)
+    except (ClipUnavailable, ModelUnavailable) as exc:
         return ClipChoice(spec=str(spec), unavailable=str(exc))
     return ClipChoice(spec=str(spec), arch=spec.arch, weights=str(weights), tag=spec.tag)

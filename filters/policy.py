@@ -18,10 +18,10 @@ except ModuleNotFoundError:  # Python 3.10
 
 from manifests.errors import ConfigError
 from manifests.layers import SampleKind
-from manifests.schema import KIND, SAMPLE_ID, SCORES
+from manifests.schema import KIND, RULE_COLUMNS, SAMPLE_ID
 
 DEFAULT_POLICY = "default_policy.toml"
-_RULE_KEYS = {"score", "below", "above", "allow", "why"}
+_RULE_KEYS = {"score", "below", "above", "allow", "flag_only", "why"}
 
 
 class Op(str, Enum):
@@ -31,13 +31,14 @@ class Op(str, Enum):
 
 @dataclass(frozen=True)
 class Rule:
-    """Fires when `score <op> bound`; for the sample kinds in `allow` it only flags."""
+    """Fires when `score <op> bound`; for the sample kinds in `allow` (every kind if `flag_only`) it only flags."""
 
     score: str
     op: Op
     bound: float
     allow: frozenset[SampleKind] = frozenset()
     why: str = ""
+    flag_only: bool = False
 
     @cached_property
     def name(self) -> str:
@@ -109,7 +110,7 @@ class Policy:
         reasons, flags = [], []
         for rule in self.rules:
             if rule.fires(row.get(rule.score)):
-                (flags if SampleKind(row[KIND]) in rule.allow else reasons).append(rule.name)
+                (flags if rule.flag_only or SampleKind(row[KIND]) in rule.allow else reasons).append(rule.name)
         return Decision(keep=not reasons, reject_reasons=reasons, flags=flags)
 
     def apply(self, rows: Sequence[Mapping], embeddings: Sequence[Sequence[float] | None] | None = None
@@ -136,8 +137,8 @@ def _rule(entry: Mapping, source: str, index: int) -> Rule:
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (expected {sorted(_RULE_KEYS)})")
     score = entry.get("score")
-    if score not in SCORES:
-        raise ConfigError(f"{where}: score {score!r} is not a score column; known: {', '.join(SCORES)}")
+    if score not in RULE_COLUMNS:
+        raise ConfigError(f"{where}: score {score!r} is not a score column; known: {', '.join(RULE_COLUMNS)}")
     bounds = [(op, entry[key]) for op, key in ((Op.BELOW, "below"), (Op.ABOVE, "above")) if key in entry]
     if len(bounds) != 1:
         raise ConfigError(f"{where} ({score}): give exactly one of `below` or `above`")
@@ -148,7 +149,11 @@ def _rule(entry: Mapping, source: str, index: int) -> Rule:
     allow = entry.get("allow", [])
     if not isinstance(allow, list) or set(allow) - kinds:
         raise ConfigError(f"{where} ({score}): `allow` must list sample kinds from {sorted(kinds)}")
-    return Rule(score, op, float(bound), frozenset(SampleKind(k) for k in allow), str(entry.get("why", "")))
+    flag_only = entry.get("flag_only", False)
+    if not isinstance(flag_only, bool):
+        raise ConfigError(f"{where} ({score}): `flag_only` must be true or false, got {flag_only!r}")
+    return Rule(score, op, float(bound), frozenset(SampleKind(k) for k in allow), str(entry.get("why", "")),
+                flag_only)
 
 
 def near_duplicates(sample_ids: Sequence[str], embeddings: Sequence[Sequence[float] | None],

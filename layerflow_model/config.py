@@ -241,6 +241,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     cache_dir: str | None = None  # latent and text-embedding cache (GPU presets)
     pretrained: str | None = None  # this machine's CogVideoX-2b folder, if the checkpoint's moved
+    allow_empty_captions: bool = False  # train even if no kept sample has a caption (every prompt empty)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage", Stage(self.stage))

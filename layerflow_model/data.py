@@ -16,6 +16,7 @@ import torch
 from layerflow_model.config import ConfigError, ModelConfig, Stage
 from layerflow_model.layout import Task, pack, prompts_for
 from manifests.dataset import DatasetLike, open_dataset
+from manifests.errors import DatasetError
 from manifests.layers import CAPTIONED_LAYERS, Layer, SampleKind
 from manifests.schema import KIND, SAMPLE_ID, caption_column, uri_column
 from manifests.video_io import read_layer
@@ -48,6 +49,17 @@ def read_rows(uri: DatasetLike, split: str | None = "train") -> list[Row]:
                 {layer: rec[uri_column(layer)] for layer in Layer},
                 {layer: rec[caption_column(layer)] or "" for layer in CAPTIONED_LAYERS})
             for rec in table.to_pylist()]
+
+
+def check_captions(rows: list[Row], allow_empty: bool = False) -> str:
+    """One line: how many of the kept `rows` have no caption on any layer. All of them (and at least one): a
+    DatasetError, unless `allow_empty` (every prompt would be empty: the model would learn no text conditioning)."""
+    empty = sum(not any(text.strip() for text in row.captions.values()) for row in rows)
+    if rows and empty == len(rows) and not allow_empty:
+        raise DatasetError(f"none of the {len(rows)} kept samples has a caption (built with --captioner none, or "
+                           "the captioner gave none): every prompt would be empty; pass --allow-empty-captions "
+                           "(allow_empty_captions=True) to train anyway")
+    return f"{empty} of {len(rows)} kept samples have no caption (they train on empty prompts)"
 
 
 def fit(frames: np.ndarray, height: int, width: int) -> np.ndarray:

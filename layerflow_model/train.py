@@ -32,7 +32,7 @@ from layerflow_model.components import (
     save_checkpoint,
 )
 from layerflow_model.config import ConfigError, ModelConfig, Precision, TrainConfig
-from layerflow_model.data import Batch, BatchPlan, ClipStore, read_rows
+from layerflow_model.data import Batch, BatchPlan, ClipStore, check_captions, read_rows
 from layerflow_model.diffusion import Diffusion
 from layerflow_model.layout import PROMPT_LAYERS, condition_mask
 from manifests.dataset import open_dataset
@@ -104,6 +104,11 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
     out = Path(config.out)
     if out.exists() and latest_checkpoint(out) is not None and not resume:
         raise ConfigError(f"{out} already has checkpoints: pass --resume to continue that run, or pick a new --out")
+    dataset = open_dataset(config.manifest)  # resolved once, for the rows and for the media
+    rows = read_rows(dataset, config.split)
+    captions = check_captions(rows, config.allow_empty_captions)  # before the model: an unusable dataset stops here
+    if world.main:
+        print(captions)
     parts = prepare(config, model_config, device)
     model = parts.model
     trained = model.freeze_for(config.stage)
@@ -119,9 +124,7 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
         start = _restore(previous, parts, optimizer, ema, config)
 
     diffusion = Diffusion(parts.config.snr_shift)
-    dataset = open_dataset(config.manifest)  # resolved once, for the rows and for the media
-    plan = BatchPlan(read_rows(dataset, config.split), parts.config, config.stage, config.batch_size,
-                     config.task_weights, config.seed)
+    plan = BatchPlan(rows, parts.config, config.stage, config.batch_size, config.task_weights, config.seed)
     store = ClipStore(dataset, parts.config.height, parts.config.width)
     text_cache = parts.text_cache(config.cache_dir) if config.cache_dir else None
     latent_cache = parts.latent_cache(config.cache_dir) if config.cache_dir else None

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from manifests.layers import RGB_LAYERS, Layer
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"  # 3: caption_layers, caption_missing
 SCHEMA_METADATA = {b"layerflow.schema_version": SCHEMA_VERSION.encode(), b"layerflow.table": b""}
 
 MANIFEST_DIR = "manifest"
@@ -42,6 +42,8 @@ KEEP = "keep"
 REJECT_REASONS = "reject_reasons"
 FLAGS = "flags"
 DUPLICATE_OF = "duplicate_of"
+CAPTION_LAYERS = "caption_layers"  # how many of the captioned layers have a non-empty caption (0..3)
+CAPTION_MISSING = "caption_missing"  # why the others have none: "foreground: no sidecar caption; ..."; null if none
 DECISION_COLUMNS = (KEEP, REJECT_REASONS, FLAGS, DUPLICATE_OF)  # what a policy decides (`layerflow-data filter`)
 
 
@@ -82,6 +84,11 @@ SCORES: dict[str, str] = {
 }
 CLIP_COLUMNS = tuple(name for name in SCORES if name.startswith("clip_"))
 SCORE_FIELDS = [pa.field(name, pa.float32()) for name in SCORES]
+# What a policy rule may test: the scores, and how complete the captions are (a count, never null).
+RULE_COLUMNS: dict[str, str] = {
+    **SCORES,
+    CAPTION_LAYERS: "how many of foreground, background and blended have a non-empty caption (0..3)",
+}
 
 
 def _with_metadata(schema: pa.Schema, table: str) -> pa.Schema:
@@ -94,6 +101,8 @@ SAMPLE_SCHEMA = _with_metadata(pa.schema([
     pa.field(SPLIT, pa.string(), nullable=False),  # train | val
     *[pa.field(uri_column(layer), pa.string(), nullable=False) for layer in Layer],
     *[pa.field(caption_column(layer), pa.string()) for layer in (Layer.FOREGROUND, Layer.BACKGROUND, Layer.BLENDED)],
+    pa.field(CAPTION_LAYERS, pa.int8(), nullable=False),
+    pa.field(CAPTION_MISSING, pa.string()),
     pa.field("num_frames", pa.int32(), nullable=False),
     pa.field("fps", pa.float32(), nullable=False),
     pa.field("height", pa.int32(), nullable=False),
@@ -109,12 +118,17 @@ SAMPLE_SCHEMA = _with_metadata(pa.schema([
     pa.field("matting_backend", pa.string(), nullable=False),
     pa.field("matting_model", pa.string()),
     pa.field("matting_weights_sha256", pa.string()),
-    pa.field("captioner", pa.string(), nullable=False),
+    pa.field("matting_revision", pa.string()),  # the hub commit of fetched weights (None: a local or URL file)
+    # True: randomly initialised weights (`sam2:<config>:random`, tests and benchmarks only): not training data
+    pa.field("random_weights", pa.bool_(), nullable=False),
+    pa.field("captioner", pa.string(), nullable=False),  # hf:<model id>@<commit> for a hub model
+    pa.field("captioner_weights_sha256", pa.string()),
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("config_fingerprint", pa.string(), nullable=False),
     *SCORE_FIELDS,
     pa.field(CLIP_EMBEDDING, pa.list_(pa.float32())),
     pa.field(CLIP_MODEL, pa.string()),  # "<arch>:<weights file>" that produced the clip_* scores
+    pa.field("clip_weights_sha256", pa.string()),
     # policy (recomputed by `layerflow-data filter` from the scores above, with no model)
     pa.field(KEEP, pa.bool_(), nullable=False),
     pa.field(REJECT_REASONS, pa.list_(pa.string()), nullable=False),  # rules that fired: "ssim_blended_mean>0.995"

@@ -81,6 +81,27 @@ def write_layered(folder: Path, seed: int = 0, captions: dict | None = None) -> 
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_real_model_caches(tmp_path_factory: pytest.TempPathFactory):
+    """No test reads or fills the user's model caches or reaches the real hub: HF_HOME, the project cache and
+    rembg's homes point into a temporary folder, and the hub is offline unless a test points it at a stand-in
+    server (tests/hub_server.py)."""
+    root = tmp_path_factory.mktemp("model-caches")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("HF_HOME", str(root / "hf"))
+        patch.setenv("HF_HUB_CACHE", str(root / "hf" / "hub"))
+        patch.setenv("LAYERFLOW_CACHE_DIR", str(root / "layerflow"))
+        patch.setenv("U2NET_HOME", str(root / "u2net"))
+        patch.delenv("REMBG_HOME", raising=False)
+        from huggingface_hub import constants  # it reads its environment once, at import
+
+        patch.setattr(constants, "HF_HUB_OFFLINE", True)
+        patch.setattr(constants, "HF_HUB_CACHE", str(root / "hf" / "hub"))
+        patch.setattr(constants, "HF_HOME", str(root / "hf"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def ray_left_as_found():
     """What one test does to Ray in this process does not reach the next: a Ray it left running is shut down, the

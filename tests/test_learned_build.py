@@ -23,7 +23,7 @@ def test_build_with_rembg_plus_sam2_and_an_hf_captioner(tiny_source, small_confi
                                                         monkeypatch):
     monkeypatch.setitem(matting.BACKENDS, "sam2", SmallSam2)  # SAM 2 at 128 px: the same code, CPU-sized
     onnx = export(tmp_path / "tiny_rembg.onnx")
-    config = replace(small_config, matting=f"rembg:{onnx}+sam2:sam2.1_hiera_t", captioner=f"hf:{tiny_blip}",
+    config = replace(small_config, matting=f"rembg:{onnx}+sam2:sam2.1_hiera_t:random", captioner=f"hf:{tiny_blip}",
                      clip="none", device="cpu")
     summary = build(str(tiny_source), tmp_path / "ds", config, LocalRunner(progress=False))
 
@@ -33,6 +33,7 @@ def test_build_with_rembg_plus_sam2_and_an_hf_captioner(tiny_source, small_confi
     assert {row["matting_model"] for row in videos} == {"tiny_rembg.onnx+sam2.1_hiera_t"}
     sha = hashlib.sha256(onnx.read_bytes()).hexdigest()
     assert {row["matting_weights_sha256"] for row in videos} == {f"{sha}+none"}  # SAM 2 without a checkpoint
+    assert {row["random_weights"] for row in videos} == {True} and summary["random_weights"]  # and it says so
     captions = [row[f"caption_{layer.value}"] for row in rows for layer in CAPTIONED_LAYERS]
     assert any(captions) and all(c is None or set(c.split()) <= set(WORDS) for c in captions)  # the model's words
 

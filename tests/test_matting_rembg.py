@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import warnings
 from pathlib import Path
 
 import cv2
@@ -13,8 +12,8 @@ import numpy as np
 import onnxruntime
 import pooch
 import pytest
-import torch
 from conftest import moving_disk
+from fake_models import export_saliency_onnx as export  # also imported from here by other test modules
 from PIL import Image
 
 from datagen.matting import auto_learned_spec, load_matting, rembg_backend, uses_gpu
@@ -22,36 +21,10 @@ from datagen.matting.refine import soft_edge
 from datagen.matting.rembg_backend import CUDA, MODELS, RembgMatting
 from datagen.video_clip import VideoClip
 from manifests.errors import ConfigError
+from manifests.models import ModelUnavailable
 
 NUM_FRAMES, HEIGHT, WIDTH = 3, 40, 56  # not square, so a swapped height and width would show
 CPU_ONLY = "CPUExecutionProvider"
-
-
-class TinySaliency(torch.nn.Module):
-    """Two convs and a sigmoid with u2net's outputs: (N, 1, H, W) first (`d0`), then a side output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = torch.nn.Conv2d(3, 4, 3, padding=1)
-        self.head = torch.nn.Conv2d(4, 1, 3, padding=1)
-        self.side = torch.nn.Conv2d(4, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = torch.relu(self.features(x))
-        return torch.sigmoid(self.head(h)), torch.sigmoid(self.side(h))
-
-
-def export(path: Path, size: int = 320, dynamic_batch: bool = True, seed: int = 0) -> Path:
-    """Write a TinySaliency taking rembg's (N, 3, size, size) `input.1` to `path`; same seed, same weights."""
-    torch.manual_seed(seed)
-    net = TinySaliency().eval()
-    axes = {name: {0: "batch"} for name in ("input.1", "d0", "d1")} if dynamic_batch else None
-    with warnings.catch_warnings():
-        # The TorchScript exporter needs only `onnx`; the newer one needs onnxscript as well.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(net, torch.zeros(1, 3, size, size), str(path), dynamo=False,
-                          input_names=["input.1"], output_names=["d0", "d1"], dynamic_axes=axes)
-    return path
 
 
 @pytest.fixture(autouse=True)
@@ -225,12 +198,11 @@ def test_unknown_model_name_lists_the_known_ones():
     assert "isnet-general-use" in str(error.value) and "birefnet-general" in str(error.value)
 
 
-def test_missing_weights_say_where_they_are_expected_without_downloading(no_downloads):
-    with pytest.raises(ConfigError, match="never downloads") as error:
-        load_matting("rembg:isnet-general-use")
+def test_missing_weights_offline_name_the_fetch_command_and_rembg_never_downloads(no_downloads):
+    with pytest.raises(ModelUnavailable, match="not in the local cache") as error:
+        load_matting("rembg:isnet-general-use")  # HF_HUB_OFFLINE=1 (conftest): the registry may not fetch either
     message = str(error.value)
-    assert str(no_downloads / "models" / "isnet-general-use" / "isnet-general-use.onnx") in message
-    assert "rembg:/path/to/isnet-general-use.onnx" in message and "\n" not in message
+    assert "`layerflow-data models fetch rembg:isnet-general-use`" in message and "\n" not in message
 
 
 def test_auto_uses_the_best_cached_rembg_model_and_given_alpha_first(no_downloads, frames):

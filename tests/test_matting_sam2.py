@@ -31,6 +31,7 @@ from manifests.errors import ConfigError, InputError
 SMALL = ("++model.image_size=128",)  # 1024 by default; 128 keeps a CPU frame near 0.1 s
 HEIGHT, WIDTH = 48, 64  # not square, so a swapped height and width would show
 CHUNK, OVERLAP = 6, 2
+RANDOM = "sam2.1_hiera_t:random"  # random initialisation: only behind this spelling
 
 
 @dataclass
@@ -51,7 +52,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def backend() -> Sam2Matting:
-    return Sam2Matting(device="cpu", chunk=CHUNK, overlap=OVERLAP, hydra_overrides=SMALL)
+    return Sam2Matting(model=RANDOM, device="cpu", chunk=CHUNK, overlap=OVERLAP, hydra_overrides=SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,8 @@ def test_mattes_a_clip_in_range_and_names_itself(backend, clip):
     matte = backend(clip)
     assert matte.alpha.shape == (10, HEIGHT, WIDTH) and matte.alpha.dtype == np.float32
     assert matte.alpha.min() >= 0.0 and matte.alpha.max() <= 1.0
-    assert matte.backend.name == "sam2:sam2.1_hiera_t" and matte.backend.model_id == "sam2.1_hiera_t"
+    assert matte.backend.name == "sam2:sam2.1_hiera_t:random" and matte.backend.model_id == "sam2.1_hiera_t"
+    assert matte.backend.random_weights and matte.backend.weights_sha256 is None
     assert matte.backend.weights_sha256 is None and matte.backend.device == "cpu"  # random weights say so
 
 
@@ -86,7 +88,7 @@ def test_mattes_a_clip_in_range_and_names_itself(backend, clip):
 def test_same_clip_same_alpha_and_same_seed_same_network(backend, clip):
     first = backend(clip).alpha
     np.testing.assert_array_equal(first, backend(clip).alpha)
-    again = Sam2Matting(device="cpu", chunk=CHUNK, overlap=OVERLAP, hydra_overrides=SMALL)
+    again = Sam2Matting(model=RANDOM, device="cpu", chunk=CHUNK, overlap=OVERLAP, hydra_overrides=SMALL)
     np.testing.assert_array_equal(first, again(clip).alpha)
 
 
@@ -181,7 +183,7 @@ def test_chunk_boundaries_leave_no_jump_larger_than_the_in_chunk_change():
     so the cross-fade gives it no weight; fading it in as well made steps of 0.15 at the boundaries against 0.011
     inside a chunk."""
     count = 40
-    backend = Sam2Matting(device="cpu", hydra_overrides=SMALL)  # chunk 16, overlap 4
+    backend = Sam2Matting(model=RANDOM, device="cpu", hydra_overrides=SMALL)  # chunk 16, overlap 4
     frames, _ = moving_disk(count, HEIGHT, WIDTH, seed=3)
     soft = backend.soft_masks(frames, (8.0, 8.0, 30.0, 30.0))
     steps = step_sizes(soft)
@@ -254,7 +256,7 @@ def small_sam2_spec(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.slow
 def test_rembg_plus_sam2_prompts_with_the_rembg_mask(small_sam2_spec, tmp_path, monkeypatch, clip):
     onnx = export(tmp_path / "tiny.onnx")
-    backend = load_matting(f"rembg:{onnx}+sam2:sam2.1_hiera_t", device="cpu")
+    backend = load_matting(f"rembg:{onnx}+sam2:sam2.1_hiera_t:random", device="cpu")
     assert isinstance(backend, SmallSam2) and backend.prompter.model == str(onnx)
     spy = ChunkSpy(backend._propagate_chunk)
     monkeypatch.setattr(backend, "_propagate_chunk", spy)
@@ -265,14 +267,15 @@ def test_rembg_plus_sam2_prompts_with_the_rembg_mask(small_sam2_spec, tmp_path, 
     sha = hashlib.sha256(onnx.read_bytes()).hexdigest()
     assert matte.backend.name == "rembg+sam2" and matte.backend.model_id == "tiny.onnx+sam2.1_hiera_t"
     assert matte.backend.weights_sha256 == f"{sha}+none" and matte.backend.device == "cpu"
+    assert matte.backend.random_weights  # SAM 2's part is random: the whole matte says so
 
 
 @pytest.mark.slow
 def test_plain_rembg_plus_sam2_means_u2net_and_hiera_t(small_sam2_spec, tmp_path, monkeypatch):
     monkeypatch.setenv("U2NET_HOME", str(tmp_path))
     export(tmp_path / "u2net.onnx")  # a tiny network standing in for u2net in rembg's cache
-    backend = load_matting("rembg+sam2", device="cpu")
-    assert backend.prompter.model == "u2net" and backend.model == "sam2.1_hiera_t"
+    backend = load_matting("rembg+sam2:sam2.1_hiera_t:random", device="cpu")
+    assert backend.prompter.model == "u2net" and backend.model == "sam2.1_hiera_t:random"
     assert backend.prompter.info.device == backend.info.device == "cpu"
 
 
@@ -314,7 +317,7 @@ def test_chunk_and_overlap_must_leave_a_frame_to_prompt_with(chunk, overlap):
 
 @pytest.mark.slow
 def test_checkpoint_loads_through_sam2_and_is_named_by_its_hash(backend, tmp_path):
-    source = Sam2Matting(device="cpu", seed=1, hydra_overrides=SMALL)
+    source = Sam2Matting(model=RANDOM, device="cpu", seed=1, hydra_overrides=SMALL)
     path = tmp_path / "seed1.pt"
     torch.save({"model": source.predictor.state_dict()}, path)
     loaded = Sam2Matting(model=f"sam2.1_hiera_t:{path}", device="cpu", hydra_overrides=SMALL)
@@ -345,7 +348,8 @@ def peak_rss_mib() -> float:
 
 def peak_rss_increase_mib(frames: int, chunk: int, image_size: int) -> float:
     """MiB by which matting a `frames`-frame clip raised this process's peak RSS, the model already built."""
-    backend = Sam2Matting(device="cpu", chunk=chunk, hydra_overrides=(f"++model.image_size={image_size}",))
+    overrides = (f"++model.image_size={image_size}",)
+    backend = Sam2Matting(model=RANDOM, device="cpu", chunk=chunk, hydra_overrides=overrides)
     clip = VideoClip(frames=moving_disk(frames, HEIGHT, WIDTH, seed=3)[0])
     before = peak_rss_mib()
     backend(clip)

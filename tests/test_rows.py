@@ -21,7 +21,8 @@ EVERY_STAGE_MAY = {"status", "failure", "seconds", "devices"}
 PLANNED = {"sample_id", "kind", "split", "fg", "bg", "bg_clip_path"}  # what `plan_samples` sets
 PLAN_READS = {"item", "kind", "clip_path", "background_path", "matting", "matte_error"}  # of the input rows
 MANIFEST_READS = {"placement", "frames_foreground", "frames_background", "num_frames", "height", "width",
-                  "captioner", "captions", "scores", "clip_embedding", "clip_model"}  # `SampleRow.manifest_row`
+                  "captioner", "captions", "caption_missing", "scores", "clip_embedding",
+                  "clip_model"}  # `SampleRow.manifest_row`
 
 
 def chains(config, tmp_path: Path) -> tuple[list, list]:

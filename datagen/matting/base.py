@@ -20,6 +20,8 @@ class BackendInfo:
     model_id: str | None = None
     weights_sha256: str | None = None
     device: str = "cpu"
+    revision: str | None = None  # the hub commit the weights were fetched at (None: a local or URL file)
+    random_weights: bool = False  # `sam2:<config>:random`: tests and benchmarks only, marked in every row
 
 
 @dataclass

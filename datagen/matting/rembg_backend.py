@@ -1,5 +1,6 @@
 """The `rembg:<model | path.onnx>` backend: rembg's salient-object networks run through one onnxruntime session,
-batched over a clip's frames, with the device chosen explicitly and weights taken only from the local cache."""
+batched over a clip's frames, with the device chosen explicitly; weights from rembg's cache, else the model
+registry's (`manifests.models`: fetched on first use where the network is allowed)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from datagen.matting.base import BackendInfo, Matte, file_sha256
 from datagen.matting.refine import soft_edge
 from datagen.video_clip import VideoClip
 from manifests.errors import ConfigError
+from manifests.models import REGISTRY, Access, default_access, ensure
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +64,10 @@ MODELS: dict[str, Preprocess] = {
 class RembgMatting:
     """Mattes the salient object of every frame with a rembg network (no temporal model: frame by frame).
 
-    `model` is a rembg model name, whose weights must already be in rembg's cache, or a path to an .onnx file;
-    a file named like a known model (`isnet-general-use.onnx`) gets that model's preprocessing, any other file
-    that of rembg's u2net_custom session. Nothing is ever downloaded.
+    `model` is a rembg model name or a path to an .onnx file. A name's weights come from rembg's own cache when
+    they are there, else from the model registry (cached, or fetched as `access` allows). A file named like a
+    known model (`isnet-general-use.onnx`) gets that model's preprocessing, any other file that of rembg's
+    u2net_custom session.
     """
 
     name: ClassVar[str] = "rembg"
@@ -77,6 +80,7 @@ class RembgMatting:
     max_batch: int = 8  # frames per network call, to bound memory: the 1024 px models' activations are large
     edge_radius: int = 4  # guided filter radius (px) and width of the soft band around the edge
     edge_eps: float = 1e-3  # guided filter regulariser
+    access: Access = field(default_factory=default_access)  # may registry weights be fetched; the driver's pins
 
     session: Any = field(init=False, repr=False)  # onnxruntime.InferenceSession, made once per worker
     info: BackendInfo = field(init=False)
@@ -93,10 +97,14 @@ class RembgMatting:
         path = self._weights_path()
         model_id = path.name if self.model.endswith(".onnx") else self.model
         self.preprocess = MODELS.get(self.model, MODELS.get(path.stem, U2NET))
+        sha = file_sha256(path)
+        pin = self.access.pin(f"{self.name}:{self.model}")
+        if pin is not None and pin.sha256 != sha:
+            raise ConfigError(f"rembg model {self.model!r}: {path} has sha256 {sha[:12]}..., this build pins "
+                              f"{pin.sha256[:12]}... (another file than the driver resolved)")
         self.session, device = self._open_session(path)
         self._check_signature()
-        self.info = BackendInfo(name=f"{self.name}:{model_id}", model_id=model_id,
-                                weights_sha256=file_sha256(path), device=device)
+        self.info = BackendInfo(name=f"{self.name}:{model_id}", model_id=model_id, weights_sha256=sha, device=device)
 
     def __call__(self, clip: VideoClip) -> Matte:
         height, width = clip.frames.shape[1:3]
@@ -148,15 +156,13 @@ class RembgMatting:
             return path
         if self.model not in MODELS:
             raise ConfigError(f"unknown rembg model {self.model!r}; known: {', '.join(MODELS)}, or a path to an .onnx")
-        found, where = cached_model(self.model)
-        if found is None:
-            filename = f"{self.model}.onnx"
-            raise ConfigError(
-                f"rembg model {self.model!r}: weights not found at {where} and this backend never downloads; "
-                f"fetch {filename} on a machine with internet access (`rembg d {self.model}`) and copy it there, "
-                f"set U2NET_HOME to a folder holding it, or pass its path: rembg:/path/to/{filename}"
-            )
-        return found
+        found, _ = cached_model(self.model)
+        if found is not None:
+            return found
+        if f"{self.name}:{self.model}" in REGISTRY:
+            return ensure(f"{self.name}:{self.model}", self.access).path  # cached, fetched, or one line
+        raise ConfigError(f"rembg model {self.model!r} is not in rembg's cache nor in the model registry; fetch it "
+                          f"with `rembg d {self.model}`, or pass its path: rembg:/path/to/{self.model}.onnx")
 
     def _open_session(self, path: Path) -> tuple[Any, str]:
         """One onnxruntime session with explicit providers, and the device it really runs on."""

@@ -20,6 +20,7 @@ from datagen.matting.refine import soft_edge
 from datagen.video_clip import VideoClip
 from manifests.device import resolve_device
 from manifests.errors import ConfigError, InputError, one_line
+from manifests.models import RANDOM_SUFFIX, REGISTRY, Access, default_access, ensure
 
 # Short config name -> the config inside the sam2 package (what `build_sam2_video_predictor` composes).
 CONFIGS: dict[str, str] = {
@@ -38,10 +39,12 @@ Prompt = np.ndarray | Box  # a (H, W) bool mask or a box, for the first frame of
 class Sam2Matting:
     """Tracks one foreground object through a clip with a SAM 2 video predictor.
 
-    `model` is `<config>[:<checkpoint>]`: a short config name (`sam2.1_hiera_t`, `_s`, `_b+`, `_l`, or the same
-    for `sam2_hiera_*`) or a config path inside the sam2 package (`configs/sam2.1/sam2.1_hiera_t.yaml`), and
-    optionally a SAM 2 checkpoint (`{"model": state_dict}`, loaded by sam2 with `weights_only=True`). Without one
-    the network is randomly initialised from `seed` (the matte then says weights_sha256 None).
+    `model` is `<config>[:<checkpoint> | :random]`: a short config name (`sam2.1_hiera_t`, `_s`, `_b+`, `_l`, or
+    the same for `sam2_hiera_*`) or a config path inside the sam2 package (`configs/sam2.1/sam2.1_hiera_t.yaml`),
+    and optionally a SAM 2 checkpoint (`{"model": state_dict}`, loaded by sam2 with `weights_only=True`). Without
+    one, the official checkpoint of that config (`manifests.models.REGISTRY`) is loaded from the cache or fetched
+    (as `access` allows), else a one-line `ModelUnavailable`. `:random` initialises the network randomly from
+    `seed`: for tests and benchmarks only; the matte says so (`random_weights`).
 
     The prompt on frame 0 is, in this order: the clip's own alpha (a source that carries it); the `prompter`'s
     mask (`rembg+sam2`: a per-frame backend finds the object, SAM 2 keeps it consistent over time); else a box
@@ -64,7 +67,8 @@ class Sam2Matting:
     refine: bool = True  # soft_edge the thresholded mask, as the other backends do
     edge_radius: int = 4  # guided filter radius (px) and width of the soft band around the edge
     edge_eps: float = 1e-3  # guided filter regulariser
-    seed: int = 0  # random initialisation without a checkpoint: same seed, same network
+    seed: int = 0  # `:random` initialisation: same seed, same network
+    access: Access = field(default_factory=default_access)  # may the official checkpoint be fetched; the pins
     hydra_overrides: tuple[str, ...] = ()  # extra overrides for the config; tests shrink `++model.image_size`
 
     predictor: Any = field(init=False, repr=False)  # sam2.sam2_video_predictor.SAM2VideoPredictor
@@ -78,11 +82,25 @@ class Sam2Matting:
             raise ConfigError(f"sam2 overlap must be at least 1 and below chunk ({self.chunk}), got {self.overlap}")
         config_name, _, checkpoint = self.model.partition(":")
         config = _config_path(config_name)
-        checkpoint_path = _checkpoint_path(checkpoint) if checkpoint else None
         device = resolve_device(self.device)
+        short = Path(config).stem
+        if checkpoint == RANDOM_SUFFIX[1:]:  # tests and benchmarks only: the spelling says so
+            self.predictor = self._build(config, None, device)
+            self.info = BackendInfo(name=f"{self.name}:{short}{RANDOM_SUFFIX}", model_id=short, device=device,
+                                    random_weights=True)
+            return
+        revision = None
+        if checkpoint:
+            checkpoint_path = _checkpoint_path(checkpoint)
+        elif f"{self.name}:{short}" in REGISTRY:
+            fetched = ensure(f"{self.name}:{short}", self.access)  # cached, else fetched (if allowed), else one line
+            checkpoint_path, revision = fetched.path, fetched.pin.revision
+        else:
+            raise ConfigError(f"sam2 config {config_name!r} has no official checkpoint in the model registry; pass "
+                              f"one (sam2:{config_name}:/path/to/checkpoint.pt)")
         self.predictor = self._build(config, checkpoint_path, device)
-        self.info = BackendInfo(name=f"{self.name}:{Path(config).stem}", model_id=Path(config).stem,
-                                weights_sha256=file_sha256(checkpoint_path) if checkpoint_path else None, device=device)
+        self.info = BackendInfo(name=f"{self.name}:{short}", model_id=short, device=device, revision=revision,
+                                weights_sha256=file_sha256(checkpoint_path))
 
     def __call__(self, clip: VideoClip) -> Matte:
         # 1. What to track: a mask or box on frame 0, and who made it.
@@ -194,14 +212,18 @@ class Sam2Matting:
         """`rembg+sam2`, model `u2net+sam2.1_hiera_t`: each part names its backend; weights `none` where absent."""
         prompter_name = self.prompter.name
         shas = (first.weights_sha256, self.info.weights_sha256)
+        revisions = (first.revision, self.info.revision)
         return BackendInfo(
             name=f"{prompter_name}+{self.name}",
+            revision=None if revisions == (None, None) else "+".join(rev or "none" for rev in revisions),
+            random_weights=first.random_weights or self.info.random_weights,
             model_id=f"{first.model_id or prompter_name}+{self.info.model_id}",
             weights_sha256=None if shas == (None, None) else "+".join(sha or "none" for sha in shas),
             device=self.info.device if first.device == self.info.device else f"{first.device}+{self.info.device}",
         )
 
     def _build(self, config: str, checkpoint: Path | None, device: str) -> Any:
+        """The video predictor; without a checkpoint (`:random` only) randomly initialised from `seed`."""
         import torch
         from sam2.build_sam import build_sam2_video_predictor  # lazy: composes the config through hydra
 
@@ -263,6 +285,7 @@ def _config_path(name: str) -> str:
 def _checkpoint_path(text: str) -> Path:
     path = Path(text).expanduser()
     if not path.is_file():
-        raise ConfigError(f"sam2 checkpoint {str(path)!r} does not exist; this backend never downloads weights")
+        raise ConfigError(f"sam2 checkpoint {str(path)!r} does not exist (leave it out to use the official one, "
+                          "fetched on first use)")
     return path
 
