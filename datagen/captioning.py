@@ -283,8 +283,9 @@ class HfCaptioner:
         if misses:
             first = dict(zip(misses, self.generate([items[i][1] for i in misses], [prompts[i] for i in misses])))
             again = [i for i in misses if degenerate(first[i])]
-            second = dict(zip(again, self.generate([items[i][1] for i in again], [retries[i] for i in again])
-                              if again else []))
+            second: dict[int, str | None] = {}
+            if again:
+                second = dict(zip(again, self.generate([items[i][1] for i in again], [retries[i] for i in again])))
             for i in misses:
                 text = second.get(i, first[i])  # the retry's, if there was one
                 why = degenerate(text)

@@ -21,7 +21,7 @@ from manifests.layers import SampleKind
 from manifests.schema import KIND, RULE_COLUMNS, SAMPLE_ID
 
 DEFAULT_POLICY = "default_policy.toml"
-_RULE_KEYS = {"score", "below", "above", "allow", "flag_only", "why"}
+_RULE_KEYS = {"score", "below", "above", "allow", "why"}
 
 
 class Op(str, Enum):
@@ -31,14 +31,13 @@ class Op(str, Enum):
 
 @dataclass(frozen=True)
 class Rule:
-    """Fires when `score <op> bound`; for the sample kinds in `allow` (every kind if `flag_only`) it only flags."""
+    """Fires when `score <op> bound`; for the sample kinds in `allow` it only flags."""
 
     score: str
     op: Op
     bound: float
     allow: frozenset[SampleKind] = frozenset()
     why: str = ""
-    flag_only: bool = False
 
     @cached_property
     def name(self) -> str:
@@ -110,7 +109,7 @@ class Policy:
         reasons, flags = [], []
         for rule in self.rules:
             if rule.fires(row.get(rule.score)):
-                (flags if rule.flag_only or SampleKind(row[KIND]) in rule.allow else reasons).append(rule.name)
+                (flags if SampleKind(row[KIND]) in rule.allow else reasons).append(rule.name)
         return Decision(keep=not reasons, reject_reasons=reasons, flags=flags)
 
     def apply(self, rows: Sequence[Mapping], embeddings: Sequence[Sequence[float] | None] | None = None
@@ -149,11 +148,7 @@ def _rule(entry: Mapping, source: str, index: int) -> Rule:
     allow = entry.get("allow", [])
     if not isinstance(allow, list) or set(allow) - kinds:
         raise ConfigError(f"{where} ({score}): `allow` must list sample kinds from {sorted(kinds)}")
-    flag_only = entry.get("flag_only", False)
-    if not isinstance(flag_only, bool):
-        raise ConfigError(f"{where} ({score}): `flag_only` must be true or false, got {flag_only!r}")
-    return Rule(score, op, float(bound), frozenset(SampleKind(k) for k in allow), str(entry.get("why", "")),
-                flag_only)
+    return Rule(score, op, float(bound), frozenset(SampleKind(k) for k in allow), str(entry.get("why", "")))
 
 
 def near_duplicates(sample_ids: Sequence[str], embeddings: Sequence[Sequence[float] | None],

@@ -113,6 +113,10 @@ def _header(dataset: Dataset, summary: dict, policy: Policy) -> str:
         ("matting", f"requested {_e(matting.get('requested', '?'))}; used {_counts(matting.get('used', {}))}"),
         ("captioner", _e(backends.get("captioner", "?"))),
         ("CLIP", clip_text),
+        *((f"{option} model", f"{_e(stage.get('runs') or 'none')}: {_e(stage.get('why', ''))}")
+          for option, stage in backends.get("models", {}).items()),  # what ran per learned stage, and why
+        *([("weights", '<span class="bad">randomly initialised (tests and benchmarks only): not training '
+                       "data</span>")] if summary.get("random_weights") else []),
         ("policy", f"<code>{_e(summary.get('policy', {}).get('source', policy.source))}</code>"),
         ("build time", f"{_e(summary.get('seconds', {}).get('wall', '?'))} s"),
     ]

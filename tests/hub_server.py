@@ -37,7 +37,7 @@ import selectors
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -188,7 +188,11 @@ class _Handler(BaseHTTPRequestHandler):
         body = b""
         if method == "POST":
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        response = self.server.hub._answer(method, self.path, self.headers.get("Range"), body)
+        try:
+            response = self.server.hub._answer(method, self.path, self.headers.get("Range"), body)
+        except Exception as exc:  # a bug here: a 500 the client reports, rather than a dropped connection
+            message = f"fake hub error: {exc!r}".encode("ascii", "backslashreplace")
+            response = _Response(500, {"Content-Type": "text/plain"}, message)
         self.send_response(response.status)
         if isinstance(response.body, bytes):
             length = len(response.body)
@@ -212,7 +216,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _error(code: str | None, message: str, commit: str | None = None) -> _Response:
-    headers = {"Content-Type": "application/json", "X-Error-Message": message}
+    # Header values go out as latin-1: a non-ASCII file name is escaped there (the JSON body keeps it).
+    ascii_message = message.encode("ascii", "backslashreplace").decode()
+    headers = {"Content-Type": "application/json", "X-Error-Message": ascii_message}
     if code:
         headers["X-Error-Code"] = code
     if commit:
@@ -258,7 +264,7 @@ class HubServer:
 
     # --- content ---------------------------------------------------------------------------------------------
 
-    def add_repo(self, repo_id: str, files: dict[str, bytes | Path], commit: str | None = None) -> str:
+    def add_repo(self, repo_id: str, files: Mapping[str, bytes | Path], commit: str | None = None) -> str:
         """Serve `files` (repo path -> content) as `repo_id` at revision `main` and at the returned commit sha.
 
         The sha is derived from the repo id and the contents unless given. Adding the same repo again moves `main`
@@ -460,7 +466,12 @@ class SilentServer:
     """A TCP server on 127.0.0.1 that accepts connections and never answers: a hub or URL that hangs.
 
     It reads (and drops) what clients send and holds each socket until the client closes it or the server is
-    closed; `connections` counts the connections accepted."""
+    closed; `connections` counts the connections accepted.
+
+    huggingface_hub pointed at it hangs long: an uncached `hf_hub_download` waits `constants.HF_HUB_ETAG_TIMEOUT`
+    (10 s) for its HEAD, then tries it 6 more times, each waiting `file_download._ETAG_RETRY_TIMEOUT` (60 s, not read
+    from the environment), with 1-8 s backoffs in between: about 6.5 minutes (384 s measured with a 1 s ETag
+    timeout). A test of a hanging hub must bound that (patch those, or the code under test has its own deadline)."""
 
     def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))

@@ -208,7 +208,8 @@ def test_a_sidecar_build_counts_captioned_layers_flags_incomplete_samples_and_re
     assert validate(tmp_path / "ds").problems == []  # the new columns follow the contract
     page = write_report(tmp_path / "ds", tmp_path / "report.html").read_text()
     assert f"<code>{FLAG.replace('<', '&lt;')}</code>" in page and "captions are missing" in page
-    assert any(rule.score == CAPTION_LAYERS and rule.flag_only for rule in read_policy(tmp_path / "ds").rules)
+    [rule] = read_policy(tmp_path / "ds").rule(CAPTION_LAYERS)
+    assert rule.allow == set(SampleKind)  # flags every kind (a new kind must be added to the default policy)
 
 
 def test_a_model_build_records_degenerate_captions_as_null_with_the_reason(tiny_source, small_config, tiny_blip,

@@ -21,6 +21,7 @@ from datagen.pipeline import LocalRunner
 from manifests import io
 from manifests.errors import ConfigError
 from manifests.layers import CAPTIONED_LAYERS, Layer
+from manifests.models import ModelUnavailable
 
 
 @pytest.fixture(autouse=True)
@@ -151,12 +152,19 @@ def test_a_model_id_in_the_hub_cache_loads_offline_pinned_to_its_commit(tiny_bli
     assert captioner({}, layers) == load_captioner(f"hf:{tiny_blip}")({}, layers)  # the same weights
 
 
-@pytest.mark.parametrize("spec", ["hf:{tmp}/no_such_model", "hf:layerflow-test/no-such-model", "hf:{tmp}"])
-def test_a_model_that_is_not_here_is_a_one_line_config_error(spec, tmp_path):
+@pytest.mark.parametrize("spec", ["hf:{tmp}/no_such_model", "hf:{tmp}"])
+def test_a_folder_that_is_not_a_model_is_a_one_line_config_error(spec, tmp_path):
     with pytest.raises(ConfigError) as error:
         load_captioner(spec.format(tmp=tmp_path))
     message = str(error.value)
     assert "\n" not in message and "save_pretrained" in message and message.startswith("captioner hf:")
+
+
+def test_a_model_id_not_cached_offline_is_one_line_naming_models_fetch():
+    with pytest.raises(ModelUnavailable) as error:
+        load_captioner("hf:layerflow-test/no-such-model")  # HF_HUB_OFFLINE=1: nothing may be downloaded
+    message = str(error.value)
+    assert "\n" not in message and "`layerflow-data models fetch hf:layerflow-test/no-such-model`" in message
 
 
 def test_a_model_that_does_not_caption_images_is_a_config_error(tmp_path):

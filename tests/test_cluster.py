@@ -156,6 +156,48 @@ def test_build_on_a_two_node_cluster_matches_a_single_process_build(tiny_source,
     assert validate_dataset(tmp_path / "cluster").ok
 
 
+@pytest.mark.slow
+def test_each_node_fetches_the_pinned_model_once_into_its_own_cache(tiny_source, tmp_path, monkeypatch):
+    """A learned captioner named on a two-node cluster whose nodes keep separate caches: the driver resolves the pin
+    (one download), each node that captions fetches the same files once into its own cache and checks the hash."""
+    from fake_models import tiny_blip
+    from hub_server import HubServer, point_hub_at
+
+    spec = "hf:HuggingFaceTB/SmolVLM-256M-Instruct"
+    with HubServer() as hub, private_ray_tmpdir() as ray_tmp:
+        commit = hub.add_repo(spec[3:], tiny_blip(tmp_path / "blip"))
+        point_hub_at(monkeypatch, hub.endpoint, tmp_path / "driver" / "hf")
+        monkeypatch.setenv("LAYERFLOW_CACHE_DIR", str(tmp_path / "driver" / "cache"))
+        monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        from ray.cluster_utils import Cluster
+
+        caches = {name: tmp_path / name for name in ("head", "worker")}
+        cluster = Cluster()
+        try:
+            for root in caches.values():
+                cluster.add_node(num_cpus=1, env_vars={"LAYERFLOW_CACHE_DIR": str(root / "cache"),
+                                                       "HF_HOME": str(root / "hf"),
+                                                       "HF_HUB_CACHE": str(root / "hf" / "hub")})
+            cluster.wait_for_nodes(timeout=60)
+            layerflow_data("build", "--source", str(tiny_source), "--out", str(tmp_path / "ds"), *BUILD_OPTIONS,
+                           "--captioner", spec, "--ray-address", cluster.address)
+        finally:
+            cluster.shutdown()
+        gets = [path for method, path in hub.requests if method == "GET" and path.endswith("model.safetensors")]
+
+    driver_pin = json.loads((tmp_path / "driver" / "cache" / "models.lock.json").read_text())[spec]
+    assert driver_pin["revision"] == commit
+    fetched_on = [name for name, root in caches.items() if (root / "cache" / "models.lock.json").is_file()]
+    assert fetched_on, "no node loaded the captioner"
+    for name in fetched_on:
+        node_pin = json.loads((caches[name] / "cache" / "models.lock.json").read_text())[spec]
+        assert (node_pin["revision"], node_pin["sha256"]) == (commit, driver_pin["sha256"]), name
+    assert len(gets) == 1 + len(fetched_on), gets  # the driver once, each node that captioned once
+    rows = manifest_rows(tmp_path / "ds")
+    assert {row["captioner"] for row in rows} == {f"{spec}@{commit}"}
+
+
 # --- b: ray job submit ---------------------------------------------------------------------------------------------
 
 

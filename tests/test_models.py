@@ -13,6 +13,7 @@ import subprocess
 import sys
 import urllib.request
 from dataclasses import replace
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from datagen.matting import known_specs, load_matting
 from datagen.matting.sam2_backend import Sam2Matting
 from datagen.preflight import WEIGHT_FREE, choose_models
 from filters.clip import resolve_clip
+from filters.report import write_report
 from manifests import io, models
 from manifests.errors import ConfigError
 from manifests.models import REGISTRY, Access, Group, ModelUnavailable, ensure, read_lock
@@ -205,6 +207,8 @@ def test_a_real_source_build_fetches_the_defaults_once_and_the_model_captions_re
     assert any(captions) and all(c is None or set(c.split()) <= set(WORDS) for c in captions)  # the model's words
     record = json.loads((tmp_path / "ds" / "_build.json").read_text())
     assert record["models"]["matting"]["pins"][0]["sha256"] == sha256(onnx)
+    html = write_report(tmp_path / "ds").read_text()
+    assert "captioner model" in html and "hf:HuggingFaceTB/SmolVLM-256M-Instruct" in html and "randomly" not in html
 
     hub.clear()
     build_dataset(BuildJob(str(tmp_path / "ds2"), str(tiny_source), config, no_ray=True), log=print)
@@ -347,3 +351,23 @@ def test_auto_matting_uses_what_the_driver_chose(monkeypatch):
     access = Access(chosen=((Group.MATTING, ""),))
     backend = matting.load_matting("auto", "cpu", access)
     assert backend.learned is None  # the driver chose the weight-free path: nothing is looked up
+
+
+@pytest.mark.slow
+def test_workers_on_one_node_fetch_each_file_once(hub, tmp_path):
+    """Three processes sharing a node's cache (a cluster node's workers) load the model the driver pinned, at once:
+    each file crosses the network once, and each process checks the driver's hash."""
+    served = tiny_blip(tmp_path / "blip")
+    commit = hub.add_repo("HuggingFaceTB/SmolVLM-256M-Instruct", served)
+    wanted = {name: {"sha256": sha256(path)} for name, path in served.items()
+              if any(fnmatch(name, pattern) for pattern in models.MODEL_FOLDER_PATTERNS)}
+    pin = models.Pin("hf:HuggingFaceTB/SmolVLM-256M-Instruct", commit, models.files_digest(wanted))
+    code = ("import sys; from manifests.models import Access, Pin, ensure; pin = Pin(*sys.argv[1:]); "
+            "assert ensure(pin.spec, Access(pins=(pin,))).pin == pin")
+    workers = [subprocess.Popen([sys.executable, "-c", code, pin.spec, pin.revision, pin.sha256], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[1])
+               for _ in range(3)]
+    errors = [worker.communicate(timeout=120)[1] for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), errors
+    gets = [path for method, path in hub.requests if method == "GET" and path.endswith("model.safetensors")]
+    assert len(gets) == 1, hub.requests
