@@ -33,7 +33,7 @@ from layerflow_model.config import (
 from layerflow_model.layout import Task
 from manifests.device import Device
 from manifests.layers import SampleKind
-from manifests.schema import SCORES
+from manifests.schema import RULE_COLUMNS
 from recipes.config import ReproduceConfig
 
 app = typer.Typer(
@@ -248,7 +248,7 @@ Example: `layerflow-data filter ./ds --policy strict.toml`
 """
 
 
-@app.command("filter", help=FILTER_HELP.format(scores=", ".join(f"`{name}`" for name in SCORES)))
+@app.command("filter", help=FILTER_HELP.format(scores=", ".join(f"`{name}`" for name in RULE_COLUMNS)))
 def filter_(
     dataset: DatasetArg,
     policy: Annotated[Path | None, typer.Option(help="Policy TOML (default: the shipped default policy).")] = None,

@@ -56,6 +56,7 @@ def synthetic_dataset(root: Path, rows: int, parts: int, dim: int, seed: int = 0
             input_id_background="b",
             source_foreground="fg.mp4", source_background="bg.mp4", frames_foreground=list(range(16)),
             frames_background=list(range(16)), placement="{}", matting_backend="given", captioner="sidecar", seed=0,
+            caption_layers=len(CAPTIONED_LAYERS), random_weights=False,
             config_fingerprint="x", recompose_psnr=float(rng.uniform(20, 60)),
             clip_embedding=(embedding / np.linalg.norm(embedding)).tolist(), clip_model="synthetic",
             keep=True, reject_reasons=[], flags=[], duplicate_of=None,

@@ -244,10 +244,11 @@ class HfCaptioner:
 
     def _prompt(self, layer: Layer) -> str | None:
         """A chat VLM's whole prompt for `layer` (its chat template around the instruction); None for the others."""
-        if not self.is_chat:
-            return None
-        content = [{"type": "image"}, {"type": "text", "text": self.instructions[layer]}]
-        messages = [{"role": "user", "content": content}]
+        return self.chat_prompt(self.instructions[layer]) if self.is_chat else None
+
+    def chat_prompt(self, instruction: str) -> str:
+        """The chat template around one image and `instruction`, ending where the answer starts."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def generation(self) -> dict:
@@ -363,16 +364,11 @@ def shown(text: str | None) -> str:
 def retry_prompt(captioner: HfCaptioner, layer: Layer) -> str:
     """What the one retry of `layer` asks: a chat VLM's prompt around `RETRY_INSTRUCTIONS[layer]`, else the caption
     start `RETRY_PREFIX` (given to e.g. BLIP as its text)."""
-    if not captioner.is_chat:
-        return RETRY_PREFIX
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": RETRY_INSTRUCTIONS[layer]}]}]
-    return captioner.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return captioner.chat_prompt(RETRY_INSTRUCTIONS[layer]) if captioner.is_chat else RETRY_PREFIX
 
 
 CAPTIONERS = {"sidecar": SidecarCaptioner, "none": NoCaptioner}
 LEARNED = "hf:<model id or local path>"
-
-
 AUTO = "auto"  # the registry's default captioner for the device (fetched on first use), else `sidecar`
 
 

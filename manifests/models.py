@@ -291,7 +291,12 @@ def ensure(spec: str, access: Access | None = None) -> Fetched:
     expected = pin.sha256 if pin else (locked or {}).get("sha256")
     try:
         if isinstance(entry.source, HubSource):
-            fetched = _hub(entry, entry.source, revision, access.offline)
+            try:  # the cache first, without a request (a pinned or locked revision that is here needs none)
+                fetched = _hub(entry, entry.source, revision, offline=True)
+            except Exception:  # noqa: BLE001 - not cached (in full): fetch it, if allowed
+                if access.offline:
+                    raise
+                fetched = _hub(entry, entry.source, revision, offline=False)
         else:
             fetched = _url(entry, entry.source, access.offline)
     except ModelUnavailable:
@@ -336,8 +341,9 @@ def _hub_files(source: HubSource, revision: str | None, offline: bool) -> tuple[
     if source.files is None:
         folder = Path(snapshot_download(source.repo, revision=revision, allow_patterns=list(MODEL_FOLDER_PATTERNS),
                                         local_files_only=offline))
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{source.repo} has no config.json at {folder}")
+        if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+            # a partial snapshot (e.g. config.json alone, fetched by some other tool) is not the model
+            raise FileNotFoundError(f"{source.repo} has no config.json and weights at {folder}")
         return folder, folder
     paths = [Path(hf_hub_download(source.repo, name, revision=revision, local_files_only=offline))
              for name in source.files]

@@ -27,13 +27,13 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 
 
 COMMANDS = ["build", "demo-source", "inspect", "validate", "eval-matting", "filter", "report", "preview", "doctor",
-            "train", "sample", "eval", "reproduce"]
+            "train", "sample", "eval", "reproduce", "models list", "models fetch", "models verify"]
 MAX_BODY_LINES = 15
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_an_example(command):
-    result = runner.invoke(cli.app, [command, "--help"])
+    result = runner.invoke(cli.app, [*command.split(), "--help"])
     assert result.exit_code == 0
     assert "Example" in result.output and "layerflow-data" in result.output
 
