@@ -23,6 +23,7 @@ from manifests.models import (
     Pin,
     default_spec,
     ensure,
+    enter_offline_mode,
     entry_for,
     hub_endpoint,
     hub_offline,
@@ -107,11 +108,15 @@ class Network:
     def __init__(self, offline_flag: bool) -> None:
         self.offline: bool | None = True if offline_flag or hub_offline() else None
         self.why = "--offline" if offline_flag else "HF_HUB_OFFLINE is set" if self.offline else ""
+        if offline_flag:
+            enter_offline_mode()
 
     def online(self) -> bool:
         if self.offline is None:
             self.offline = not probe()
             self.why = f"{hub_endpoint()} did not answer within {PROBE_TIMEOUT_S:g} s" if self.offline else ""
+            if self.offline:  # no library may try again: each try would be another timeout
+                enter_offline_mode()
         return not self.offline
 
 

@@ -251,6 +251,18 @@ def default_access() -> Access:
     return Access(offline=hub_offline())
 
 
+def enter_offline_mode() -> None:
+    """From here on this process (and the workers it starts) treats the hub as unreachable, as HF_HUB_OFFLINE=1
+    would: huggingface_hub reads that variable once, at import, and otherwise makes requests of its own (a registry
+    it refreshes daily) even for a cache look-up, each a timeout on a network that hangs."""
+    import sys
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+
+
 def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
