@@ -20,13 +20,12 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
-from datagen.matting.base import file_sha256
 from datagen.rows import SampleRow
 from manifests.errors import ConfigError
 from manifests.io import write_json_atomic
 from manifests.layers import CAPTIONED_LAYERS, Layer, SampleKind
 from manifests.metrics import on_grey
-from manifests.models import Access, Group, default_access, default_spec, ensure, locate
+from manifests.models import Access, Group, default_access, default_spec, ensure, file_sha256, locate
 from manifests.storage import cache_root
 
 BLENDED_TEMPLATE = "{foreground} in front of {background}"

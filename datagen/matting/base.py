@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -30,6 +28,8 @@ class Matte:
 
     alpha: np.ndarray
     backend: BackendInfo
+    camera: dict | None = None  # how the camera moved (px: pan, shake, residual, extent), where the backend measured it
+    background: np.ndarray | None = None  # (T, H, W, 3) uint8 clean plate, where the backend models the background
 
 
 class MattingBackend(Protocol):
@@ -39,11 +39,3 @@ class MattingBackend(Protocol):
 
     def __call__(self, clip: VideoClip) -> Matte: ...
 
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a weights file, read in 1 MiB blocks (what `BackendInfo.weights_sha256` records)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

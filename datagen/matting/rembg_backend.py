@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from datagen.matting.base import BackendInfo, Matte, file_sha256
+from datagen.matting.base import BackendInfo, Matte
 from datagen.matting.refine import soft_edge
 from datagen.video_clip import VideoClip
 from manifests.errors import ConfigError
-from manifests.models import REGISTRY, Access, default_access, ensure
+from manifests.models import REGISTRY, Access, default_access, ensure, file_sha256
 
 log = logging.getLogger(__name__)
 

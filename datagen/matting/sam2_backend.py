@@ -14,13 +14,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from PIL import Image
 
-from datagen.matting.base import BackendInfo, Matte, MattingBackend, file_sha256
+from datagen.matting.base import BackendInfo, Matte, MattingBackend
 from datagen.matting.bgsub import BackgroundSubtraction
 from datagen.matting.refine import soft_edge
 from datagen.video_clip import VideoClip
 from manifests.device import resolve_device
 from manifests.errors import ConfigError, InputError, one_line
-from manifests.models import RANDOM_SUFFIX, REGISTRY, Access, default_access, ensure
+from manifests.models import RANDOM_SUFFIX, REGISTRY, Access, default_access, ensure, file_sha256
 
 # Short config name -> the config inside the sam2 package (what `build_sam2_video_predictor` composes).
 CONFIGS: dict[str, str] = {
