@@ -180,7 +180,7 @@ def choose_models(config: BuildConfig, learned_defaults: bool, on_cluster: bool 
                 got = obtain(option, default)
                 runs, why = default, f"the {device} default, weights " + ", ".join(_pin_text(pin) for pin in got)
             except ModelUnavailable as exc:
-                why = f"{fallback or 'none'}: the {device} default {default} is not available ({one_line(exc)})"
+                why = f"the {device} default {default} is not available ({one_line(exc)})"
         stages[option] = {"requested": "auto", "runs": runs, "pins": [asdict(p) for p in got], "why": why}
         pins.extend(got)
         return runs
