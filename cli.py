@@ -397,25 +397,51 @@ def models_verify() -> None:
     _say(f"{len(read_lock())} model(s) verified")
 
 
-@app.command("eval-matting")
-def eval_matting(
-    videos: Annotated[str, typer.Option(help="Folder (or glob) of videos / frame folders.")],
-    masks: Annotated[Path, typer.Option(help="Ground truth: MASKS/<video name>/<frame>.png (DAVIS layout).")],
+EvalVideosOption = Annotated[str, typer.Option(help="Folder (or glob) of videos / frame folders.")]
+EvalMasksOption = Annotated[Path, typer.Option(
+    help="Ground truth: MASKS/NAME/FRAME.png, NAME the video's name (DAVIS layout; or MASKS/NAME/masks/ beside "
+         "its frames/); the clean background, if any: MASKS/NAME/background/FRAME.png, or one background.png.")]
+
+
+@app.command("eval-layers")
+def eval_layers(
+    videos: EvalVideosOption,
+    masks: EvalMasksOption,
     matting: MattingOption = "bgsub",
     frames: FramesOption = BuildConfig.frames,
     fps: FpsOption = BuildConfig.fps,
     size: SizeOption = BUILD_SIZE,
     frame_folder_fps: FrameFolderFpsOption = BuildConfig.frame_folder_fps,
 ) -> None:
-    """Score a matting backend against ground-truth masks on the frames a build would use; prints one JSON line.
+    """Score a backend's layers against ground truth on the frames a build would use; prints one JSON line.
 
-    Example: `layerflow-data eval-matting --videos demo_src/foreground --masks demo_src/ground_truth`
+    Per video: alpha IoU and MAE, the camera motion the backend measured and, where the truth has the clean
+    background, the clean plate's PSNR inside and outside the object; means overall and per camera.
+
+    Example: `layerflow-data eval-layers --videos demo_src/foreground --masks demo_src/ground_truth`
     """
     from datagen.config import parse_size
     from datagen.eval_matting import evaluate_matting
 
     config = BuildConfig(frames=frames, fps=fps, size=parse_size(size), frame_folder_fps=frame_folder_fps)
     print(json.dumps(evaluate_matting(videos, str(masks), matting, config), sort_keys=True))
+
+
+@app.command("eval-matting")
+def eval_matting(
+    videos: EvalVideosOption,
+    masks: EvalMasksOption,
+    matting: MattingOption = "bgsub",
+    frames: FramesOption = BuildConfig.frames,
+    fps: FpsOption = BuildConfig.fps,
+    size: SizeOption = BUILD_SIZE,
+    frame_folder_fps: FrameFolderFpsOption = BuildConfig.frame_folder_fps,
+) -> None:
+    """The former name of `eval-layers`: the same options, the same JSON line.
+
+    Example: `layerflow-data eval-matting --videos demo_src/foreground --masks demo_src/ground_truth`
+    """
+    eval_layers(videos, masks, matting, frames, fps, size, frame_folder_fps)
 
 
 @app.command()
@@ -643,7 +669,7 @@ def _print_models(rows: list[dict]) -> None:
 def _print_inspect(dataset: str, info: dict) -> None:
     out = Console()
     counts = Table(title=f"{dataset}: {info['samples']} samples", show_header=False)
-    for key in ("by_kind", "by_split", "by_keep", "reject_reasons", "inputs", "inputs_by_kind"):
+    for key in ("by_kind", "by_adapter", "by_split", "by_keep", "reject_reasons", "inputs", "inputs_by_kind"):
         counts.add_row(key.replace("_", " "), _joined(info[key]))
     out.print(counts)
     if info["failures"]:

@@ -8,6 +8,7 @@ them, which `filters.apply.apply_policy` makes when it writes `inputs.parquet` (
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 from datagen.config import BuildConfig
@@ -61,6 +62,7 @@ def input_states(inputs: list[InputRow], samples: list[dict], sample_failures: l
             "source_height": row.source_height, "source_width": row.source_width,
             "matting_backend": row.matting.name if row.matting else None,
             "matting_device": row.matting.device if row.matting else None,
+            "camera_motion": json.dumps(row.camera_motion, sort_keys=True) if row.camera_motion else None,
         })
     return out
 

@@ -1,7 +1,9 @@
 """Make the four layers of a sample: paste a matted foreground onto a background, or freeze a layered image.
 
 The invariant every sample satisfies: `blended = alpha * foreground + (1 - alpha) * background`,
-computed in float from the alpha exactly as it is stored (8 bit), then quantised once.
+computed in float from the alpha exactly as it is stored (8 bit), then quantised once. A layered image with several
+foreground layers is frozen from their flattened view (`manifests.layers.flatten` of the layers as stored), so the
+invariant holds for it too, and the layers recompose the blended layer up to the flattened colour's rounding.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from manifests.layers import Layer
+from manifests.layers import Layer, flatten
 from manifests.video_io import quantise
 
 OBJECT_THRESHOLD = 0.5 / 255  # any alpha that survives 8-bit quantisation is part of the object
@@ -120,3 +122,19 @@ def freeze(fg_frame: np.ndarray, fg_alpha: np.ndarray, bg_frame: np.ndarray, pla
 
     return LayeredClip(repeat(single.foreground), repeat(single.alpha), repeat(single.background),
                        repeat(single.blended))
+
+
+def freeze_layers(layers: list[tuple[np.ndarray, np.ndarray]], bg_frame: np.ndarray, placement: Placement,
+                  num_frames: int) -> tuple[LayeredClip, list[tuple[np.ndarray, np.ndarray]]]:
+    """An `image_frozen` sample from several foreground layers ((H, W, 3) uint8 colour, (H, W) float alpha; bottom to
+    top), each placed the same way: the sample (from their flattened view) and the layers as stored ((T, H, W, 3)
+    uint8 colour, (T, H, W) uint8 alpha each)."""
+    canvas = bg_frame.shape[:2]
+    stored = []
+    for colour, alpha in layers:
+        frames, alphas = place(colour[None], alpha[None], placement, canvas)
+        stored.append((frames[0], quantise(alphas[0])))
+    colour, alpha = flatten([c for c, _ in stored], [a for _, a in stored])
+    sample = freeze(colour, alpha.astype(np.float32) / 255.0, bg_frame, Placement(), num_frames)
+    repeated = [(np.repeat(c[None], num_frames, axis=0), np.repeat(a[None], num_frames, axis=0)) for c, a in stored]
+    return sample, repeated

@@ -2,46 +2,54 @@
 
 Frames are sampled at `--fps` (exact source indices are kept), then resized and centre-cropped to
 `--size`. Still images become one-frame clips; RGBA images are fitted whole (letterboxed with
-alpha 0) so that the object they hold is never cut.
+alpha 0) so that the object they hold is never cut. Layered images are read by their adapter
+(`datagen.layered`) and every layer is fitted the same way, so they stay aligned.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from datagen.composite import blend
 from datagen.config import BuildConfig
-from datagen.sources import IMAGE_EXTENSIONS, LAYERED_NAMES, SourceItem
+from datagen.layered import LayerStack, estimate_foreground, read_image, read_stack
+from datagen.sources import IMAGE_EXTENSIONS, SourceItem
 from datagen.video_clip import VideoClip
 from manifests import video_io
 from manifests.errors import InputError, one_line
-from manifests.layers import InputKind, Layer
+from manifests.layers import InputKind, flatten
+from manifests.metrics import psnr
 
 Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, before decoding, against --max-pixels
 
 
 @dataclass
 class Decoded:
-    """A decoded input: its clip, its refined kind and, for a layered-image folder, the background."""
+    """A decoded input: its clip, its refined kind and, for a layered image, its own background, its foreground
+    layers (only when there are several: the clip is then their flattened view) and its own composite."""
 
     clip: VideoClip
     kind: InputKind
     background: VideoClip | None = None
     source_frames: int = 1  # frames in the source (1 for an image)
+    layers: list[VideoClip] = field(default_factory=list)  # bottom to top
+    layer_sources: list[str] = field(default_factory=list)  # what each layer was read from
+    composite_psnr: float | None = None  # the layers over the background vs the source's own composite (source size)
 
 
 def decode(item: SourceItem, config: BuildConfig) -> Decoded:
     """Decode `item` once; raises `InputError` with a one-line reason when it cannot be used."""
     path = Path(item.uri)
-    if item.kind == InputKind.LAYERED_IMAGE:
-        return _decode_layered(path, config)
+    if item.adapter is not None:
+        return _decode_layered(item, config)
     if item.kind == InputKind.IMAGE:
-        frame, alpha = _load_image(path, config)
+        frame, alpha = read_image(path, config.max_pixels)
         if alpha is not None and alpha.min() >= 1.0:
             alpha = None  # an alpha channel that is opaque everywhere holds no cut-out: a plain image
         kind = InputKind.IMAGE if alpha is None else InputKind.RGBA_IMAGE
@@ -115,7 +123,7 @@ def _decode_frame_folder(path: Path, item: SourceItem, config: BuildConfig) -> D
     files = frame_files(path)
     fps = item.fps or config.frame_folder_fps
     indices = sample_indices(len(files), fps, config, item.input_id)
-    loaded = [_load_image(files[i], config) for i in indices]
+    loaded = [read_image(files[i], config.max_pixels) for i in indices]
     shapes = {frame.shape for frame, _ in loaded}
     if len(shapes) > 1:
         raise InputError(f"frames differ in size: {sorted(shapes)[:2]}")
@@ -154,44 +162,52 @@ def load_mask(path: Path) -> np.ndarray:
     return grey.astype(np.float32) / 255.0
 
 
-def _decode_layered(path: Path, config: BuildConfig) -> Decoded:
-    files = {p.stem.lower(): p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
-    fg, alpha = _load_image(files[LAYERED_NAMES[Layer.FOREGROUND]], config)
-    bg, _ = _load_image(files[LAYERED_NAMES[Layer.BACKGROUND]], config)
-    if alpha is None:
-        raise InputError("foreground image has no alpha channel (a layered folder needs an RGBA foreground)")
-    if fg.shape[:2] == bg.shape[:2]:
-        # Aligned layers: crop both the same way so the object stays where the artist put it.
-        frames, alphas = cover(fg[None], alpha[None], config.size)
+def _decode_layered(item: SourceItem, config: BuildConfig) -> Decoded:
+    """A layered image: every layer (and its background) fitted to the build size the same way."""
+    stack = read_stack(item.adapter, item.uri, item.files, config.max_pixels)
+    if not stack.layers:  # a document that is all background: a plain image
+        frames, _ = cover(stack.background[None], None, config.size)
+        clip = VideoClip(frames, None, fps=config.fps, frame_indices=[0], source_size=stack.background.shape[:2])
+        return Decoded(clip, InputKind.IMAGE)
+    source_size = stack.layers[0].colour.shape[:2]
+    colours = np.stack([layer.colour for layer in stack.layers])  # (K, H, W, 3): the layers as frames of one clip
+    alphas = np.stack([layer.alpha for layer in stack.layers])  # (K, H, W)
+    aligned = stack.background is not None and stack.background.shape[:2] == source_size
+    if aligned:
+        # Aligned layers: crop all the same way so the objects stay where the artist put them.
+        colours, alphas = cover(colours, alphas, config.size)
     else:
-        frames, alphas = _contain(fg[None], alpha[None], config.size)
-    bg_frames, _ = cover(bg[None], None, config.size)
-    clip = VideoClip(frames, alphas, fps=config.fps, frame_indices=[0], source_size=fg.shape[:2])
-    background = VideoClip(bg_frames, None, fps=config.fps, frame_indices=[0], source_size=bg.shape[:2])
-    return Decoded(clip, InputKind.LAYERED_IMAGE, background=background)
+        colours, alphas = _contain(colours, alphas, config.size)
+    if stack.estimate_colour:
+        colours = np.stack([estimate_foreground(c, a) for c, a in zip(colours, alphas)])
+
+    def still(frames: np.ndarray, alpha: np.ndarray | None, size: tuple[int, int]) -> VideoClip:
+        return VideoClip(frames, alpha, fps=config.fps, frame_indices=[0], source_size=size)
+
+    layers = [still(c[None], a[None], source_size) for c, a in zip(colours, alphas)]
+    if len(layers) == 1:
+        clip = layers[0]
+    else:
+        colour, alpha = flatten(list(colours), [video_io.quantise(a) for a in alphas])
+        clip = still(colour[None], alpha[None].astype(np.float32) / 255.0, source_size)
+    kind = InputKind.LAYERED_IMAGE if stack.background is not None else InputKind.RGBA_IMAGE
+    decoded = Decoded(clip, kind, layers=layers if len(layers) > 1 else [],
+                      layer_sources=[layer.source for layer in stack.layers])
+    if stack.background is not None:
+        decoded.background = still(cover(stack.background[None], None, config.size)[0], None,
+                                   stack.background.shape[:2])
+    if stack.composite is not None and aligned:
+        decoded.composite_psnr = composite_psnr(stack)
+    return decoded
 
 
-def _load_image(path: Path, config: BuildConfig) -> tuple[np.ndarray, np.ndarray | None]:
-    """(H, W, 3) uint8 and (H, W) float alpha or None; the size is checked before pixels are decoded."""
-    _check_not_empty(path)
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > config.max_pixels:
-                raise InputError(
-                    f"image too large: {width}x{height} = {width * height / 1e6:.0f} MP > --max-pixels "
-                    f"{config.max_pixels / 1e6:.0f} MP"
-                )
-            image = ImageOps.exif_transpose(image)
-            has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-            rgba = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
-    except InputError:
-        raise
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-        raise InputError(f"not a readable image: {one_line(exc)}") from exc
-    if has_alpha:
-        return np.ascontiguousarray(rgba[..., :3]), rgba[..., 3].astype(np.float32) / 255.0
-    return rgba, None
+def composite_psnr(stack: LayerStack) -> float:
+    """PSNR of the source's own composite against its layers as the build stores them (8-bit colour and alpha),
+    flattened and blended over its background by the build's rules, at source size: whether the adapter read the
+    layers right, apart from any resizing to --size."""
+    colours = [layer.colour for layer in stack.layers]
+    colour, alpha = flatten(colours, [video_io.quantise(layer.alpha) for layer in stack.layers])
+    return psnr(stack.composite, blend(colour[None], alpha[None], stack.background[None]).blended[0])
 
 
 def _check_not_empty(path: Path) -> None:

@@ -1,5 +1,6 @@
-"""An offline, deterministic demo source: foreground and background videos, layered images and exact
-ground-truth alpha, all cut from the pictures that ship inside scikit-image.
+"""An offline, deterministic demo source: foreground videos (half of them filmed by a panning, shaking camera) with
+exact ground truth (alpha, clean background, foreground colour), background videos and layered images, all cut from
+the pictures that ship inside scikit-image.
 """
 
 from __future__ import annotations
@@ -30,9 +31,19 @@ NOISE_SIGMA = 1.5  # per-frame sensor noise; the scene itself never changes
 SUPERSAMPLE = 4  # shape masks are drawn at 4x and area-averaged, which gives 1-px anti-aliased edges
 PAD = 3  # empty border around every sprite, so warping never cuts its alpha with a hard edge
 MARGIN = 2  # keeps objects off the frame border (the border of every ground-truth frame is zero)
+# A moving camera pans at about 1% of the frame width per frame with hand-held jitter about the pan, as the hand-held
+# DAVIS clips in the shared test data (measured with `datagen.matting.camera` on the whole clips: pan 0.8-1.4% of the
+# width per frame, shake 0.1-0.5%; the demo's measure 0.9-1.2% and 0.3-0.4%, which `tests/test_demo.py` checks).
+PAN_SPEED = (2.5, 4.0)  # px per frame (less where the picture has no room for the whole pan in its direction)
+SHAKE_PX = 1.5  # RMS of the jitter's translation (px) ...
+SHAKE_DEGREES = 0.25  # ... and of its roll (degrees about the frame centre)
+SHAKE_FRAMES = 1.0  # the jitter is white noise smoothed over this many frames (Gaussian sigma)
+SHAKE_ROOM = 8.0  # px the jitter may need beyond the pan's own room
 
 # Child-generator streams, so adding an item to one group never shifts the randomness of another.
-_FOREGROUND, _BACKGROUND, _LAYERED = 1, 2, 3
+_FOREGROUND, _BACKGROUND, _LAYERED, _CAMERA = 1, 2, 3, 4
+
+Camera = Literal["static", "moving"]
 
 
 @dataclass(frozen=True)
@@ -78,13 +89,20 @@ class Backdrop:
 
 @dataclass(frozen=True)
 class DemoManifest:
-    """What `make_demo_source` wrote; `ground_truth[i]` is the per-frame alpha of `foreground_videos[i]`."""
+    """What `make_demo_source` wrote; `ground_truth[i]` is the ground truth of `foreground_videos[i]`, filmed by a
+    `cameras[i]` camera.
+
+    A ground-truth folder is DAVIS-style: the alpha as 00000.png, 00001.png, ...; beside it `foreground/` (the
+    straight foreground colour per frame, black where the alpha is 0) and the clean background: `background.png`
+    for a static camera, `background/` (one per frame) for a moving one.
+    """
 
     root: Path
     foreground_videos: tuple[Path, ...]
     background_videos: tuple[Path, ...]
     layered_images: tuple[Path, ...]  # folders with foreground.png, background.png and captions.json
-    ground_truth: tuple[Path, ...]  # DAVIS-style folders of 00000.png, 00001.png, ...
+    ground_truth: tuple[Path, ...]
+    cameras: tuple[Camera, ...]
     frame_count: int
     fps: float
 
@@ -92,6 +110,7 @@ class DemoManifest:
     def counts(self) -> dict[str, int]:
         return {
             "foreground_videos": len(self.foreground_videos),
+            "moving_camera_videos": self.cameras.count("moving"),
             "background_videos": len(self.background_videos),
             "layered_images": len(self.layered_images),
             "ground_truth_frames": len(self.ground_truth) * self.frame_count,
@@ -156,14 +175,15 @@ BACKDROPS = {
     )
 }
 
-# (cutout, backdrop): objects over static backgrounds that contrast with them, as a locked-off camera sees.
-FOREGROUND_VIDEOS = (
-    ("astronaut_face", "grass"),
-    ("cat", "slate_brick"),
-    ("coffee_cup", "moon"),
-    ("rocket", "galaxies"),
-    ("logo", "gravel"),
-    ("coins", "red_brick"),
+# (cutout, backdrop, camera): objects over backgrounds that contrast with them, filmed by a locked-off camera or by
+# a hand-held one panning across a backdrop (a picture at least 190 px wider or taller than the frame).
+FOREGROUND_VIDEOS: tuple[tuple[str, str, Camera], ...] = (
+    ("astronaut_face", "grass", "moving"),
+    ("cat", "slate_brick", "static"),
+    ("coffee_cup", "moon", "moving"),
+    ("rocket", "galaxies", "static"),
+    ("logo", "gravel", "static"),
+    ("coins", "red_brick", "moving"),
 )
 BACKGROUND_VIDEOS = ("galaxies", "gravel", "moon", "cameraman")
 LAYERED_IMAGES = (
@@ -198,15 +218,16 @@ def make_demo_source(out: Path, seed: int = 0) -> DemoManifest:
     _check_output(out, seed)
     out.mkdir(parents=True, exist_ok=True)
     foreground, truth = [], []
-    for index, (cutout, backdrop) in enumerate(FOREGROUND_VIDEOS):
-        video, gt = _write_foreground_video(out, index, CUTOUTS[cutout], BACKDROPS[backdrop], seed)
+    for index, (cutout, backdrop, camera) in enumerate(FOREGROUND_VIDEOS):
+        video, gt = _write_foreground_video(out, index, CUTOUTS[cutout], BACKDROPS[backdrop], camera, seed)
         foreground.append(video)
         truth.append(gt)
     background = [_write_background_video(out, index, BACKDROPS[name], seed)
                   for index, name in enumerate(BACKGROUND_VIDEOS)]
     layered = [_write_layered_image(out, index, CUTOUTS[cutout], BACKDROPS[backdrop], seed)
                for index, (cutout, backdrop) in enumerate(LAYERED_IMAGES)]
-    return DemoManifest(out, tuple(foreground), tuple(background), tuple(layered), tuple(truth),
+    cameras = tuple(camera for _, _, camera in FOREGROUND_VIDEOS)
+    return DemoManifest(out, tuple(foreground), tuple(background), tuple(layered), tuple(truth), cameras,
                         FRAME_COUNT, FPS)
 
 
@@ -225,27 +246,57 @@ def _rng(seed: int, group: int, index: int) -> np.random.Generator:
 # --- foreground videos ------------------------------------------------------------------------------
 
 
-def _write_foreground_video(out: Path, index: int, cutout: Cutout, backdrop: Backdrop,
+def _write_foreground_video(out: Path, index: int, cutout: Cutout, backdrop: Backdrop, camera: Camera,
                             seed: int) -> tuple[Path, Path]:
     rng = _rng(seed, _FOREGROUND, index)
     stem = f"fg_{index:02d}_{cutout.name}"
-    background = _crop(_backdrop_picture(backdrop), rng)
+    picture = _backdrop_picture(backdrop)
+    static = _crop(picture, rng)  # drawn for either camera, so the object's path does not depend on the camera
     sprite = _sprite(cutout, cutout.video_size)
-    frames, alphas = [], []
-    for matrix in _loop_path(sprite, cutout.max_turn, rng):
+    # The object's lap is in frame coordinates: a moving camera follows it loosely, so it never leaves the frame.
+    path = _loop_path(sprite, cutout.max_turn, rng)
+    views = _camera_views(picture, _rng(seed, _CAMERA, index)) if camera == "moving" else [static] * FRAME_COUNT
+    truth = out / "ground_truth" / stem
+    for folder in (truth / "foreground", *([truth / "background"] if camera == "moving" else [])):
+        folder.mkdir(parents=True)
+    if camera == "static":
+        Image.fromarray(_to_uint8(static)).save(truth / "background.png")
+    frames = []
+    for frame_index, (matrix, view) in enumerate(zip(path, views, strict=True)):
         alpha, rgb = _place(sprite, matrix)
-        alphas.append(quantise(alpha))
+        alpha8 = quantise(alpha)
         # Composite with the quantised alpha, so the ground truth is exactly the alpha of the frame.
-        weight = alphas[-1][..., None].astype(np.float32) / 255.0
-        frames.append(_to_uint8(weight * rgb + (1.0 - weight) * background + _noise(rng)))
+        weight = alpha8[..., None].astype(np.float32) / 255.0
+        frames.append(_to_uint8(weight * rgb + (1.0 - weight) * view + _noise(rng)))
+        name = f"{frame_index:05d}.png"
+        Image.fromarray(alpha8).save(truth / name)
+        colour = _to_uint8(rgb)
+        colour[alpha8 == 0] = 0  # nothing of the object shows there
+        Image.fromarray(colour).save(truth / "foreground" / name, compress_level=1)
+        if camera == "moving":
+            Image.fromarray(_to_uint8(view)).save(truth / "background" / name, compress_level=1)
     video = out / "foreground" / f"{stem}.mp4"
     write_rgb_video(video, np.stack(frames), FPS, crf=CRF)
     _write_json(video.with_suffix(".json"), {"role": "foreground", "foreground": cutout.caption})
-    truth = out / "ground_truth" / stem
-    truth.mkdir(parents=True)
-    for frame_index, alpha in enumerate(alphas):
-        Image.fromarray(alpha).save(truth / f"{frame_index:05d}.png")
     return video, truth
+
+
+def _camera_views(picture: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """What a hand-held camera panning across `picture` sees: WIDTH x HEIGHT views, float32.
+
+    A steady pan (`_pan`, `PAN_SPEED`) plus jitter: smoothed white noise in x, y and roll (`SHAKE_*`).
+    """
+    corners = _pan(picture.shape, rng, PAN_SPEED, SHAKE_ROOM)
+    jitter = ndimage.gaussian_filter1d(rng.standard_normal((FRAME_COUNT, 3)), SHAKE_FRAMES, axis=0)
+    jitter *= np.array([SHAKE_PX / np.sqrt(2), SHAKE_PX / np.sqrt(2), SHAKE_DEGREES]) / jitter.std(axis=0)
+    views = []
+    for (x, y), (dx, dy, roll) in zip(corners, jitter, strict=True):
+        # Picture pixels to frame pixels: move the window's corner to the origin, then roll about the frame centre.
+        matrix = cv2.getRotationMatrix2D(((WIDTH - 1) / 2, (HEIGHT - 1) / 2), float(roll), 1.0)
+        matrix[:, 2] -= matrix[:, :2] @ np.array([x + dx, y + dy])
+        views.append(cv2.warpAffine(picture, matrix, (WIDTH, HEIGHT), flags=cv2.INTER_CUBIC,
+                                    borderMode=cv2.BORDER_REFLECT))
+    return views
 
 
 def _loop_path(sprite: _Sprite, max_turn: float, rng: np.random.Generator) -> list[np.ndarray]:
@@ -313,15 +364,19 @@ def _write_background_video(out: Path, index: int, backdrop: Backdrop, seed: int
     return video
 
 
-def _pan(shape: tuple[int, ...], rng: np.random.Generator) -> list[tuple[float, float]]:
-    """Top-left corners of a crop window drifting 0.5-1 px per frame in a random direction."""
-    speed, heading = rng.uniform(0.5, 1.0), rng.uniform(0, 2 * np.pi)
-    travel = speed * (FRAME_COUNT - 1) * np.array([np.cos(heading), np.sin(heading)])
+def _pan(shape: tuple[int, ...], rng: np.random.Generator, speeds: tuple[float, float] = (0.5, 1.0),
+         margin: float = 0.0) -> list[tuple[float, float]]:
+    """Top-left corners of a crop window drifting `speeds` px per frame in a random direction, at least `margin` px
+    inside the picture (slower where the picture has no room for the whole drift in that direction)."""
+    speed, heading = rng.uniform(*speeds), rng.uniform(0, 2 * np.pi)
+    direction = np.array([np.cos(heading), np.sin(heading)])
     # Corners stay within [1, room], so every cubic-interpolation tap falls inside the picture.
-    room = np.array([shape[1] - WIDTH, shape[0] - HEIGHT], dtype=float) - 2.0
+    room = np.array([shape[1] - WIDTH, shape[0] - HEIGHT], dtype=float) - 2.0 - 2 * margin
+    fits = np.min(room / np.maximum(np.abs(direction), 1e-9)) / (FRAME_COUNT - 1)
+    travel = min(speed, fits) * (FRAME_COUNT - 1) * direction
     low = 1.0 + np.maximum(0.0, -travel)
     high = np.minimum(room, room - travel)
-    start = low + rng.uniform(0, 1, 2) * (high - low)
+    start = margin + low + rng.uniform(0, 1, 2) * (high - low)
     steps = np.arange(FRAME_COUNT) / (FRAME_COUNT - 1)
     return [(float(x), float(y)) for x, y in start + steps[:, None] * travel]
 

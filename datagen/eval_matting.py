@@ -1,5 +1,7 @@
 """Score a matting backend against DAVIS-layout ground truth: `<masks>/<video name>/<frame>.png`
-(or `<masks>/<video name>/masks/<frame>.png`, the layout with `frames/` and `masks/` side by side)."""
+(or `<masks>/<video name>/masks/<frame>.png`, the layout with `frames/` and `masks/` side by side); and, where the
+truth has the clean background (`<masks>/<video name>/background/<frame>.png`, or one `background.png` for a static
+camera) and the backend models one (bgsub's clean plate), the plate's PSNR inside and outside the object."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from datagen.config import BuildConfig
 from datagen.decode import cover, decode, frame_files, load_mask
@@ -14,11 +17,15 @@ from datagen.matting import load_matting
 from datagen.sources import IMAGE_EXTENSIONS, SourceItem, discover
 from manifests.errors import ConfigError, InputError, one_line
 from manifests.layers import InputKind
-from manifests.metrics import alpha_iou, alpha_mae
+from manifests.metrics import FOREGROUND_THRESHOLD, alpha_iou, alpha_mae, psnr
+
+BACKGROUND = "background"  # the clean background beside the masks: a folder of frames, or one image
 
 
 def evaluate_matting(videos: str, masks: str, backend_spec: str, config: BuildConfig) -> dict:
-    """Per-video and mean IoU (alpha > 0.5) and mean absolute alpha error, on the frames a build would use."""
+    """Per-video and mean IoU (alpha > 0.5) and mean absolute alpha error, on the frames a build would use; the
+    camera motion the backend measured; the clean plate's PSNR (dB) inside and outside the true object where both
+    the truth and the backend have a background; the means again per camera (`stabilised` or `static`)."""
     masks_root = Path(masks)
     if not masks_root.is_dir():
         raise ConfigError(f"--masks: {masks} is not a folder")
@@ -38,44 +45,102 @@ def evaluate_matting(videos: str, masks: str, backend_spec: str, config: BuildCo
         try:
             # The ground truth must not leak into the backend as a "given" mask.
             decoded = decode(replace(item, mask_dir=None), config)
+            stems = frame_stems(item, decoded.clip.frame_indices)
             truth = ground_truth(item, decoded.clip.frame_indices, gt_dir, config.size)
-            predicted = backend(decoded.clip).alpha
+            matte = backend(decoded.clip)
+            background = true_background(masks_root / item.name, stems, config.size)
         except (InputError, ValueError) as exc:
             errors[item.name] = one_line(exc)
             continue
-        per_video[item.name] = {
-            "iou": round(alpha_iou(predicted, truth), 4),
-            "mae": round(alpha_mae(predicted, truth), 4),
+        scores = {
+            "iou": round(alpha_iou(matte.alpha, truth), 4),
+            "mae": round(alpha_mae(matte.alpha, truth), 4),
             "frames": len(truth),
         }
+        if matte.camera is not None:
+            scores["camera"] = matte.camera
+        if background is not None and matte.background is not None:
+            inside = truth >= FOREGROUND_THRESHOLD
+            scores["plate_psnr_inside"] = _psnr(background, matte.background, inside)
+            scores["plate_psnr_outside"] = _psnr(background, matte.background, ~inside)
+        per_video[item.name] = scores
     result = {
         "backend": backend_spec,
         "size": list(config.size),
         "frames": config.frames,
         "fps": config.fps,
         "videos": per_video,
-        "mean_iou": _mean(v["iou"] for v in per_video.values()),
-        "mean_mae": _mean(v["mae"] for v in per_video.values()),
+        **_means(per_video.values()),
     }
+    groups: dict[str, list[dict]] = {}
+    for scores in per_video.values():
+        if "camera" in scores:
+            groups.setdefault("stabilised" if scores["camera"].get("stabilised") else "static", []).append(scores)
+    if groups:
+        result["by_camera"] = {camera: {**_means(group), "videos": len(group)}
+                               for camera, group in sorted(groups.items())}
     if errors:
         result["errors"] = errors
     return result
 
 
+def frame_stems(item: SourceItem, indices: list[int]) -> list[str]:
+    """The ground-truth file stems of the chosen source frames: the frame files' own, else 00000, 00001, ..."""
+    if item.kind == InputKind.FRAME_FOLDER:
+        files = frame_files(Path(item.uri))
+        return [files[i].stem for i in indices]
+    return [f"{i:05d}" for i in indices]
+
+
 def ground_truth(item: SourceItem, indices: list[int], gt_dir: Path, size: tuple[int, int]) -> np.ndarray:
     """GT alpha for the chosen source frames, resized and cropped exactly like the frames."""
     masks = {p.stem: p for p in gt_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
-    if item.kind == InputKind.FRAME_FOLDER:
-        files = frame_files(Path(item.uri))
-        stems = [files[i].stem for i in indices]
-    else:
-        stems = [f"{i:05d}" for i in indices]
+    stems = frame_stems(item, indices)
     missing = [s for s in stems if s not in masks]
     if missing:
         raise InputError(f"ground truth has no mask for frame {missing[0]} in {gt_dir}")
     alpha = np.stack([load_mask(masks[s]) for s in stems])
     frames = np.zeros((*alpha.shape, 3), np.uint8)
     return cover(frames, alpha, size)[1]
+
+
+def true_background(truth_dir: Path, stems: list[str], size: tuple[int, int]) -> np.ndarray | None:
+    """(T, H, W, 3) uint8 clean background of the chosen frames, fitted like the frames; None where the truth has
+    none (`background/<stem>.png` per frame, or one `background.png`)."""
+    folder = truth_dir / BACKGROUND
+    if folder.is_dir():
+        files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
+        missing = [s for s in stems if s not in files]
+        if missing:
+            raise InputError(f"ground truth has no background for frame {missing[0]} in {folder}")
+        paths = [files[s] for s in stems]
+    else:
+        still = next((p for p in truth_dir.glob(f"{BACKGROUND}.*") if p.suffix.lower() in IMAGE_EXTENSIONS), None)
+        if still is None:
+            return None
+        paths = [still] * len(stems)
+    frames = np.stack([_rgb(path) for path in dict.fromkeys(paths)])
+    frames = cover(frames, None, size)[0]
+    return frames if len(frames) == len(stems) else np.repeat(frames, len(stems), axis=0)
+
+
+def _rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _psnr(reference: np.ndarray, estimate: np.ndarray, where: np.ndarray) -> float | None:
+    return round(psnr(reference[where], estimate[where]), 2) if where.any() else None
+
+
+def _means(videos) -> dict:
+    videos = list(videos)
+    out = {"mean_iou": _mean(v["iou"] for v in videos), "mean_mae": _mean(v["mae"] for v in videos)}
+    for key in ("plate_psnr_inside", "plate_psnr_outside"):
+        values = [v[key] for v in videos if v.get(key) is not None]
+        if values:
+            out[f"mean_{key}"] = _mean(values)
+    return out
 
 
 def _mean(values) -> float | None:

@@ -22,8 +22,9 @@ from datagen.matting.base import BackendInfo
 from datagen.sources import SourceItem
 from filters.policy import Decision
 from manifests.errors import one_line
-from manifests.layers import CAPTIONED_LAYERS, InputKind, Layer, SampleKind, Stage
+from manifests.layers import CAPTIONED_LAYERS, Adapter, InputKind, Layer, SampleKind, Stage
 from manifests.schema import (
+    ADAPTER,
     CAPTION_LAYERS,
     CAPTION_MISSING,
     CLIP_EMBEDDING,
@@ -32,11 +33,18 @@ from manifests.schema import (
     FLAGS,
     KEEP,
     KIND,
+    LAYERS_CAPTION,
+    LAYERS_SOURCE,
+    LAYERS_URI_ALPHA,
+    LAYERS_URI_FOREGROUND,
     REJECT_REASONS,
     SAMPLE_ID,
     SCORES,
+    SOURCE_COMPANIONS,
+    SOURCE_COMPOSITE_PSNR,
     SPLIT,
     caption_column,
+    layer_media_uri,
     media_uri,
     uri_column,
 )
@@ -108,6 +116,9 @@ class InputRow(FromItem, Row):
     # decode
     clip_path: str | None = None  # the decoded `VideoClip` (.npz) in the work folder; matte adds its alpha
     background_path: str | None = None  # a layered image's own background clip
+    layer_paths: list[str] = field(default_factory=list)  # its foreground layers' clips, when it has several
+    layer_sources: list[str] = field(default_factory=list)  # what each foreground layer was read from
+    composite_psnr: float | None = None  # its layers over its background vs its own composite, at source size
     frame_indices: list[int] = field(default_factory=list)
     source_frames: int | None = None
     source_height: int | None = None
@@ -115,6 +126,7 @@ class InputRow(FromItem, Row):
     # matte
     matting: BackendInfo | None = None  # the backend that matted it (None: not a foreground, or matting failed)
     matte_error: Failure | None = None  # matting refused it: it can still serve as a background
+    camera_motion: dict | None = None  # how the camera moved, where the backend measured it (bgsub: px, `stabilised`)
 
     @classmethod
     def discovered(cls, item: SourceItem) -> InputRow:
@@ -136,10 +148,21 @@ class SampleInput(FromItem):
     kind: InputKind
     clip_path: str | None
     matting: BackendInfo | None
+    layer_paths: list[str] = field(default_factory=list)
+    layer_sources: list[str] = field(default_factory=list)
+    composite_psnr: float | None = None
 
     @classmethod
     def of(cls, row: InputRow) -> SampleInput:
-        return cls(item=row.item, kind=row.kind, clip_path=row.clip_path, matting=row.matting)
+        return cls(item=row.item, kind=row.kind, clip_path=row.clip_path, matting=row.matting,
+                   layer_paths=row.layer_paths, layer_sources=row.layer_sources, composite_psnr=row.composite_psnr)
+
+    @property
+    def adapter(self) -> Adapter:
+        """How this input was read, as a foreground: its layered-image layout, else a pasted video or RGBA image."""
+        if self.item.adapter is not None:
+            return self.item.adapter
+        return Adapter.COPY_PASTE if self.kind.is_video else Adapter.RGBA_IMAGE
 
 
 @dataclass(kw_only=True)
@@ -186,17 +209,33 @@ class SampleRow(Row):
                    if not (self.captions.get(layer) or "").strip()]
         return "; ".join(missing) or None
 
+    def layer_columns(self) -> dict[str, list]:
+        """The layer-list columns: several layers get files of their own (captions from the input's sidecar); one
+        layer is the foreground itself."""
+        count = len(self.fg.layer_paths)
+        if count > 1:
+            captions = list(self.fg.item.layer_captions[:count])
+            return {LAYERS_URI_FOREGROUND: [layer_media_uri(self.sample_id, k, Layer.FOREGROUND) for k in range(count)],
+                    LAYERS_URI_ALPHA: [layer_media_uri(self.sample_id, k, Layer.ALPHA) for k in range(count)],
+                    LAYERS_CAPTION: captions + [None] * (count - len(captions))}
+        return {LAYERS_URI_FOREGROUND: [media_uri(self.sample_id, Layer.FOREGROUND)],
+                LAYERS_URI_ALPHA: [media_uri(self.sample_id, Layer.ALPHA)],
+                LAYERS_CAPTION: [self.captions.get(Layer.FOREGROUND)]}
+
     def manifest_row(self, config: BuildConfig, decision: Decision) -> dict:
         """This finished sample as a row of the manifest (`SAMPLE_SCHEMA`), with the policy's decision on it."""
         fg, bg, matting = self.fg, self.bg, self.fg.matting
         return {
-            SAMPLE_ID: self.sample_id, KIND: self.kind.value, SPLIT: self.split,
+            SAMPLE_ID: self.sample_id, KIND: self.kind.value, ADAPTER: fg.adapter.value, SPLIT: self.split,
             **{uri_column(layer): media_uri(self.sample_id, layer) for layer in Layer},
             **{caption_column(layer): self.captions.get(layer) for layer in CAPTIONED_LAYERS},
             CAPTION_LAYERS: self.caption_layers, CAPTION_MISSING: self.missing_captions(),
+            **self.layer_columns(),
             "num_frames": self.num_frames, "fps": config.fps, "height": self.height, "width": self.width,
             "input_id_foreground": fg.input_id, "input_id_background": bg.input_id,
-            "source_foreground": fg.uri, "source_background": bg.uri,
+            "source_foreground": fg.uri, "source_background": bg.item.background_source,
+            LAYERS_SOURCE: fg.layer_sources or [fg.uri], SOURCE_COMPANIONS: list(fg.item.companions),
+            SOURCE_COMPOSITE_PSNR: fg.composite_psnr if fg.input_id == bg.input_id else None,
             "frames_foreground": self.frames_foreground, "frames_background": self.frames_background,
             "placement": self.placement, "matting_backend": matting.name, "matting_model": matting.model_id,
             "matting_weights_sha256": matting.weights_sha256, "matting_revision": matting.revision,

@@ -2,6 +2,7 @@
 
 Every path that looks like an input becomes exactly one `SourceItem`; those that cannot be used
 carry an `error` (and become failure rows at the `discover` stage) instead of being dropped.
+Layered images in their many layouts are recognised by the adapters of `datagen.layered`.
 """
 
 from __future__ import annotations
@@ -13,21 +14,28 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
+from datagen.layered import (
+    IMAGE_EXTENSIONS,
+    PSD_EXTENSIONS,
+    Found,
+    MattePair,
+    PsdDocument,
+    claim_entries,
+    recognise_folder,
+)
 from manifests.errors import ConfigError
-from manifests.layers import InputKind, Layer, Role
+from manifests.layers import Adapter, InputKind, Layer, Role
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv"})
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SIDECAR_EXTENSIONS = (".json", ".txt")
 LIST_EXTENSIONS = frozenset({".txt", ".csv", ".parquet"})
 # Folders that hold masks or ground truth, never inputs (DAVIS `Annotations`, SAM2-style `masks`).
 MASK_FOLDER_NAMES = frozenset({"masks", "annotations", "ground_truth", "groundtruth", "gt"})
 # Frame-folder names that stand for the clip around them (DAVIS `JPEGImages`, SAM2 `frames`).
 FRAME_FOLDER_NAMES = frozenset({"frames", "images", "jpegimages", "rgb"})
-LAYERED_NAMES = {Layer.FOREGROUND: "foreground", Layer.BACKGROUND: "background"}
 _FRAME_NAME = re.compile(r"^(frame[_-]?)?\d+$", re.IGNORECASE)
 
 
@@ -47,10 +55,24 @@ class SourceItem:
     caption: str | None = None  # a plain `.txt` caption: what the input shows, whatever it is used as
     fps: float | None = None  # frame rate of a frame folder, from a sidecar or list file
     error: str | None = None  # set when the input cannot be used at all
+    # a layered image (`datagen.layered`): its layout, the files it is read from (role -> path), the files beside it
+    # that it takes as no layer, and per-layer captions (a sidecar's `layers` list, bottom to top)
+    adapter: Adapter | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    companions: tuple[str, ...] = ()
+    layer_captions: tuple[str | None, ...] = ()
 
     @property
     def name(self) -> str:
         return clip_name(self.uri)
+
+    @property
+    def background_source(self) -> str:
+        """What the input's own background is read from, as provenance: its background file when that lies outside
+        the input (a sibling triplet's `bg/x.png`), else the input itself (a folder, a document, a plain image)."""
+        background = self.files.get("background")
+        inside = background is None or background.startswith(self.uri.rstrip(os.sep) + os.sep)
+        return self.uri if inside else background
 
 
 def clip_name(uri: str) -> str:
@@ -87,11 +109,12 @@ def discover(source: str, pool: str = "source", role: Role = Role.ANY) -> list[S
 
 def _discover_path(path: Path, pool: str, role: Role) -> list[SourceItem]:
     if path.is_dir():
-        kind = _folder_kind(path)
-        if kind is not None and not _has_subfolders_with_media(path):
-            return [_item(path, kind, pool, role)]
+        item = _folder_item(path, pool, role)
+        if item is not None and not _has_subfolders_with_media(path):
+            return [item]
         return list(_walk(path, pool, role, ancestors=frozenset()))
-    return [_classify_file(path, pool, role)]
+    pair = MattePair.beside(path) if path.suffix.lower() in IMAGE_EXTENSIONS else None
+    return [_from_found(pair, pool, role) if pair else _classify_file(path, pool, role)]
 
 
 def _walk(folder: Path, pool: str, role: Role, ancestors: frozenset[str]):
@@ -104,8 +127,15 @@ def _walk(folder: Path, pool: str, role: Role, ancestors: frozenset[str]):
         yield _failed(folder, pool, role, f"cannot list folder: {exc.strerror or exc}")
         return
     names = {entry.name for entry in entries}
+    visible = [Path(entry.path) for entry in entries if not entry.name.startswith(".")]
+    claim = claim_entries([p for p in visible if p.is_file()], [p for p in visible if p.is_dir()])  # loops: neither
+    for found in claim.found:
+        yield _from_found(found, pool, role)
+    for path in claim.others:  # what else lies in a claimed folder: captions, or an input of its own
+        if not _is_sidecar(path, {p.name for p in path.parent.iterdir()}):
+            yield _classify_file(path, pool, role)
     for entry in entries:
-        if entry.name.startswith("."):
+        if entry.name.startswith(".") or entry.name in claim.names:
             continue
         path = Path(entry.path)
         try:
@@ -123,27 +153,27 @@ def _walk(folder: Path, pool: str, role: Role, ancestors: frozenset[str]):
                 continue
             if entry.name.lower() in MASK_FOLDER_NAMES or entry.name.lower().endswith("_masks"):
                 continue
-            kind = _folder_kind(path)
-            if kind is not None:
-                yield _item(path, kind, pool, role)
+            item = _folder_item(path, pool, role)
+            if item is not None:
+                yield item
             else:
                 yield from _walk(path, pool, role, ancestors)
         elif not _is_sidecar(path, names):
             yield _classify_file(path, pool, role)
 
 
-def _folder_kind(folder: Path) -> InputKind | None:
+def _folder_item(folder: Path, pool: str, role: Role) -> SourceItem | None:
     """A layered-image folder, a frame folder, or None (an ordinary folder to walk into)."""
+    found = recognise_folder(folder)
+    if found is not None:
+        return _from_found(found, pool, role)
     try:
-        files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+        images = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in IMAGE_EXTENSIONS]
     except OSError:
         return None
-    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    stems = {p.stem.lower() for p in images}
-    if set(LAYERED_NAMES.values()) <= stems:
-        return InputKind.LAYERED_IMAGE
     if len(images) >= 2 and all(_FRAME_NAME.match(p.stem) for p in images):
-        return InputKind.FRAME_FOLDER
+        return _item(folder, InputKind.FRAME_FOLDER, pool, role)
     return None
 
 
@@ -166,8 +196,20 @@ def _classify_file(path: Path, pool: str, role: Role) -> SourceItem:
         return _item(path, InputKind.VIDEO, pool, role)
     if suffix in IMAGE_EXTENSIONS:
         return _item(path, InputKind.IMAGE, pool, role)
+    if suffix in PSD_EXTENSIONS:
+        return _from_found(PsdDocument.recognise(path), pool, role)
     what = f"extension {suffix!r}" if suffix else "no extension"
-    return _failed(path, pool, role, f"not a video, image or frame folder ({what})")
+    return _failed(path, pool, role, f"not a video, image, layered document or frame folder ({what})")
+
+
+def _from_found(found: Found, pool: str, role: Role) -> SourceItem:
+    """The input a layered-image adapter recognised (an image + matte pair is an image until its matte is read)."""
+    if found.error is not None:
+        return _failed(Path(found.uri), pool, role, found.error)
+    kind = InputKind.IMAGE if found.adapter is Adapter.MATTE_PAIR else InputKind.LAYERED_IMAGE
+    item = SourceItem(input_id(found.uri), found.uri, kind, role=role, pool=pool, adapter=found.adapter,
+                      files=dict(found.files), companions=found.companions)
+    return _apply_fields(item, _read_sidecar(item))
 
 
 def _failed(path: Path, pool: str, role: Role, message: str) -> SourceItem:
@@ -226,7 +268,7 @@ def _parse_sidecar(path: Path, kind: InputKind) -> dict:
 
 
 def _apply_fields(item: SourceItem, fields: dict) -> SourceItem:
-    """Fold sidecar or list-file fields (captions, role, fps) into the item."""
+    """Fold sidecar or list-file fields (captions, per-layer captions, role, fps) into the item."""
     if fields.get("error"):
         return replace(item, error=str(fields["error"]))
     updates: dict = {}
@@ -236,6 +278,11 @@ def _apply_fields(item: SourceItem, fields: dict) -> SourceItem:
             updates[f"caption_{layer.value}"] = str(value).strip()
     if fields.get("caption"):
         updates["caption"] = str(fields["caption"]).strip()
+    if isinstance(fields.get("layers"), list):  # per-layer captions, bottom to top
+        captions = tuple((str(text).strip() or None) if text is not None else None for text in fields["layers"])
+        updates["layer_captions"] = captions
+        if not updates.get("caption_foreground") and not item.caption_foreground and any(captions):
+            updates["caption_foreground"] = ", ".join(text for text in captions if text)
     if fields.get("role"):
         try:
             updates["role"] = Role(str(fields["role"]).strip().lower())

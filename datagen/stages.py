@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, ClassVar, Generic
 import numpy as np
 
 from datagen.captioning import load_captioner
-from datagen.composite import Placement, choose_placement, copy_paste, freeze
+from datagen.composite import Placement, choose_placement, copy_paste, freeze, freeze_layers
 from datagen.config import BuildConfig
 from datagen.decode import decode
 from datagen.matting import load_matting
@@ -32,7 +32,7 @@ from manifests.errors import LayerflowError, StageSetupError, one_line
 from manifests.io import read_layers, resolve_media
 from manifests.layers import CAPTIONED_LAYERS, InputKind, Layer, Role, SampleKind, Stage
 from manifests.metrics import on_grey, recomposition_psnr
-from manifests.schema import CLIP_COLUMNS, CLIP_EMBEDDING, RECOMPOSE_PSNR, media_uri
+from manifests.schema import CLIP_COLUMNS, CLIP_EMBEDDING, RECOMPOSE_PSNR, layer_media_uri, media_uri
 
 if TYPE_CHECKING:  # the runner contract, for type hints only
     from datagen.runner import StageSpec
@@ -111,8 +111,8 @@ class DecodeStage(RowStage[InputRow]):
     stage = Stage.DECODE
     row_type = InputRow
     reads = ("item",)
-    writes = ("kind", "clip_path", "background_path", "frame_indices", "source_frames", "source_height",
-              "source_width")
+    writes = ("kind", "clip_path", "background_path", "layer_paths", "layer_sources", "composite_psnr",
+              "frame_indices", "source_frames", "source_height", "source_width")
 
     def __init__(self, config: BuildConfig, work_dir: str, remote: str | None = None) -> None:
         self.config = config
@@ -123,17 +123,23 @@ class DecodeStage(RowStage[InputRow]):
         decoded = decode(row.item, self.config)
         clip_path = self.work_dir / f"{row.input_id}.npz"
         decoded.clip.save(clip_path)
-        if decoded.background is not None:
-            background_path = self.work_dir / f"{row.input_id}.bg.npz"
-            decoded.background.save(background_path)
-            row.background_path = str(background_path)
-            if self.remote:
-                share(background_path, self.work_dir.parent, self.remote)
         if self.remote:
             share(clip_path, self.work_dir.parent, self.remote)
+        if decoded.background is not None:
+            row.background_path = self._save(decoded.background, f"{row.input_id}.bg.npz")
+        row.layer_paths = [self._save(layer, f"{row.input_id}.layer{k}.npz") for k, layer in enumerate(decoded.layers)]
+        row.layer_sources, row.composite_psnr = decoded.layer_sources, decoded.composite_psnr
         row.source_height, row.source_width = decoded.clip.source_size
         row.kind, row.clip_path, row.frame_indices = decoded.kind, str(clip_path), decoded.clip.frame_indices
         row.source_frames = decoded.source_frames
+
+    def _save(self, clip: VideoClip, name: str) -> str:
+        """A clip beside the input's own, shared with the other nodes when `--out` is on object storage."""
+        path = self.work_dir / name
+        clip.save(path)
+        if self.remote:
+            share(path, self.work_dir.parent, self.remote)
+        return str(path)
 
 
 class MatteStage(RowStage[InputRow]):
@@ -146,7 +152,7 @@ class MatteStage(RowStage[InputRow]):
     stage = Stage.MATTE
     row_type = InputRow
     reads = ("item", "kind", "clip_path")
-    writes = ("matting", "matte_error")
+    writes = ("matting", "matte_error", "camera_motion")
 
     def __init__(self, config: BuildConfig, work_dir: str | None = None, remote: str | None = None) -> None:
         self.backend = load_matting(config.matting, config.device, config.access)
@@ -170,6 +176,7 @@ class MatteStage(RowStage[InputRow]):
         if self.remote:
             share(Path(row.clip_path), self.work_dir.parent, self.remote)
         row.matting = matte.backend
+        row.camera_motion = matte.camera
         row.devices[StageName.MATTE.value] = matte.backend.device
 
     def _local(self, path: Path) -> Path:
@@ -177,7 +184,8 @@ class MatteStage(RowStage[InputRow]):
 
 
 class ComposeStage(RowStage[SampleRow]):
-    """Build the four layers of a planned sample and write them as media files."""
+    """Build the four layers of a planned sample and write them as media files; a sample with several foreground
+    layers also gets a foreground and an alpha file per layer, and the four layers are their flattened view."""
 
     stage = Stage.COMPOSE
     row_type = SampleRow
@@ -200,7 +208,13 @@ class ComposeStage(RowStage[SampleRow]):
         aligned = row.fg.kind is InputKind.LAYERED_IMAGE
         placement = Placement() if aligned else choose_placement(fg_clip.alpha, canvas, rng, config.scale_range)
         bg_index = len(bg_clip.frames) // 2
-        if row.kind is SampleKind.IMAGE_FROZEN:
+        foreground_layers: list[tuple[np.ndarray, np.ndarray]] = []
+        if row.kind is SampleKind.IMAGE_FROZEN and row.fg.layer_paths:
+            clips = [VideoClip.load(self._local(Path(path))) for path in row.fg.layer_paths]
+            layers, foreground_layers = freeze_layers([(c.frames[0], c.alpha[0]) for c in clips],
+                                                      bg_clip.frames[bg_index], placement, config.frames)
+            bg_indices = [bg_clip.frame_indices[bg_index]]
+        elif row.kind is SampleKind.IMAGE_FROZEN:
             layers = freeze(fg_clip.frames[0], fg_clip.alpha[0], bg_clip.frames[bg_index], placement, config.frames)
             bg_indices = [bg_clip.frame_indices[bg_index]]
         else:
@@ -214,14 +228,23 @@ class ComposeStage(RowStage[SampleRow]):
                 video_io.write_alpha_video(path, layers.alpha, config.fps)
             else:
                 video_io.write_rgb_video(path, layers.layer(layer), config.fps, config.crf)
+        for index, (colour, alpha) in enumerate(foreground_layers):
+            video_io.write_rgb_video(self._layer_path(row, index, Layer.FOREGROUND), colour, config.fps, config.crf)
+            video_io.write_alpha_video(self._layer_path(row, index, Layer.ALPHA), alpha, config.fps)
         if self.remote:
             upload_media(self.out_dir, self.remote, row.sample_id)
+            for index in range(len(foreground_layers)):
+                for layer in (Layer.FOREGROUND, Layer.ALPHA):
+                    share(self._layer_path(row, index, layer), self.out_dir, self.remote)
         row.placement, row.frames_foreground, row.frames_background = placement.to_json(), fg_clip.frame_indices, \
             bg_indices
         row.num_frames, row.height, row.width = config.frames, int(canvas[0]), int(canvas[1])
 
     def _local(self, path: Path) -> Path:
         return obtain(path, self.out_dir, self.remote) if self.remote else path
+
+    def _layer_path(self, row: SampleRow, index: int, layer: Layer) -> Path:
+        return resolve_media(self.out_dir, layer_media_uri(row.sample_id, index, layer))
 
 
 class CaptionStage(RowStage[SampleRow]):

@@ -9,6 +9,7 @@ import base64
 import html
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from io import BytesIO
 from pathlib import Path, PurePosixPath
@@ -22,7 +23,18 @@ from filters.policy import Op, Policy, Rule
 from manifests.dataset import Dataset, DatasetLike, open_dataset
 from manifests.layers import CAPTIONED_LAYERS, InputState, Layer
 from manifests.preview import GAP, TILE_NAMES, TILE_ORDER, frame_indices, layer_tiles
-from manifests.schema import DUPLICATE_OF, FLAGS, KEEP, KIND, REJECT_REASONS, SAMPLE_ID, SCORES, SPLIT, caption_column
+from manifests.schema import (
+    ADAPTER,
+    DUPLICATE_OF,
+    FLAGS,
+    KEEP,
+    KIND,
+    REJECT_REASONS,
+    SAMPLE_ID,
+    SCORES,
+    SPLIT,
+    caption_column,
+)
 
 REPORT_FILE = "report.html"
 TILE_HEIGHT = 160  # tiles are shrunk to at most this many pixels tall to keep the file small
@@ -31,7 +43,7 @@ STRIP_FRAMES = 5
 JPEG_QUALITY = 85
 HISTOGRAM_BINS = 24
 # what the report shows of a row (not e.g. the CLIP embeddings, which would cost memory on a large dataset)
-_COLUMNS = [SAMPLE_ID, KIND, SPLIT, KEEP, REJECT_REASONS, FLAGS, DUPLICATE_OF,
+_COLUMNS = [SAMPLE_ID, KIND, ADAPTER, SPLIT, KEEP, REJECT_REASONS, FLAGS, DUPLICATE_OF,
             *(caption_column(layer) for layer in CAPTIONED_LAYERS), *SCORES]
 _INPUT_ORDER = ("discovered", *(state.value for state in InputState), "accounted")  # the summary stores them sorted
 _SVG_WIDTH, _SVG_HEIGHT = 340, 170
@@ -61,7 +73,7 @@ def write_report(dataset: DatasetLike, out: Path | None = None, gallery: int = 2
     for group, row in tqdm(chosen, desc="report gallery", unit="sample", disable=None):
         cards[group].append(_card(dataset, row, policy))
     body = "\n".join([
-        _header(dataset, summary, policy),
+        _header(dataset, summary, policy, rows),
         _funnel(summary),
         _histograms(rows, policy, summary),
         _gallery("kept", "Kept samples", cards["kept"], len(kept)),
@@ -92,7 +104,7 @@ def _input_counts(counts: Mapping[str, int]) -> dict[str, int]:
     return {**{k: counts[k] for k in _INPUT_ORDER if k in counts}, **counts}
 
 
-def _header(dataset: Dataset, summary: dict, policy: Policy) -> str:
+def _header(dataset: Dataset, summary: dict, policy: Policy, rows: Sequence[Mapping]) -> str:
     samples, inputs = summary.get("samples", {}), summary.get("inputs", {})
     backends = summary.get("backends", {})
     matting, clip = backends.get("matting", {}), backends.get("clip", {})
@@ -106,6 +118,7 @@ def _header(dataset: Dataset, summary: dict, policy: Policy) -> str:
         ("samples", f"{_e(samples.get('total', 0))} total: <b class=\"good\">{_e(samples.get('kept', 0))} kept</b>, "
                     f"<b class=\"bad\">{_e(samples.get('rejected', 0))} rejected</b>"),
         ("by kind", _counts(samples.get("by_kind", {}))),
+        ("by adapter", _counts(Counter(row[ADAPTER] or "unrecorded" for row in rows))),  # null: before schema 4
         ("by split", _counts(samples.get("by_split", {}))),
         ("inputs", _counts(_input_counts(inputs))),
         ("failures", f"{_e(summary.get('failures', {}).get('total', 0))} "
@@ -299,6 +312,7 @@ def _card(dataset: Dataset, row: Mapping, policy: Policy) -> str:
     return (f'<article class="card {group}" data-sample-id="{_e(sample_id)}">'
             f'<h3 class="sample-id">{_e(sample_id)}</h3>'
             f'<p><span class="tag {group}">{group}</span> <span class="tag">{_e(row[KIND])}</span> '
+            f'<span class="tag adapter">{_e(row[ADAPTER] or "unrecorded")}</span> '
             f'<span class="tag">{_e(row[SPLIT])}</span></p>'
             f'{pictures}<ul class="captions">{captions}</ul><ul class="decision">{"".join(decision)}</ul>'
             f'<div class="scores">{"".join(scores)}</div></article>')

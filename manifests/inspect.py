@@ -5,7 +5,20 @@ from __future__ import annotations
 from collections import Counter
 
 from manifests.dataset import DatasetLike, open_dataset
-from manifests.schema import KEEP, KIND, RECOMPOSE_PSNR, REJECT_REASONS, SAMPLE_ID, SPLIT
+from manifests.schema import (
+    ADAPTER,
+    KEEP,
+    KIND,
+    LAYERS_SOURCE,
+    RECOMPOSE_PSNR,
+    REJECT_REASONS,
+    SAMPLE_ID,
+    SOURCE_COMPANIONS,
+    SOURCE_COMPOSITE_PSNR,
+    SPLIT,
+)
+
+UNRECORDED = "unrecorded"  # the adapter of a sample written before schema 4
 
 
 def inspect_dataset(dataset: DatasetLike, examples: int = 3) -> dict:
@@ -19,6 +32,7 @@ def inspect_dataset(dataset: DatasetLike, examples: int = 3) -> dict:
         "root": dataset.uri,
         "samples": len(samples),
         "by_kind": dict(Counter(s[KIND] for s in samples)),
+        "by_adapter": dict(Counter(s[ADAPTER] or UNRECORDED for s in samples)),
         "by_split": dict(Counter(s[SPLIT] for s in samples)),
         "by_keep": {"kept": sum(s[KEEP] for s in samples), "rejected": sum(not s[KEEP] for s in samples)},
         REJECT_REASONS: dict(Counter(r for s in samples for r in s[REJECT_REASONS])),
@@ -28,8 +42,9 @@ def inspect_dataset(dataset: DatasetLike, examples: int = 3) -> dict:
             {"uri": f["uri"], "stage": f["stage"], "error": f"{f['error_class']}: {f['message']}"} for f in failures
         ],
         "examples": [
-            {k: s[k] for k in (SAMPLE_ID, KIND, SPLIT, KEEP, "caption_blended", RECOMPOSE_PSNR,
-                               "alpha_coverage_mean", "matting_backend", "source_foreground", "source_background")}
+            {k: s[k] for k in (SAMPLE_ID, KIND, ADAPTER, SPLIT, KEEP, "caption_blended", RECOMPOSE_PSNR,
+                               "alpha_coverage_mean", "matting_backend", "source_foreground", "source_background",
+                               LAYERS_SOURCE, SOURCE_COMPANIONS, SOURCE_COMPOSITE_PSNR)}
             for s in samples[:examples]
         ],
         "backends": summary.get("backends", {}),

@@ -1,8 +1,12 @@
-"""The vocabulary every module shares: layers, sample kinds, input kinds, roles and end states."""
+"""The vocabulary every module shares: layers, sample kinds, input kinds, adapters, roles and end states; and the one
+rule that flattens ordered foreground layers into the single foreground of a sample (`flatten`, `composite_over`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
+
+import numpy as np
 
 
 class Layer(str, Enum):
@@ -32,12 +36,24 @@ class InputKind(str, Enum):
     ALPHA_FRAME_FOLDER = "alpha_frame_folder"  # PNG sequence with alpha
     IMAGE = "image"
     RGBA_IMAGE = "rgba_image"
-    LAYERED_IMAGE = "layered_image"  # folder with foreground.png + background.png
+    LAYERED_IMAGE = "layered_image"  # a layered image with its own background (folder, sibling triplet, PSD)
     UNSUPPORTED = "unsupported"
 
     @property
     def is_video(self) -> bool:
         return self in (InputKind.VIDEO, InputKind.ALPHA_VIDEO, InputKind.FRAME_FOLDER, InputKind.ALPHA_FRAME_FOLDER)
+
+
+class Adapter(str, Enum):
+    """How a sample's foreground input was read (the manifest's `adapter` column): one value per source layout."""
+
+    COPY_PASTE = "copy_paste"  # a video (matted, with alpha or with masks) pasted onto another clip
+    RGBA_IMAGE = "rgba_image"  # one RGBA image pasted onto another image
+    FG_BG_FOLDER = "fg_bg_folder"  # a folder with foreground.* (RGBA) + background.*
+    MULTILAYER_FOLDER = "multilayer_folder"  # a folder with bg.* + layer_<k>.* (+ composite.* / whole.*)
+    SIBLING_FOLDERS = "sibling_folders"  # fg/x + bg/x (+ merged/x or composite/x) matched by name
+    MATTE_PAIR = "matte_pair"  # x.png + x_alpha.png, or images/x + alpha/x: colour estimated from image + matte
+    PSD = "psd"  # a .psd / .psb document read with psd-tools
 
 
 class Role(str, Enum):
@@ -67,3 +83,33 @@ class Stage(str, Enum):
     COMPOSE = "compose"
     CAPTION = "caption"
     SCORE = "score"
+
+
+def flatten(colours: Sequence[np.ndarray], alphas: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The flattened view of ordered foreground layers, as stored: uint8 straight colours (..., 3) and uint8 alphas
+    (...), bottom to top -> (uint8 straight colour, uint8 alpha).
+
+    Standard "over" of straight-alpha layers: alpha = 1 - prod(1 - a_k); the premultiplied colour is the layers
+    painted over each other, `p = a_k * c_k + (1 - a_k) * p`; the straight colour is `p` over the stored (quantised)
+    alpha, so that `alpha * colour` gives `p` back up to the colour's rounding (0 where the alpha is 0).
+    """
+    premultiplied = np.zeros(np.shape(colours[0]), np.float32)
+    coverage = np.zeros(np.shape(alphas[0]), np.float32)
+    for colour, alpha in zip(colours, alphas, strict=True):
+        a = alpha.astype(np.float32) / 255.0
+        premultiplied = a[..., None] * colour.astype(np.float32) + (1.0 - a[..., None]) * premultiplied
+        coverage = a + (1.0 - a) * coverage
+    alpha = np.clip(np.rint(coverage * 255.0), 0, 255).astype(np.uint8)
+    stored = alpha.astype(np.float32)[..., None] / 255.0
+    colour = np.where(stored > 0, premultiplied / np.maximum(stored, 1.0 / 255.0), 0.0)
+    return np.clip(np.rint(colour), 0, 255).astype(np.uint8), alpha
+
+
+def composite_over(background: np.ndarray, colours: Sequence[np.ndarray], alphas: Sequence[np.ndarray]) -> np.ndarray:
+    """Float (0..255) of the layers (uint8 straight colours and alphas, bottom to top) painted over an opaque uint8
+    background: what a sample's foreground layers recompose to, without going through the flattened view."""
+    out = background.astype(np.float32)
+    for colour, alpha in zip(colours, alphas, strict=True):
+        a = alpha.astype(np.float32)[..., None] / 255.0
+        out = a * colour.astype(np.float32) + (1.0 - a) * out
+    return out

@@ -11,7 +11,9 @@ import pyarrow as pa
 
 from manifests.layers import RGB_LAYERS, Layer
 
-SCHEMA_VERSION = "3"  # 3: caption_layers, caption_missing
+# 3: caption_layers, caption_missing. 4: adapter, layers_uri_foreground|alpha, layers_caption, layers_source,
+# source_companions, source_composite_psnr (a manifest of version 3 reads with them null: `foreground_layers`)
+SCHEMA_VERSION = "4"
 SCHEMA_METADATA = {b"layerflow.schema_version": SCHEMA_VERSION.encode(), b"layerflow.table": b""}
 
 MANIFEST_DIR = "manifest"
@@ -26,6 +28,7 @@ MEDIA_FILES: dict[Layer, str] = {
     Layer.BACKGROUND: "background.mp4",
     Layer.BLENDED: "blended.mp4",
 }
+LAYERS_DIR = "layers"  # a sample with several foreground layers: media/<sample_id>/layers/<k>_foreground.mp4, ...
 
 
 # Column names that code outside this file reads or writes by name (the schemas below are built from them).
@@ -44,6 +47,15 @@ FLAGS = "flags"
 DUPLICATE_OF = "duplicate_of"
 CAPTION_LAYERS = "caption_layers"  # how many of the captioned layers have a non-empty caption (0..3)
 CAPTION_MISSING = "caption_missing"  # why the others have none: "foreground: no sidecar caption; ..."; null if none
+ADAPTER = "adapter"  # Adapter: how the foreground input was read (copy_paste, multilayer_folder, psd, ...)
+# The foreground layers, bottom to top (one list entry per layer; a one-layer sample lists `uri_foreground`,
+# `uri_alpha` and `caption_foreground` themselves). `foreground`/`alpha` stay their flattened view (`flatten`).
+LAYERS_URI_FOREGROUND = "layers_uri_foreground"
+LAYERS_URI_ALPHA = "layers_uri_alpha"
+LAYERS_CAPTION = "layers_caption"
+LAYERS_SOURCE = "layers_source"  # what each layer was read from: a file, or `doc.psd#<layer name>`
+SOURCE_COMPANIONS = "source_companions"  # files the adapter recognised beside the input and took as no layer
+SOURCE_COMPOSITE_PSNR = "source_composite_psnr"  # blended (before encoding) vs the source's own composite, dB
 DECISION_COLUMNS = (KEEP, REJECT_REASONS, FLAGS, DUPLICATE_OF)  # what a policy decides (`layerflow-data filter`)
 
 
@@ -58,6 +70,20 @@ def caption_column(layer: Layer) -> str:
 def media_uri(sample_id: str, layer: Layer) -> str:
     """The media file of one layer, relative to the dataset root (posix separators)."""
     return f"{MEDIA_DIR}/{sample_id}/{MEDIA_FILES[layer]}"
+
+
+def layer_media_uri(sample_id: str, index: int, layer: Layer) -> str:
+    """The foreground or alpha file of foreground layer `index` (0 = bottom) of a sample with several layers."""
+    return f"{MEDIA_DIR}/{sample_id}/{LAYERS_DIR}/{index}_{MEDIA_FILES[layer]}"
+
+
+def foreground_layers(row: dict) -> list[tuple[str, str, str | None]]:
+    """(foreground uri, alpha uri, caption) of each foreground layer of a manifest row, bottom to top. A row written
+    before schema 4 has no layer lists: its flattened foreground is its one layer."""
+    if row.get(LAYERS_URI_FOREGROUND) is None:
+        return [(row[uri_column(Layer.FOREGROUND)], row[uri_column(Layer.ALPHA)],
+                 row.get(caption_column(Layer.FOREGROUND)))]
+    return list(zip(row[LAYERS_URI_FOREGROUND], row[LAYERS_URI_ALPHA], row[LAYERS_CAPTION], strict=True))
 
 
 # Every score is a nullable float32 column: null means it could not be computed (the summary says why),
@@ -98,11 +124,17 @@ def _with_metadata(schema: pa.Schema, table: str) -> pa.Schema:
 SAMPLE_SCHEMA = _with_metadata(pa.schema([
     pa.field(SAMPLE_ID, pa.string(), nullable=False),
     pa.field(KIND, pa.string(), nullable=False),  # SampleKind
+    pa.field(ADAPTER, pa.string(), nullable=False),  # Adapter
     pa.field(SPLIT, pa.string(), nullable=False),  # train | val
     *[pa.field(uri_column(layer), pa.string(), nullable=False) for layer in Layer],
     *[pa.field(caption_column(layer), pa.string()) for layer in (Layer.FOREGROUND, Layer.BACKGROUND, Layer.BLENDED)],
     pa.field(CAPTION_LAYERS, pa.int8(), nullable=False),
     pa.field(CAPTION_MISSING, pa.string()),
+    # the foreground layers, bottom to top; flattened into `uri_foreground` / `uri_alpha` by straight-alpha "over":
+    # alpha = 1 - prod(1 - a_k), colour = the premultiplied over-result / alpha (`manifests.layers.flatten`)
+    pa.field(LAYERS_URI_FOREGROUND, pa.list_(pa.string()), nullable=False),
+    pa.field(LAYERS_URI_ALPHA, pa.list_(pa.string()), nullable=False),
+    pa.field(LAYERS_CAPTION, pa.list_(pa.string()), nullable=False),  # an entry is null where a layer has no caption
     pa.field("num_frames", pa.int32(), nullable=False),
     pa.field("fps", pa.float32(), nullable=False),
     pa.field("height", pa.int32(), nullable=False),
@@ -112,6 +144,9 @@ SAMPLE_SCHEMA = _with_metadata(pa.schema([
     pa.field("input_id_background", pa.string(), nullable=False),
     pa.field("source_foreground", pa.string(), nullable=False),
     pa.field("source_background", pa.string(), nullable=False),
+    pa.field(LAYERS_SOURCE, pa.list_(pa.string()), nullable=False),
+    pa.field(SOURCE_COMPANIONS, pa.list_(pa.string()), nullable=False),  # a trimap or cut-out beside a matte pair
+    pa.field(SOURCE_COMPOSITE_PSNR, pa.float32()),  # null: the source has no composite of its own to compare with
     pa.field("frames_foreground", pa.list_(pa.int32()), nullable=False),  # exact source frame indices
     pa.field("frames_background", pa.list_(pa.int32()), nullable=False),
     pa.field("placement", pa.string(), nullable=False),  # JSON {"scale", "dx", "dy"}
@@ -161,6 +196,9 @@ INPUT_SCHEMA = _with_metadata(pa.schema([
     pa.field("source_width", pa.int32()),
     pa.field("matting_backend", pa.string()),
     pa.field("matting_device", pa.string()),  # cpu | cuda: where the matting backend ran
+    # How the camera moved, where the matting backend measured it (bgsub: px per frame): JSON {"pan_px", "shake_px",
+    # "residual_px", "extent_px", "stabilised", ...}; null where nothing was measured.
+    pa.field("camera_motion", pa.string()),
 ]), "inputs")
 
 

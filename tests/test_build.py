@@ -51,6 +51,13 @@ def test_every_input_has_one_end_state(built):
         "paper.jpg": "used",
     }
     assert sum(summary["inputs"][s.value] for s in InputState) == 6
+    assert any(row["matting_backend"] == "bgsub" for row in inputs.values())
+    for row in inputs.values():  # where bgsub matted a clip, how its camera moved is on the input's row
+        if row["matting_backend"] == "bgsub":
+            camera = json.loads(row["camera_motion"])
+            assert camera["stabilised"] is False and camera["pan_px"] < 1  # the tiny source's camera is still
+        else:
+            assert row["camera_motion"] is None
 
 
 def test_samples_recompose_from_their_files(built, small_config):

@@ -26,8 +26,8 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     return exit_info.value.code, captured.out + captured.err
 
 
-COMMANDS = ["build", "demo-source", "inspect", "validate", "eval-matting", "filter", "report", "preview", "doctor",
-            "train", "sample", "eval", "reproduce", "models list", "models fetch", "models verify"]
+COMMANDS = ["build", "demo-source", "inspect", "validate", "eval-layers", "eval-matting", "filter", "report", "preview",
+            "doctor", "train", "sample", "eval", "reproduce", "models list", "models fetch", "models verify"]
 MAX_BODY_LINES = 15
 
 

@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+import shutil
+
 import duckdb
 import polars as pl
+import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
 from datagen.build import build
 from datagen.pipeline import LocalRunner
 from manifests import io
+from manifests.dataset import open_dataset
 from manifests.inspect import inspect_dataset
-from manifests.schema import SAMPLE_SCHEMA, SCHEMA_VERSION, to_table
+from manifests.schema import (
+    ADAPTER,
+    LAYERS_CAPTION,
+    LAYERS_SOURCE,
+    LAYERS_URI_ALPHA,
+    LAYERS_URI_FOREGROUND,
+    SAMPLE_SCHEMA,
+    SCHEMA_VERSION,
+    SOURCE_COMPANIONS,
+    SOURCE_COMPOSITE_PSNR,
+    foreground_layers,
+    to_table,
+)
+from manifests.validate import validate
+
+# What schema 4 added to the manifest; a manifest of schema 3 has every other column.
+SCHEMA_4_COLUMNS = (ADAPTER, LAYERS_URI_FOREGROUND, LAYERS_URI_ALPHA, LAYERS_CAPTION, LAYERS_SOURCE, SOURCE_COMPANIONS,
+                    SOURCE_COMPOSITE_PSNR)
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +103,35 @@ def test_inspect_counts(dataset):
     assert info["by_kind"] == {"video_copy_paste": 2, "image_frozen": 1}
     assert info["inputs"] == {"used": 3}
     assert len(info["examples"]) == 3
+
+
+def test_a_single_layer_sample_lists_its_own_foreground_as_its_one_layer(dataset):
+    for row in io.read_manifest(dataset).to_pylist():
+        assert foreground_layers(row) == [(row["uri_foreground"], row["uri_alpha"], row["caption_foreground"])]
+        read_from = f"{row['source_foreground']}/foreground.png" if row[ADAPTER] == "fg_bg_folder" else \
+            row["source_foreground"]
+        assert row[LAYERS_SOURCE] == [read_from] and row[SOURCE_COMPANIONS] == []
+    assert inspect_dataset(dataset)["by_adapter"] == {"copy_paste": 2, "fg_bg_folder": 1}
+
+
+def test_a_manifest_of_schema_3_reads_with_the_new_columns_null(dataset, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(dataset, old)
+    fields = [field for field in SAMPLE_SCHEMA if field.name not in SCHEMA_4_COLUMNS]
+    schema_3 = pa.schema(fields, metadata={**SAMPLE_SCHEMA.metadata, b"layerflow.schema_version": b"3"})
+    parts = sorted((old / "manifest").glob("part-*.parquet"))
+    for part in parts:
+        rows = pq.read_table(part).select(schema_3.names).to_pylist()
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema_3), part)
+        assert not set(SCHEMA_4_COLUMNS) & set(pq.read_schema(part).names)
+
+    rows = open_dataset(old).manifest().to_pylist()
+    assert len(rows) == 3 and all(row[name] is None for row in rows for name in SCHEMA_4_COLUMNS)
+    # the flattened foreground is the one layer of an old row
+    assert [foreground_layers(row) for row in rows] == [
+        [(row["uri_foreground"], row["uri_alpha"], row["caption_foreground"])] for row in rows]
+    assert inspect_dataset(old)["by_adapter"] == {"unrecorded": 3}
+    # validate names the old version and columns; every sample still checks out against its files
+    assert validate(old).problems == [problem for part in parts for problem in (
+        f"{part.name}: schema version is not {SCHEMA_VERSION}",
+        f"manifest/{part.name}: columns or types differ from the manifest schema")]

@@ -37,7 +37,8 @@ def test_a_build_over_the_real_data_accounts_for_every_input(real_build):
     assert summary["inputs"]["discovered"] == len(inputs) == summary["inputs"]["accounted"]
     assert {row["uri"] for row in inputs} == {item.uri for item in discover(str(data))}
     states = Counter(row["state"] for row in inputs)
-    assert states["used"] > 40 and sum(states.values()) == len(inputs)
+    # a layered folder (ART cases, fg/bg/merged siblings, a photo with its matte) is one input, not one per file
+    assert states["used"] >= 35 and sum(states.values()) == len(inputs)
     failures = {Path(f["uri"]).name: f for f in io.read_failures(out).to_pylist()}
     for name in ("README.md", "index.json", "selfie_segmentation.tflite"):
         assert failures[name]["stage"] == "discover"
@@ -84,14 +85,12 @@ def test_mp4_and_its_jpeg_folder_decode_to_the_same_frames():
 def test_eval_matting_on_davis_layout_beside_the_frames():
     data = shared_data()
     videos = data / "videos"
-    # 16 frames span 46 of blackswan's 50, so the seeded start (it hashes the input's path) barely matters:
-    # bgsub coverage measured 0.54-0.55 for every start, against 0.46-0.50 with 6 frames (too near the 0.45 limit).
     config = BuildConfig(frames=16, fps=8.0, size=(120, 214))
-    # The ground truth is found beside the frames (videos/<name>/masks), and bgsub runs on the clip:
-    # blackswan is filmed by a panning camera, which bgsub reports instead of returning a wrong matte.
+    # The ground truth is found beside the frames (videos/<name>/masks), and bgsub runs on the clip: blackswan is
+    # filmed by a panning camera, which bgsub stabilises (its quality: tests/test_camera_motion.py).
     result = evaluate_matting(str(videos / "davis_blackswan"), str(videos), "bgsub", config)
-    assert "camera probably moves" in result["errors"]["davis_blackswan"]
-    assert result["videos"] == {} and result["mean_iou"] is None
+    assert "errors" not in result and result["videos"]["davis_blackswan"]["frames"] == 16
+    assert result["videos"]["davis_blackswan"]["camera"]["stabilised"] is True
     # `given` must not see the ground truth it is scored against
     given = evaluate_matting(str(videos / "davis_blackswan"), str(videos), "given", config)
     assert "no alpha" in given["errors"]["davis_blackswan"]

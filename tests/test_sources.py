@@ -9,7 +9,8 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_layered, write_rgba, write_video
+from conftest import texture, write_layered, write_rgba, write_video
+from PIL import Image
 
 from datagen.sources import discover
 from manifests.errors import ConfigError
@@ -67,7 +68,7 @@ def test_unknown_files_and_symlink_loops_become_failed_inputs(tmp_path):
     os.symlink(tmp_path / "self_b", tmp_path / "self_a")
     items = by_name(discover(str(tmp_path)))
     assert items["v.mp4"].error is None
-    assert "not a video, image or frame folder" in items["noise.bin"].error
+    assert "not a video, image, layered document or frame folder" in items["noise.bin"].error
     assert "symlink loop" in items["loop"].error
     assert "symlink loop" in items["self_a"].error
     assert all(item.kind == InputKind.UNSUPPORTED for name, item in items.items() if name != "v.mp4")
@@ -118,3 +119,25 @@ def test_unicode_and_spaces_in_names(tmp_path):
     write_layered(tmp_path / "ça va")
     kinds = {os.path.basename(i.uri): i.kind for i in discover(str(tmp_path))}
     assert kinds == {"vidéo clip 1.mp4": InputKind.VIDEO, "ça va": InputKind.LAYERED_IMAGE}
+
+
+def test_fg_and_bg_folders_whose_names_do_not_match_are_ordinary_folders(tmp_path):
+    write_rgba(tmp_path / "fg" / "star.png", seed=1)
+    (tmp_path / "bg").mkdir()
+    Image.fromarray(texture(40, 40, 2)).save(tmp_path / "bg" / "paper.png")
+    items = by_name(discover(str(tmp_path)))
+    assert {name: (item.kind, item.adapter) for name, item in items.items()} == {
+        "star.png": (InputKind.IMAGE, None), "paper.png": (InputKind.IMAGE, None)}
+
+
+def test_an_image_named_like_a_matte_without_its_image_is_an_ordinary_image(tmp_path):
+    write_rgba(tmp_path / "y_mask.png", seed=1)
+    [item] = discover(str(tmp_path))
+    assert (item.kind, item.adapter, item.error) == (InputKind.IMAGE, None, None)
+
+
+def test_a_frame_folder_named_images_stays_a_clip_without_an_alpha_folder_beside_it(tmp_path):
+    for i in range(3):
+        write_rgba(tmp_path / "clip" / "images" / f"{i:05d}.png", seed=i)
+    [item] = discover(str(tmp_path))
+    assert (item.kind, item.name) == (InputKind.FRAME_FOLDER, "clip")
