@@ -69,11 +69,14 @@ class BackgroundSubtraction:
                 f"got {clip.num_frames}; use --matting chroma or given for stills"
             )
         static = self.motion.static(clip.frames, self.static_px)
+        unestimated = None  # why the camera's motion could not be estimated (too little texture, tiny frames)
         try:
             motion = static if static is not None else self.motion(clip.frames)
         except InputError as exc:
-            raise InputError(f"bgsub: {one_line(exc)}") from None
-        stabilised = static is None
+            # Not refused yet: a static background model still mattes a locked-off clip too small or too flat to
+            # track (the coverage check below refuses it if the camera did move).
+            motion, unestimated = None, one_line(exc)
+        stabilised = static is None and motion is not None
         distance, plate = self.difference(clip.frames, motion if stabilised else None)
         strong = self.threshold if self.threshold is not None else self._otsu(distance)
         # Hysteresis on the whole (T, H, W) volume: a weak difference also counts when it touches a strong
@@ -85,9 +88,13 @@ class BackgroundSubtraction:
         if covered > self.max_coverage:
             cause = "the camera moves in a way one homography per frame cannot undo (parallax)" if stabilised \
                 else "a light change or a scene cut"
+            if unestimated:
+                raise InputError(f"bgsub: {unestimated}, and {covered:.0%} of the frame differs from a static "
+                                 f"background (limit {self.max_coverage:.0%})")
             raise InputError(f"bgsub: {covered:.0%} of the frame differs from the background model (limit "
                              f"{self.max_coverage:.0%}); probably {cause}")
-        camera = {**motion.as_dict(), "stabilised": stabilised}
+        camera = {**motion.as_dict(), "stabilised": stabilised} if motion is not None else \
+            {"stabilised": False, "unestimated": unestimated}
         return Matte(alpha=alpha, backend=BackendInfo(name=self.name), camera=camera, background=plate)
 
     def difference(self, frames: np.ndarray, motion: CameraMotion | None = None) -> tuple[np.ndarray, np.ndarray]:
