@@ -427,21 +427,10 @@ def eval_layers(
     print(json.dumps(evaluate_matting(videos, str(masks), matting, config), sort_keys=True))
 
 
-@app.command("eval-matting")
-def eval_matting(
-    videos: EvalVideosOption,
-    masks: EvalMasksOption,
-    matting: MattingOption = "bgsub",
-    frames: FramesOption = BuildConfig.frames,
-    fps: FpsOption = BuildConfig.fps,
-    size: SizeOption = BUILD_SIZE,
-    frame_folder_fps: FrameFolderFpsOption = BuildConfig.frame_folder_fps,
-) -> None:
-    """The former name of `eval-layers`: the same options, the same JSON line.
-
-    Example: `layerflow-data eval-matting --videos demo_src/foreground --masks demo_src/ground_truth`
-    """
-    eval_layers(videos, masks, matting, frames, fps, size, frame_folder_fps)
+# The former name of `eval-layers`: the same command, options and JSON line.
+app.command("eval-matting", help="The former name of `eval-layers`: the same options, the same JSON line.\n\n"
+            "Example: `layerflow-data eval-matting --videos demo_src/foreground --masks demo_src/ground_truth`")(
+    eval_layers)
 
 
 @app.command()

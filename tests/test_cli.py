@@ -28,6 +28,7 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 
 COMMANDS = ["build", "demo-source", "inspect", "validate", "eval-layers", "eval-matting", "filter", "report", "preview",
             "doctor", "train", "sample", "eval", "reproduce", "models list", "models fetch", "models verify"]
+ALIASES = ["eval-matting"]  # registered on another command's function
 MAX_BODY_LINES = 15
 
 
@@ -107,7 +108,7 @@ def test_every_command_is_one_library_call_between_parsing_and_printing():
             isinstance(d, ast.Call) and getattr(d.func, "attr", "") == "command" for d in node.decorator_list)
 
     commands = {node.name: node for node in tree.body if is_command(node)}
-    assert len(commands) == len(COMMANDS)
+    assert len(commands) == len(COMMANDS) - len(ALIASES)
     for name, node in commands.items():
         body = node.body[1:] if isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant) \
             else node.body
