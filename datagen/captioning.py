@@ -25,7 +25,7 @@ from manifests.errors import ConfigError
 from manifests.io import write_json_atomic
 from manifests.layers import CAPTIONED_LAYERS, Layer, SampleKind
 from manifests.metrics import on_grey
-from manifests.models import Access, Group, default_access, default_spec, ensure, file_sha256, locate
+from manifests.models import Access, Group, default_access, default_spec, ensure, file_sha256, files_digest, locate
 from manifests.storage import cache_root
 
 BLENDED_TEMPLATE = "{foreground} in front of {background}"
@@ -128,14 +128,12 @@ def default_cache_folder() -> Path:
 
 
 def folder_sha256(folder: Path) -> str:
-    """sha256 over every file's relative name and sha256 (weights, config, tokenizer and processor files alike)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts):  # e.g. the .cache/ of `hf download --local-dir`
-            continue
-        digest.update(relative.as_posix().encode() + b"\0" + file_sha256(path).encode())
-    return digest.hexdigest()
+    """sha256 over every file's relative name and sha256 (weights, config, tokenizer and processor files alike), as
+    the model registry digests a fetched model folder (`files_digest`); dot folders such as the .cache/ of
+    `hf download --local-dir` are left out."""
+    files = {path.relative_to(folder).as_posix(): {"sha256": file_sha256(path)} for path in folder.rglob("*")
+             if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)}
+    return files_digest(files)
 
 
 @dataclass(frozen=True)

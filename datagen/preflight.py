@@ -159,10 +159,11 @@ def choose_models(config: BuildConfig, learned_defaults: bool, on_cluster: bool 
     def obtain(option: str, spec: str) -> list[Pin]:
         got = []
         for part in registry_parts(option, spec):
-            if locate(part) is None and not network.online():
+            cached = locate(part) is not None
+            if not cached and not network.online():
                 raise ModelUnavailable(f"model {part}: not in the local cache and offline ({network.why}); run "
                                        f"`{FETCH_HINT} {part}` on a machine with network access")
-            got.append(ensure(part, Access(offline=locate(part) is not None or bool(network.offline))).pin)
+            got.append(ensure(part, Access(offline=cached or bool(network.offline))).pin)
         return got
 
     def choose(option: str, requested: str, group: Group, fallback: str, fallback_why: str) -> str:
