@@ -53,7 +53,7 @@ class MotionEstimator:
     return_px: float = 0.1
     min_tracks: int = 16  # fewer corners tracked between two frames: too little texture to say how the camera moved
     min_inliers: float = 0.3  # ... or fewer than this share of them agreeing on one motion: no dominant motion
-    ransac_px: float = 1.5  # a track within this many px (at the tracking size) of the fitted motion agrees
+    ransac_px: float = 1.0  # a track within this many px (at the tracking size) of the fitted motion agrees
     max_scale_step: float = 0.15  # a frame-to-frame zoom or shear beyond this is a bad fit, not a camera
     smooth_frames: float = 3.0  # Gaussian sigma (frames) of the smoothed path that `shake_px` is measured from
 
