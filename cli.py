@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from datagen.config import DEMO_SOURCE, BuildConfig
+from datagen.config import DEMO_SOURCE, BuildConfig, FrameFolders
 from layerflow_model.config import (
     DEFAULT_PRESET,
     DEFAULT_TASK_WEIGHTS,
@@ -72,6 +72,9 @@ ClipOption = Annotated[str, typer.Option(
 OfflineOption = Annotated[bool, typer.Option(
     help="Never use the network for weights (as HF_HUB_OFFLINE=1): `auto` falls back to what is cached, then to "
          "the weight-free path; a named model must be cached.")]
+CleanPlateOption = Annotated[str, typer.Option(
+    help="How video_decomposed samples get the background behind the foreground: temporal (each covered pixel from "
+         "the frames of the whole clip that show it, aligned by the camera's motion, median; the rest inpainted).")]
 FramesOption = Annotated[int, typer.Option(help="Frames per layer clip.")]
 FpsOption = Annotated[float, typer.Option(help="Frame rate the frames are sampled at.")]
 SizeOption = Annotated[str, typer.Option(help="HEIGHTxWIDTH (or one number): resize, then centre-crop.")]
@@ -124,8 +127,9 @@ def build(
     out: Annotated[str, typer.Option(
         help="Dataset folder to write, or a pyarrow filesystem URI (s3://bucket/ds, gs://...) to publish to.")],
     source: Annotated[str, typer.Option(
-        help="A folder (recursive), a glob, or a list file (.txt/.csv/.parquet with a `uri` column); "
-             "`demo`: the built-in demo source, written to OUT/_demo_source.")] = DEMO_SOURCE,
+        help="A folder (recursive), a glob, or a list file (.txt/.csv/.parquet with a `uri` column), local or on "
+             "object storage (s3://bucket/prefix, gs://...); `demo`: the built-in demo source, written to "
+             "OUT/_demo_source.")] = DEMO_SOURCE,
     backgrounds: Annotated[str | None, typer.Option(help="A separate pool of background videos/images.")] = None,
     frames: FramesOption = BuildConfig.frames,
     fps: FpsOption = BuildConfig.fps,
@@ -133,6 +137,10 @@ def build(
     matting: MattingOption = BuildConfig.matting,
     captioner: CaptionerOption = BuildConfig.captioner,
     clip: ClipOption = BuildConfig.clip,
+    kinds: Annotated[str, typer.Option(
+        help="Sample kinds to make, comma-separated (each where the inputs allow it): video_copy_paste, image_frozen, "
+             "video_decomposed, or all.")] = ",".join(kind.value for kind in BuildConfig.kinds),
+    clean_plate: CleanPlateOption = BuildConfig.clean_plate,
     policy: Annotated[str | None, typer.Option(
         help="Policy TOML deciding `keep` (default: the shipped one; change it later with `filter`).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for frame spans, pairings and placements.")] = BuildConfig.seed,
@@ -142,6 +150,9 @@ def build(
         help="Share of foregrounds whose samples go to `val`.")] = BuildConfig.val_fraction,
     crf: Annotated[int, typer.Option(help="H.264 quality of the RGB layers (lower is better).")] = BuildConfig.crf,
     frame_folder_fps: FrameFolderFpsOption = BuildConfig.frame_folder_fps,
+    frame_folders: Annotated[FrameFolders, typer.Option(
+        help="What a folder of numbered images is: auto (a clip if they share one size and look like consecutive "
+             "frames, or a sidecar says \"frame_folder\": true), clips, or images.")] = BuildConfig.frame_folders,
     max_megapixels: Annotated[float, typer.Option(
         help="Refuse images larger than this.")] = BuildConfig.max_pixels / MEGA,
     device: DeviceOption = BUILD_DEVICE,
@@ -168,6 +179,9 @@ def build(
 
     Example: `layerflow-data build --source clips.csv --backgrounds ./plates --out ./ds --size 320x512`
 
+    Example: `layerflow-data build --source ./clips --out ./ds --kinds video_decomposed` (only the real clips,
+    decomposed over their temporal clean plate)
+
     Example: `layerflow-data build --source ./clips --out ./ds --clip openclip:ViT-B-32:laion2b_s34b_b79k`
 
     Example: `layerflow-data build --source ./clips --out ./ds --matting rembg:isnet-general-use+sam2 --gpus 2
@@ -180,7 +194,8 @@ def build(
     config = BuildConfig(frames=frames, fps=fps, size=parse_size(size), matting=matting, captioner=captioner,
                          seed=seed, backgrounds_per_foreground=backgrounds_per_foreground, val_fraction=val_fraction,
                          crf=crf, frame_folder_fps=frame_folder_fps, max_pixels=int(max_megapixels * MEGA), clip=clip,
-                         device=device.value, offline=offline)
+                         device=device.value, offline=offline, kinds=kinds, clean_plate=clean_plate,
+                         frame_folders=frame_folders)
     resources = Resources.from_options(gpus, concurrency or [], gpus_per_actor or [])
     summary = build_dataset(BuildJob(out, source, config, backgrounds, policy, overwrite, keep_work, resources, no_ray,
                                      ray_address, num_cpus), log=_say)
@@ -412,19 +427,26 @@ def eval_layers(
     fps: FpsOption = BuildConfig.fps,
     size: SizeOption = BUILD_SIZE,
     frame_folder_fps: FrameFolderFpsOption = BuildConfig.frame_folder_fps,
+    clean_plate: Annotated[str | None, typer.Option(
+        help="Score this clean-plate method's plate (as a build makes it for video_decomposed, from the whole clip; "
+             "e.g. temporal) instead of the matting backend's own.")] = None,
 ) -> None:
     """Score a backend's layers against ground truth on the frames a build would use; prints one JSON line.
 
     Per video: alpha IoU and MAE, the camera motion the backend measured and, where the truth has the clean
-    background, the clean plate's PSNR inside and outside the object; means overall and per camera.
+    background, the clean plate's PSNR inside and outside the object (with --clean-plate, that method's plate and
+    the share of the covered background it invented); means overall and per camera.
 
     Example: `layerflow-data eval-layers --videos demo_src/foreground --masks demo_src/ground_truth`
+
+    Example: `layerflow-data eval-layers --videos demo_src/foreground --masks demo_src/ground_truth --clean-plate
+    temporal`
     """
     from datagen.config import parse_size
     from datagen.eval_matting import evaluate_matting
 
     config = BuildConfig(frames=frames, fps=fps, size=parse_size(size), frame_folder_fps=frame_folder_fps)
-    print(json.dumps(evaluate_matting(videos, str(masks), matting, config), sort_keys=True))
+    print(json.dumps(evaluate_matting(videos, str(masks), matting, config, clean_plate), sort_keys=True))
 
 
 # The former name of `eval-layers`: the same command, options and JSON line.
@@ -454,6 +476,10 @@ def train(
     tasks: Annotated[str, typer.Option(
         help="Task mix as task=weight pairs, e.g. `generate=1,decompose=2,fg2bg=1,bg2fg=1`.")
     ] = ",".join(f"{task}={weight:g}" for task, weight in DEFAULT_TASK_WEIGHTS.items()),
+    mix: Annotated[str | None, typer.Option(
+        help="Sample-kind mix as kind=weight pairs, e.g. `video_copy_paste=1,video_decomposed=1,image_frozen=1`; "
+             "a stage skips the kinds it does not use (base: videos only). Default: by kept samples per kind.")
+    ] = TrainConfig.mix,
     split: Annotated[str, typer.Option(help="Manifest split to train on.")] = TrainConfig.split,
     seed: Annotated[int, typer.Option(help="Seed of data order, noise and initialisation.")] = TrainConfig.seed,
     workers: Annotated[int, typer.Option(
@@ -486,9 +512,9 @@ def train(
     config = TrainConfig(
         manifest=manifest, out=str(out), stage=stage, init=init, steps=steps, batch_size=batch_size, lr=lr,
         warmup=warmup, grad_clip=grad_clip, ema=ema, checkpoint_every=checkpoint_every, seed=seed,
-        task_weights=parse_task_weights(tasks), split=split, workers=workers, device=device.value, precision=precision,
-        gradient_checkpointing=gradient_checkpointing, pretrained=pretrained, cache_dir=cache_dir,
-        allow_empty_captions=allow_empty_captions,
+        task_weights=parse_task_weights(tasks), mix=mix, split=split, workers=workers, device=device.value,
+        precision=precision, gradient_checkpointing=gradient_checkpointing, pretrained=pretrained,
+        cache_dir=cache_dir, allow_empty_captions=allow_empty_captions,
     )
     result = train_stage(config, preset.value, resume=resume, ray_address=ray_address)
     console.print(f"{config.stage.value}: {result.steps} steps in {result.seconds:.1f} s "
@@ -513,7 +539,8 @@ def sample(
     fps: Annotated[float, typer.Option(help="Frame rate of the written videos (a build's).")] = BuildConfig.fps,
     device: DeviceOption = Device.AUTO,
 ) -> None:
-    """Sample one task: RGBA foreground (PNG sequence + WebM with alpha), background and blended mp4, preview.
+    """Sample one task: RGBA foreground (PNG sequence, WebM VP9 and ProRes 4444 with alpha), background and blended
+    mp4, preview.
 
     Example: `layerflow-data sample --checkpoint runs/content --task generate --out s/gen
     --prompts "a cat; a lawn; a cat on a lawn"`

@@ -1,7 +1,8 @@
 """What a build accounts for: one end state (with its reason) per discovered input, a failure row for every input or
 sample that could not be used, and the summary's counts, which add up.
 
-The states that do not depend on the policy are decided here: `failed` (the input itself failed, or every sample it
+The states that do not depend on the policy are decided here: `duplicate` (another input holds the same bytes or
+content, and is built instead: `mark_copies` and discovery), `failed` (the input itself failed, or every sample it
 took part in did) and `unused` (with why). An input in samples is `used` or `rejected` by the policy's decisions on
 them, which `filters.apply.apply_policy` makes when it writes `inputs.parquet` (its only writer).
 """
@@ -15,8 +16,10 @@ from datagen.config import BuildConfig
 from datagen.rows import InputRow, SampleRow
 from datagen.stages import can_be_foreground
 from filters.apply import input_counts
+from manifests import identity
 from manifests.layers import InputState, Stage
 from manifests.schema import (
+    DUPLICATE_OF,
     INPUT_ID,
     KIND,
     SAMPLE_ID,
@@ -31,10 +34,29 @@ SUMMARY_COLUMNS = (SAMPLE_ID, KIND, SPLIT, "input_id_foreground", "input_id_back
                    "matting_backend", "matting_model", "matting_weights_sha256", "captioner")
 
 
+def mark_copies(inputs: list[InputRow]) -> None:
+    """Inputs that decoded to the same content (`identity.same_content`: an mp4 and its own extracted frames, a
+    re-encoded copy) are built once: the first in discovery order is kept, each later one becomes its duplicate.
+    Compared within one family (clips, still images, RGBA images, layered images): a layered image is not the
+    duplicate of its own background shown alone."""
+    families: dict[str, list[InputRow]] = {}
+    for row in inputs:
+        if row.ok and row.fingerprint:
+            family = "clip" if row.kind.is_video else row.kind.value
+            families.setdefault(family, []).append(row)
+    for rows in families.values():
+        for row, first in zip(rows, identity.first_copies([row.fingerprint for row in rows])):
+            if first is not None:
+                original = rows[first]
+                bits = identity.distance(row.fingerprint, original.fingerprint)
+                row.mark_duplicate(original.input_id, f"the same content as {original.item.relative} (decoded frames "
+                                                      f"within {bits} of 64 bits; built once, from there)")
+
+
 def input_states(inputs: list[InputRow], samples: list[dict], sample_failures: list[SampleRow]) -> list[dict]:
-    """One `inputs.parquet` row per input, in its end state with the reason where it is not simply used: in samples
-    > failed > unused. An input in samples is `used` here; the policy makes it `rejected` if none of its samples is
-    kept (`filters.apply.decide_input_states`)."""
+    """One `inputs.parquet` row per input, in its end state with the reason where it is not simply used: duplicate >
+    in samples > failed > unused. An input in samples is `used` here; the policy makes it `rejected` if none of its
+    samples is kept (`filters.apply.decide_input_states`)."""
     in_samples: dict[str, list[str]] = {}
     for sample in samples:
         for input_id in {sample["input_id_foreground"], sample["input_id_background"]}:
@@ -44,17 +66,23 @@ def input_states(inputs: list[InputRow], samples: list[dict], sample_failures: l
     out = []
     for row in inputs:
         state, stage, message = InputState.UNUSED, None, unused_why.get(row.input_id)
-        if not row.ok:
+        if row.item.duplicate_of is not None:  # seen at discovery (same bytes) or after decoding (same content)
+            state, message = InputState.DUPLICATE, row.item.duplicate_reason
+            stage = Stage.DISCOVER if row.fingerprint is None else Stage.DECODE
+        elif not row.ok:
             state, stage, message = InputState.FAILED, row.failure.stage, row.failure.message
         elif row.input_id in in_samples:
             state, message = InputState.USED, None
             if row.matte_error is not None:  # used, but only as a background: say why it was no foreground
                 stage, message = Stage.MATTE, f"background only: {row.matte_error.message}"
+            elif row.plate_error is not None:  # used, but not decomposed: say why
+                stage, message = Stage.CLEAN_PLATE, f"no video_decomposed sample: {row.plate_error.message}"
         elif row.input_id in failed_samples:
             failure = failed_samples[row.input_id].failure
             state, stage, message = InputState.FAILED, failure.stage, failure.message
-        elif row.matte_error is not None:
-            state, stage, message = InputState.FAILED, row.matte_error.stage, row.matte_error.message
+        elif row.matte_error is not None or row.plate_error is not None:
+            failure = row.matte_error or row.plate_error
+            state, stage, message = InputState.FAILED, failure.stage, failure.message
         out.append({
             INPUT_ID: row.input_id, URI: row.uri, KIND: row.kind.value, "role": row.item.role.value,
             "pool": row.item.pool, STATE: state.value, "stage": stage.value if stage else None, "message": message,
@@ -63,6 +91,9 @@ def input_states(inputs: list[InputRow], samples: list[dict], sample_failures: l
             "matting_backend": row.matting.name if row.matting else None,
             "matting_device": row.matting.device if row.matting else None,
             "camera_motion": json.dumps(row.camera_motion, sort_keys=True) if row.camera_motion else None,
+            "relative_path": row.item.relative, "source_size": row.item.size, "source_version": row.item.version,
+            "fingerprint": row.fingerprint, "group": row.item.group or row.fingerprint,
+            DUPLICATE_OF: row.item.duplicate_of,
         })
     return out
 
@@ -112,7 +143,7 @@ def failure_rows(input_rows: list[dict], inputs: list[InputRow], sample_failures
         if state[STATE] != InputState.FAILED.value or state[INPUT_ID] in failed_samples:
             continue
         source = by_id[state[INPUT_ID]]
-        failure = source.failure if not source.ok else source.matte_error
+        failure = source.failure if not source.ok else source.matte_error or source.plate_error
         rows.append({INPUT_ID: source.input_id, URI: source.uri, "stage": failure.stage.value,
                      "error_class": failure.error_class, "message": failure.message, SAMPLE_ID: None,
                      "related_uris": []})

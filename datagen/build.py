@@ -22,10 +22,12 @@ from datagen.accounting import (
     failure_rows,
     input_states,
     make_summary,
+    mark_copies,
     nothing_made,
     part_record,
     unscored_summary,
 )
+from datagen.cleanplate import load_clean_plate
 from datagen.config import DEMO_SOURCE, BuildConfig
 from datagen.demo import demo_source_for
 from datagen.plan import plan_samples
@@ -35,7 +37,7 @@ from datagen.resume import BuildFolder, Committed, build_record
 from datagen.rows import InputRow, SampleRow
 from datagen.runner import Runner, StageSpec, make_runner
 from datagen.scheduling import Resources, StageName, StagePlan, plan_stages, with_device
-from datagen.sources import SourceItem, discover
+from datagen.sources import SourceItem, discover_source
 from datagen.stages import CaptionStage, ClipStage, ComposeStage, DecodeStage, MatteStage, ScoreStage
 from filters.apply import apply_policy
 from filters.clip import ClipChoice
@@ -125,6 +127,7 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
     remote = destination if storage.is_remote(destination) else None
     out = staging_dir(remote) if remote else Path(out)
     policy = policy or Policy.default()
+    load_clean_plate(config.clean_plate)  # an unknown --clean-plate stops the build before any work
     models = models or choose_models(config, learned_defaults=False)
     config, clip = models.config, clip or models.clip
     plans = plan_stages(config, resources or Resources(), learned_stages(config, clip), runner.gpus,
@@ -133,15 +136,17 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
     seconds: Counter[str] = Counter()
 
     start = time.perf_counter()
-    items = discover(source)
+    found = [discover_source(source, frame_folders=config.frame_folders)]
     if backgrounds:
-        items += discover(backgrounds, pool="backgrounds", role=Role.BACKGROUND)
+        found.append(discover_source(backgrounds, pool="backgrounds", role=Role.BACKGROUND,
+                                     frame_folders=config.frame_folders))
+    items = [item for discovery in found for item in discovery.items]
     if not items:
         raise ConfigError(f"--source: no inputs found in {source!r}")
     seconds[Stage.DISCOVER.value] = time.perf_counter() - start
 
     folder = BuildFolder(out, Mirror(remote, out) if remote else None)
-    record = build_record(source, backgrounds, config, clip.spec, [item.input_id for item in items], models.record())
+    record = build_record(source, backgrounds, config, clip.spec, items, models.record())
     committed = folder.open(record, overwrite)
     try:
         if committed.complete:
@@ -154,6 +159,7 @@ def build(source: str, out: str | Path, config: BuildConfig, runner: Runner, bac
     if not keep_work:
         shutil.rmtree(folder.work, ignore_errors=True)
     summary.update(source=source, backgrounds=backgrounds, out=destination)
+    summary["listing"] = {"objects": sum(d.listed_objects for d in found), "pages": sum(d.list_pages for d in found)}
     summary["seconds"]["wall"] = round(time.perf_counter() - wall, 3)
     summary["complete"] = True  # in the summary written last: a rerun of a complete build has nothing to do
     apply_policy(out, policy, summary, input_rows)  # the dataset-wide rules (near-duplicates) and the funnel
@@ -178,6 +184,7 @@ def _run(folder: BuildFolder, committed: Committed, items: list[SourceItem], con
             done[row.input_id] = row
     seconds["phase_inputs_wall"] = time.perf_counter() - start
     inputs = [done[row.input_id] for row in rows]
+    mark_copies(inputs)  # the same content reached twice (a video and its frames): built once
 
     start = time.perf_counter()
     sample_plans = plan_samples(inputs, config)

@@ -1,4 +1,5 @@
-"""Make the four layers of a sample: paste a matted foreground onto a background, or freeze a layered image.
+"""Make the four layers of a sample: paste a matted foreground onto a background, freeze a layered image, or
+decompose a real clip over its clean plate.
 
 The invariant every sample satisfies: `blended = alpha * foreground + (1 - alpha) * background`,
 computed in float from the alpha exactly as it is stored (8 bit), then quantised once. A layered image with several
@@ -14,12 +15,16 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from datagen.layered import estimate_foreground
 from manifests.layers import Layer, flatten
 from manifests.video_io import quantise
 
 OBJECT_THRESHOLD = 0.5 / 255  # any alpha that survives 8-bit quantisation is part of the object
 MARGIN = 1.0  # pixels kept free at the canvas border (bilinear warping spreads edges by up to one pixel)
 MAX_UPSCALE = 1.5  # never blow a small object up by more than this
+# The weight of the foreground-colour prior against the compositing equation in `solve_foreground` (colours in 0..1):
+# it decides only where alpha is tiny (below about its square root, 0.01), where the equation barely constrains F.
+PRIOR_WEIGHT = 1e-4
 
 
 @dataclass(frozen=True)
@@ -138,3 +143,42 @@ def freeze_layers(layers: list[tuple[np.ndarray, np.ndarray]], bg_frame: np.ndar
     sample = freeze(colour, alpha.astype(np.float32) / 255.0, bg_frame, Placement(), num_frames)
     repeated = [(np.repeat(c[None], num_frames, axis=0), np.repeat(a[None], num_frames, axis=0)) for c, a in stored]
     return sample, repeated
+
+
+def solve_layers(frames: np.ndarray, alpha: np.ndarray, plate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The straight foreground colour and the background (both (T, H, W, 3) uint8) of real frames under a matte
+    ((T, H, W) uint8 as stored) over their clean plate.
+
+    Per pixel, F minimises `(a F + (1 - a) B - I)^2 + w (F - F0)^2`: the compositing equation with the clean plate
+    B, and a prior F0 from pymatting's `estimate_foreground_ml` (which solves for a smooth F and B from I and a
+    alone). Wherever alpha is not tiny the equation wins, so `a F + (1 - a) B` gives the frame back; where alpha is
+    near 0 the colour is undefined and F is the prior: pymatting's estimate, which carries the object's edge colour
+    outwards smoothly, so resizing or coding the layer near its edge pulls in no black and no background. (Solving the
+    equation alone divides the plate's error by alpha: noise at soft edges.) Where the plate disagrees with a partly
+    covered pixel so much that F would leave 0..255, F is clipped and that pixel's background is solved from the
+    equation instead: the plate is the least certain of the three there (it was never seen through the foreground).
+    """
+    foreground, background = np.empty_like(frames), np.empty_like(frames)
+    for t, (frame, matte, known) in enumerate(zip(frames, alpha, plate, strict=True)):
+        a = matte.astype(np.float32)[..., None] / 255.0
+        prior = estimate_foreground(frame, a[..., 0]).astype(np.float32) / 255.0
+        image, back = frame.astype(np.float32) / 255.0, known.astype(np.float32) / 255.0
+        solved = np.clip((a * (image - (1.0 - a) * back) + PRIOR_WEIGHT * prior) / (a * a + PRIOR_WEIGHT), 0.0, 1.0)
+        solved = np.rint(solved * 255.0) / 255.0  # as stored
+        residual = image - a * solved - (1.0 - a) * back
+        off = (np.abs(residual) > 0.5 / 255.0) & (a > 0) & (a < 1)
+        back = np.where(off, np.clip(back + residual / np.maximum(1.0 - a, 1e-6), 0.0, 1.0), back)
+        foreground[t] = np.rint(solved * 255.0).astype(np.uint8)
+        background[t] = np.clip(np.rint(back * 255.0), 0, 255).astype(np.uint8)
+    return foreground, background
+
+
+def decompose(frames: np.ndarray, alpha: np.ndarray, plate: np.ndarray) -> LayeredClip:
+    """A `video_decomposed` sample: the clip's own frames (T, H, W, 3) uint8 under their matte (T, H, W) float, over
+    their clean plate (T, H, W, 3) uint8. The background is the frame where the stored alpha is 0 and the plate where
+    the foreground covers it; the foreground colour is solved from the three (`solve_layers`); the blended layer is
+    made from them like every sample's, and equals the frames up to rounding (where the equation can be met in
+    0..255)."""
+    alpha_u8 = quantise(alpha)
+    foreground, background = solve_layers(frames, alpha_u8, np.where(alpha_u8[..., None] > 0, plate, frames))
+    return blend(foreground, alpha_u8, background)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 
 from manifests.device import DEVICES
 from manifests.errors import ConfigError
+from manifests.layers import SampleKind
 from manifests.models import Access
 
 
@@ -28,11 +30,39 @@ def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+class FrameFolders(str, Enum):
+    """What a folder of numbered images is (`build --frame-folders`)."""
+
+    AUTO = "auto"  # a clip if its images share one size and look like consecutive frames, or a sidecar says so
+    CLIPS = "clips"  # always a clip
+    IMAGES = "images"  # always separate images (a sidecar's `"frame_folder": true` still makes a clip)
+
+
+def parse_kinds(text: str | tuple | list) -> tuple[SampleKind, ...]:
+    """`video_copy_paste,video_decomposed` (or a sequence of kinds) -> the kinds, in `SampleKind` order; `all`: every
+    kind."""
+    names = [part.strip() for part in text.split(",")] if isinstance(text, str) else [str(getattr(k, "value", k))
+                                                                                      for k in text]
+    names = [name for name in names if name]
+    known = [kind.value for kind in SampleKind]
+    if names == ["all"]:
+        return tuple(SampleKind)
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise ConfigError(f"kinds: a comma-separated list of {', '.join(known)} (or all), got {text!r}")
+    return tuple(kind for kind in SampleKind if kind.value in names)
+
+
 DEMO_SOURCE = "demo"  # `build --source demo` (the default): the built-in demo source (`datagen.demo`)
 SCORING_FIELDS = ("clip",)  # fields that change scores only, so they stay out of the fingerprint
+# Which samples a build makes, not what a sample is: out of the fingerprint too, so that a build of fewer kinds makes
+# the same samples, under the same ids.
+SELECTION_FIELDS = ("kinds",)
 # Where the work runs and how weights are had, not what it makes: also out of the fingerprint (the weights a build
 # resolved are in its record, `_build.json`, so resuming with other weights is refused all the same).
 RUNTIME_FIELDS = ("device", "offline", "access")
+# What decides which inputs there are, not what a sample of them holds: out of the fingerprint, in the build record.
+DISCOVERY_FIELDS = ("frame_folders",)
 
 
 @dataclass(frozen=True)
@@ -56,6 +86,12 @@ class BuildConfig:
     crf: int = 18  # H.264 quality of the RGB layers (alpha is lossless)
     frame_folder_fps: float = 24.0  # frame rate assumed for frame folders (sidecar "fps" overrides)
     max_pixels: int = 50_000_000  # larger images are refused before they are decoded
+    # The sample kinds to make (default: every kind; each is made where the inputs allow it).
+    kinds: tuple[SampleKind, ...] = tuple(SampleKind)
+    # How `video_decomposed` samples get the background behind the foreground (`datagen.cleanplate`): temporal (the
+    # covered pixels from the other frames of the whole clip, aligned by the camera's motion; the rest inpainted).
+    clean_plate: str = "temporal"
+    frame_folders: FrameFolders = FrameFolders.AUTO  # what a folder of numbered images is (see `FrameFolders`)
     # Scoring only (not in the fingerprint: it changes scores, never samples).
     # auto: the default open_clip model if its weights are already on this machine, else CLIP scores are null;
     # none: no CLIP scores; openclip:<arch>:<pretrained tag or weights file>: that model (downloaded if needed).
@@ -85,6 +121,7 @@ class BuildConfig:
             raise ConfigError(f"scale_range: need 0.05 <= low <= high <= 1, got {self.scale_range}")
         if not 0 <= self.crf <= 51:
             raise ConfigError(f"crf: must be in 0..51, got {self.crf}")
+        object.__setattr__(self, "kinds", parse_kinds(self.kinds))  # from JSON (a resumed build): enums again
         if self.device not in DEVICES:
             raise ConfigError(f"device: one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.clip not in ("auto", "none") and not (self.clip.startswith("openclip:") and self.clip.count(":") >= 2):
@@ -96,5 +133,6 @@ class BuildConfig:
 
     def fingerprint(self) -> str:
         """A short hash of everything that changes the samples (goes into sample ids)."""
-        fields = {k: v for k, v in self.to_dict().items() if k not in SCORING_FIELDS + RUNTIME_FIELDS}
+        left_out = SCORING_FIELDS + RUNTIME_FIELDS + DISCOVERY_FIELDS + SELECTION_FIELDS
+        fields = {k: v for k, v in self.to_dict().items() if k not in left_out}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]

@@ -4,11 +4,15 @@ Frames are sampled at `--fps` (exact source indices are kept), then resized and 
 `--size`. Still images become one-frame clips; RGBA images are fitted whole (letterboxed with
 alpha 0) so that the object they hold is never cut. Layered images are read by their adapter
 (`datagen.layered`) and every layer is fitted the same way, so they stay aligned.
+
+Every input also gets its content fingerprint (`manifests.identity`) from a few evenly spaced source frames, and an
+input on object storage is fetched here, by the worker that decodes it, into a temporary folder (`localise`).
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +23,11 @@ from PIL import Image
 from datagen.composite import blend
 from datagen.config import BuildConfig
 from datagen.layered import LayerStack, estimate_foreground, read_image, read_stack
-from datagen.sources import IMAGE_EXTENSIONS, SourceItem
+from datagen.sources import IMAGE_EXTENSIONS, SourceItem, frame_order, localise
 from datagen.video_clip import VideoClip
-from manifests import video_io
+from manifests import identity, storage, video_io
 from manifests.errors import InputError, one_line
-from manifests.layers import InputKind, flatten
+from manifests.layers import InputKind, composite_over, flatten
 from manifests.metrics import psnr
 
 Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, before decoding, against --max-pixels
@@ -41,10 +45,30 @@ class Decoded:
     layers: list[VideoClip] = field(default_factory=list)  # bottom to top
     layer_sources: list[str] = field(default_factory=list)  # what each layer was read from
     composite_psnr: float | None = None  # the layers over the background vs the source's own composite (source size)
+    fingerprint: str = ""  # `identity.fingerprint` of source frames at `identity.fingerprint_positions`
 
 
 def decode(item: SourceItem, config: BuildConfig) -> Decoded:
-    """Decode `item` once; raises `InputError` with a one-line reason when it cannot be used."""
+    """Decode `item` once (fetched first when it is on object storage); raises `InputError` (or `StorageError`, for
+    an object gone or changed since it was listed) with a one-line reason when it cannot be used."""
+    if not storage.is_remote(item.uri):
+        return _decode_local(item, config)
+    with tempfile.TemporaryDirectory(prefix="layerflow-input-") as folder:
+        local, uris = localise(item, Path(folder))
+        decoded = _decode_local(local, config)
+    decoded.layer_sources = [_uri_of(source, uris) for source in decoded.layer_sources]
+    return decoded
+
+
+def _uri_of(source: str, uris: dict[str, str]) -> str:
+    """A layer source read from a fetched file (`/tmp/.../x.png`, `/tmp/.../doc.psd#layer`), named by its uri."""
+    for local, uri in uris.items():
+        if source == local or source.startswith(local + "#"):
+            return uri + source[len(local):]
+    return source
+
+
+def _decode_local(item: SourceItem, config: BuildConfig) -> Decoded:
     path = Path(item.uri)
     if item.adapter is not None:
         return _decode_layered(item, config)
@@ -56,12 +80,20 @@ def decode(item: SourceItem, config: BuildConfig) -> Decoded:
         fit = _contain if alpha is not None else cover
         frames, alphas = fit(frame[None], None if alpha is None else alpha[None], config.size)
         clip = VideoClip(frames, alphas, fps=config.fps, frame_indices=[0], source_size=frame.shape[:2])
-        return Decoded(clip, kind)
+        return Decoded(clip, kind, fingerprint=identity.fingerprint([over_grey(frame, alpha)]))
     if item.kind == InputKind.FRAME_FOLDER:
         return _decode_frame_folder(path, item, config)
     if item.kind == InputKind.VIDEO:
         return _decode_video(path, item, config)
     raise InputError(f"cannot decode an input of kind {item.kind.value}")
+
+
+def over_grey(frame: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """What a frame shows: itself, or (with an alpha) its colour over mid grey, so hidden colour does not count."""
+    if alpha is None:
+        return frame
+    a = alpha.astype(np.float32)[..., None]
+    return np.rint(a * frame + (1.0 - a) * 128.0).astype(np.uint8)
 
 
 def sample_indices(total: int, native_fps: float, config: BuildConfig, key: str) -> list[int]:
@@ -88,17 +120,20 @@ def _decode_video(path: Path, item: SourceItem, config: BuildConfig) -> Decoded:
     if total <= 0 or height <= 0 or width <= 0:
         raise InputError("not a readable video: no frames or no size in the container")
     indices = sample_indices(total, fps, config, item.input_id)
+    positions = identity.fingerprint_positions(total)
     if with_alpha:
         rgba = _read_pyav(path, "rgba", indices)
         frames, alpha = rgba[..., :3], rgba[..., 3].astype(np.float32) / 255.0
         kind = InputKind.ALPHA_VIDEO
+        shown = [over_grey(f[..., :3], f[..., 3] / 255.0) for f in _read_pyav(path, "rgba", positions)]
     else:
         frames, alpha, kind = _read_decord(path, indices), None, InputKind.VIDEO
+        shown = list(_read_decord(path, positions))
         mask_alpha = _read_masks(item, [str(i).zfill(5) for i in indices]) if item.mask_dir else None
         alpha = mask_alpha if mask_alpha is not None else alpha
     frames, alpha = cover(frames, alpha, config.size)
     clip = VideoClip(frames, alpha, fps=config.fps, frame_indices=indices, source_size=(height, width))
-    return Decoded(clip, kind, source_frames=total)
+    return Decoded(clip, kind, source_frames=total, fingerprint=identity.fingerprint(shown))
 
 
 def _read_decord(path: Path, indices: list[int]) -> np.ndarray:
@@ -136,13 +171,14 @@ def _decode_frame_folder(path: Path, item: SourceItem, config: BuildConfig) -> D
         alpha = _read_masks(item, [files[i].stem for i in indices])
     frames, alpha = cover(frames, alpha, config.size)
     clip = VideoClip(frames, alpha, fps=config.fps, frame_indices=indices, source_size=loaded[0][0].shape[:2])
-    return Decoded(clip, kind, source_frames=len(files))
+    shown = [over_grey(*read_image(files[i], config.max_pixels)) for i in identity.fingerprint_positions(len(files))]
+    return Decoded(clip, kind, source_frames=len(files), fingerprint=identity.fingerprint(shown))
 
 
 def frame_files(folder: Path) -> list[Path]:
     """The image files of a frame folder in frame order (numeric stems sort numerically)."""
-    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
-    return sorted(files, key=lambda p: (int("".join(c for c in p.stem if c.isdigit()) or 0), p.name))
+    return frame_order([p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
+                        and not p.name.startswith(".")])
 
 
 def _read_masks(item: SourceItem, stems: list[str]) -> np.ndarray | None:
@@ -168,7 +204,7 @@ def _decode_layered(item: SourceItem, config: BuildConfig) -> Decoded:
     if not stack.layers:  # a document that is all background: a plain image
         frames, _ = cover(stack.background[None], None, config.size)
         clip = VideoClip(frames, None, fps=config.fps, frame_indices=[0], source_size=stack.background.shape[:2])
-        return Decoded(clip, InputKind.IMAGE)
+        return Decoded(clip, InputKind.IMAGE, fingerprint=identity.fingerprint([stack.background]))
     source_size = stack.layers[0].colour.shape[:2]
     colours = np.stack([layer.colour for layer in stack.layers])  # (K, H, W, 3): the layers as frames of one clip
     alphas = np.stack([layer.alpha for layer in stack.layers])  # (K, H, W)
@@ -192,13 +228,23 @@ def _decode_layered(item: SourceItem, config: BuildConfig) -> Decoded:
         clip = still(colour[None], alpha[None].astype(np.float32) / 255.0, source_size)
     kind = InputKind.LAYERED_IMAGE if stack.background is not None else InputKind.RGBA_IMAGE
     decoded = Decoded(clip, kind, layers=layers if len(layers) > 1 else [],
-                      layer_sources=[layer.source for layer in stack.layers])
+                      layer_sources=[layer.source for layer in stack.layers], fingerprint=_layered_fingerprint(stack))
     if stack.background is not None:
         decoded.background = still(cover(stack.background[None], None, config.size)[0], None,
                                    stack.background.shape[:2])
     if stack.composite is not None and aligned:
         decoded.composite_psnr = composite_psnr(stack)
     return decoded
+
+
+def _layered_fingerprint(stack: LayerStack) -> str:
+    """What a layered image shows at source size: its layers over its background (over grey if it has none, or one
+    of another size)."""
+    colours = [layer.colour for layer in stack.layers]
+    alphas = [video_io.quantise(layer.alpha) for layer in stack.layers]
+    aligned = stack.background is not None and stack.background.shape[:2] == colours[0].shape[:2]
+    canvas = stack.background if aligned else np.full_like(colours[0], 128)
+    return identity.fingerprint([np.clip(np.rint(composite_over(canvas, colours, alphas)), 0, 255).astype(np.uint8)])
 
 
 def composite_psnr(stack: LayerStack) -> float:

@@ -1,7 +1,9 @@
 """Score a matting backend against DAVIS-layout ground truth: `<masks>/<video name>/<frame>.png`
 (or `<masks>/<video name>/masks/<frame>.png`, the layout with `frames/` and `masks/` side by side); and, where the
 truth has the clean background (`<masks>/<video name>/background/<frame>.png`, or one `background.png` for a static
-camera) and the backend models one (bgsub's clean plate), the plate's PSNR inside and outside the object."""
+camera) and the backend models one (bgsub's clean plate), the plate's PSNR inside and outside the object. With a
+clean-plate method (`--clean-plate temporal`), the plate scored is that method's, made as a build makes it for a
+`video_decomposed` sample (from the whole clip), with the share of the covered background it invented."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from datagen.cleanplate import load_clean_plate, make_plate
 from datagen.config import BuildConfig
 from datagen.decode import cover, decode, frame_files, load_mask
 from datagen.matting import load_matting
@@ -22,14 +25,17 @@ from manifests.metrics import FOREGROUND_THRESHOLD, alpha_iou, alpha_mae, psnr
 BACKGROUND = "background"  # the clean background beside the masks: a folder of frames, or one image
 
 
-def evaluate_matting(videos: str, masks: str, backend_spec: str, config: BuildConfig) -> dict:
+def evaluate_matting(videos: str, masks: str, backend_spec: str, config: BuildConfig,
+                     clean_plate: str | None = None) -> dict:
     """Per-video and mean IoU (alpha > 0.5) and mean absolute alpha error, on the frames a build would use; the
     camera motion the backend measured; the clean plate's PSNR (dB) inside and outside the true object where both
-    the truth and the backend have a background; the means again per camera (`stabilised` or `static`)."""
+    the truth and the backend (or `clean_plate`, a clean-plate spec) have a background; the means again per camera
+    (`stabilised` or `static`)."""
     masks_root = Path(masks)
     if not masks_root.is_dir():
         raise ConfigError(f"--masks: {masks} is not a folder")
     backend = load_matting(backend_spec)
+    plate_backend = load_clean_plate(clean_plate) if clean_plate else None
     clips = [item for item in discover(videos) if item.error is None and item.kind.is_video]
     if not clips:
         raise ConfigError(f"--videos: no videos or frame folders found in {videos!r}")
@@ -44,7 +50,8 @@ def evaluate_matting(videos: str, masks: str, backend_spec: str, config: BuildCo
             continue
         try:
             # The ground truth must not leak into the backend as a "given" mask.
-            decoded = decode(replace(item, mask_dir=None), config)
+            item = replace(item, mask_dir=None)
+            decoded = decode(item, config)
             stems = frame_stems(item, decoded.clip.frame_indices)
             truth = ground_truth(item, decoded.clip.frame_indices, gt_dir, config.size)
             matte = backend(decoded.clip)
@@ -59,13 +66,24 @@ def evaluate_matting(videos: str, masks: str, backend_spec: str, config: BuildCo
         }
         if matte.camera is not None:
             scores["camera"] = matte.camera
-        if background is not None and matte.background is not None:
+        plate = matte.background
+        if plate_backend is not None:
+            decoded.clip.alpha = matte.alpha
+            try:
+                made = make_plate(item, decoded.clip, decoded.source_frames, backend, config, plate_backend)
+            except InputError as exc:  # no plate (the build makes no decomposed sample): said, the matte still scored
+                plate, scores["plate_error"] = None, one_line(exc)
+            else:
+                plate = made.background
+                scores.update({key: made.scores[key] for key in ("plate_invented_mean", "plate_invented_max")})
+        if background is not None and plate is not None:
             inside = truth >= FOREGROUND_THRESHOLD
-            scores["plate_psnr_inside"] = _psnr(background, matte.background, inside)
-            scores["plate_psnr_outside"] = _psnr(background, matte.background, ~inside)
+            scores["plate_psnr_inside"] = _psnr(background, plate, inside)
+            scores["plate_psnr_outside"] = _psnr(background, plate, ~inside)
         per_video[item.name] = scores
     result = {
         "backend": backend_spec,
+        "clean_plate": clean_plate or "the backend's own",
         "size": list(config.size),
         "frames": config.frames,
         "fps": config.fps,
@@ -136,7 +154,7 @@ def _psnr(reference: np.ndarray, estimate: np.ndarray, where: np.ndarray) -> flo
 def _means(videos) -> dict:
     videos = list(videos)
     out = {"mean_iou": _mean(v["iou"] for v in videos), "mean_mae": _mean(v["mae"] for v in videos)}
-    for key in ("plate_psnr_inside", "plate_psnr_outside"):
+    for key in ("plate_psnr_inside", "plate_psnr_outside", "plate_invented_mean"):
         values = [v[key] for v in videos if v.get(key) is not None]
         if values:
             out[f"mean_{key}"] = _mean(values)

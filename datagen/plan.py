@@ -1,4 +1,5 @@
-"""Plan the samples from the decoded inputs: which foreground goes on which background.
+"""Plan the samples from the decoded inputs: which foreground goes on which background, and which real clips are
+decomposed over their own clean plate; only the kinds the build asks for (`--kinds`).
 
 Deterministic: a foreground's backgrounds are the candidates with the smallest hash of
 (seed, foreground id, candidate id), so adding one input does not reshuffle every pairing.
@@ -7,11 +8,12 @@ Deterministic: a foreground's backgrounds are the candidates with the smallest h
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from datagen.config import BuildConfig
 from datagen.rows import InputRow, SampleInput, SampleRow
-from datagen.sources import clip_name
 from datagen.stages import can_be_foreground
+from manifests.identity import split_for
 from manifests.layers import InputKind, Role, SampleKind
 
 
@@ -20,15 +22,17 @@ def _hash(*parts: object) -> str:
 
 
 def sample_id(kind: SampleKind, fg_id: str, bg_id: str, config: BuildConfig) -> str:
+    """Deterministic from the kind, the two input ids (their paths relative to the source and sizes: the same files
+    anywhere give the same id) and the settings that change samples."""
     return _hash(kind.value, fg_id, bg_id, config.fingerprint())[:16]
 
 
-def split_of(fg_uri: str, config: BuildConfig) -> str:
-    """Split by foreground input, so no foreground appears in both train and val. The key is the name of the
-    footage (`clip_name`: `x.mp4`, `x/frames` and DAVIS `JPEGImages/480p/x` are all `x`), not its full path: the same
-    source copied elsewhere, or stored both as a video and as its frames, splits the same way."""
-    key = clip_name(fg_uri)
-    return "val" if int(_hash("split", config.seed, key)[:8], 16) / 0xFFFFFFFF < config.val_fraction else "train"
+def split_of(groups: Sequence[str], config: BuildConfig) -> str | None:
+    """The split of a sample made from inputs of these groups (`InputRow.group`: the user's group, else the content
+    fingerprint), so no content appears in both train and val. With the foreground's group alone (what a build uses
+    today) it is never None; with the background's group too (held-out evaluation), a sample whose groups fall on
+    two sides is None: it should not be made (`identity.split_for`)."""
+    return split_for(groups, config.seed, config.val_fraction)
 
 
 def plan_samples(inputs: list[InputRow], config: BuildConfig) -> list[SampleRow]:
@@ -48,6 +52,8 @@ def plan_samples(inputs: list[InputRow], config: BuildConfig) -> list[SampleRow]
     for fg in ok:
         if not can_be_foreground(fg) or fg.matte_error is not None:
             continue
+        if fg.plate_path is not None:  # a matted real clip with its clean plate: the clip itself, decomposed
+            plans.append(_plan(SampleKind.VIDEO_DECOMPOSED, fg, fg, fg.clip_path, config))
         if fg.kind is InputKind.LAYERED_IMAGE:
             plans.append(_plan(SampleKind.IMAGE_FROZEN, fg, fg, fg.background_path, config))
             continue
@@ -59,10 +65,10 @@ def plan_samples(inputs: list[InputRow], config: BuildConfig) -> list[SampleRow]
         ranked = sorted(pool, key=lambda c: _hash(config.seed, fg.input_id, c.input_id))
         for bg in ranked[: config.backgrounds_per_foreground]:
             plans.append(_plan(sample_kind, fg, bg, bg.clip_path, config))
-    return sorted(plans, key=lambda plan: plan.sample_id)
+    return sorted((plan for plan in plans if plan.kind in config.kinds), key=lambda plan: plan.sample_id)
 
 
 def _plan(kind: SampleKind, fg: InputRow, bg: InputRow, bg_clip_path: str, config: BuildConfig) -> SampleRow:
     return SampleRow(sample_id=sample_id(kind, fg.input_id, bg.input_id, config), kind=kind,
-                     split=split_of(fg.uri, config), fg=SampleInput.of(fg), bg=SampleInput.of(bg),
+                     split=split_of((fg.group,), config), fg=SampleInput.of(fg), bg=SampleInput.of(bg),
                      bg_clip_path=bg_clip_path)

@@ -7,8 +7,9 @@ A build writes `DS/_build.json` (what it is building: source, inputs, settings) 
   null, devices, timings) first, then the part itself, renamed into `manifest/` in one step.
 Sample ids are deterministic, so rerunning the same build skips every committed input and sample and makes the rest:
 after any crash the manifest holds each sample exactly once. A rerun with other settings, or over a source whose
-inputs changed, would mix two datasets in one folder and is refused. `_summary.json` with `complete: true` is written
-last.
+inputs changed, would mix two datasets in one folder and is refused: the record names the inputs by id and version
+(size and modification time, an object's ETag), and the identity rules (`manifests.identity.IDENTITY_VERSION`) the ids
+were made by. `_summary.json` with `complete: true` is written last.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ import pyarrow.dataset as ds
 from datagen.config import RUNTIME_FIELDS, BuildConfig
 from datagen.publish import Mirror
 from datagen.rows import InputRow, decode, encode
+from datagen.sources import SourceItem
 from filters.apply import POLICY_FILE
 from manifests import io
 from manifests.errors import ConfigError
+from manifests.identity import IDENTITY_VERSION
 from manifests.schema import MANIFEST_DIR, MEDIA_DIR, SAMPLE_ID, SCHEMA_VERSION
 
 RECORD_FILE = "_build.json"
@@ -38,11 +41,14 @@ PARTS_DIR = f"{WORK_DIR}/parts"
 
 
 def build_record(source: str, backgrounds: str | None, config: BuildConfig, clip_spec: str | None,
-                 input_ids: list[str], models: dict | None = None) -> dict:
+                 items: list[SourceItem], models: dict | None = None) -> dict:
     """What a dataset is built from; two runs may share a folder only if their records are equal."""
     settings = {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
+    input_ids = [item.input_id for item in items]
+    versions = sorted(f"{item.input_id} {item.version}" for item in items)
     return {
         "schema_version": SCHEMA_VERSION,
+        "identity": IDENTITY_VERSION,
         "source": source,
         "backgrounds": backgrounds,
         "config": json.loads(json.dumps(settings)),  # tuples as lists, as they read back from the file
@@ -50,6 +56,7 @@ def build_record(source: str, backgrounds: str | None, config: BuildConfig, clip
         "models": models or {},  # what each learned stage runs and the weights it is pinned to
         "inputs": len(input_ids),
         "inputs_sha1": hashlib.sha1("\n".join(sorted(input_ids)).encode()).hexdigest(),
+        "versions_sha1": hashlib.sha1("\n".join(versions).encode()).hexdigest(),
     }
 
 
@@ -195,6 +202,13 @@ def _differences(old: dict, new: dict) -> str:
         elif key == "inputs_sha1":
             if old.get(key) != new.get(key):
                 changed.append(f"the source's inputs changed ({old.get('inputs')} then, {new.get('inputs')} now)")
+        elif key == "versions_sha1":
+            if old.get(key) != new.get(key) and old.get("inputs_sha1") == new.get("inputs_sha1"):
+                changed.append("an input changed since (its modification time, or its ETag on object storage)")
+        elif key == "identity":
+            if old.get(key) != new.get(key):
+                changed.append(f"input ids are made another way (identity {old.get(key) or '1'} then, "
+                               f"{new.get(key)} now: sample ids differ)")
         elif key != "inputs" and old.get(key) != new.get(key):
             changed.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return "; ".join(changed)

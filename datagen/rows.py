@@ -10,7 +10,7 @@ declarations against the stage chain and against what the stages really change.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import cache
 from typing import TypeVar
@@ -22,21 +22,24 @@ from datagen.matting.base import BackendInfo
 from datagen.sources import SourceItem
 from filters.policy import Decision
 from manifests.errors import one_line
-from manifests.layers import CAPTIONED_LAYERS, Adapter, InputKind, Layer, SampleKind, Stage
+from manifests.layers import CAPTIONED_LAYERS, Adapter, ForegroundColour, InputKind, Layer, SampleKind, Stage
 from manifests.schema import (
     ADAPTER,
     CAPTION_LAYERS,
     CAPTION_MISSING,
+    CLEAN_PLATE,
     CLIP_EMBEDDING,
     CLIP_MODEL,
     DUPLICATE_OF,
     FLAGS,
+    FOREGROUND_COLOUR,
     KEEP,
     KIND,
     LAYERS_CAPTION,
     LAYERS_SOURCE,
     LAYERS_URI_ALPHA,
     LAYERS_URI_FOREGROUND,
+    PLATE_INVENTED_URI,
     REJECT_REASONS,
     SAMPLE_ID,
     SCORES,
@@ -46,6 +49,7 @@ from manifests.schema import (
     caption_column,
     layer_media_uri,
     media_uri,
+    plate_invented_uri,
     uri_column,
 )
 
@@ -56,6 +60,7 @@ KEY, ROW = "key", "row"
 class Status(str, Enum):
     OK = "ok"
     FAILED = "failed"  # a stage raised on this row; the stages after it pass it on untouched
+    DUPLICATE = "duplicate"  # an input whose content another input already holds: not built (`item.duplicate_of`)
 
 
 @dataclass(kw_only=True)
@@ -123,17 +128,34 @@ class InputRow(FromItem, Row):
     source_frames: int | None = None
     source_height: int | None = None
     source_width: int | None = None
+    fingerprint: str | None = None  # the content fingerprint of its source frames (`manifests.identity`)
     # matte
     matting: BackendInfo | None = None  # the backend that matted it (None: not a foreground, or matting failed)
     matte_error: Failure | None = None  # matting refused it: it can still serve as a background
     camera_motion: dict | None = None  # how the camera moved, where the backend measured it (bgsub: px, `stabilised`)
+    # clean plate (matte, for a matted clip when `video_decomposed` is built): its background and invented pixels
+    plate_path: str | None = None  # a `VideoClip` (.npz): the background as frames, the invented mask as alpha
+    plate_scores: dict[str, float | None] = field(default_factory=dict)
+    plate_error: Failure | None = None  # why no decomposed sample can be made of it (it can still serve otherwise)
 
     @classmethod
     def discovered(cls, item: SourceItem) -> InputRow:
         row = cls(item=item, kind=item.kind)
         if item.error is not None:
             row.fail(Failure(stage=Stage.DISCOVER, error_class="InputError", message=item.error))
+        elif item.duplicate_of is not None:
+            row.status = Status.DUPLICATE
         return row
+
+    def mark_duplicate(self, of: str, reason: str) -> None:
+        """This input holds the content of input `of`, which alone is built."""
+        self.item = replace(self.item, duplicate_of=of, duplicate_reason=reason)
+        self.status = Status.DUPLICATE
+
+    @property
+    def group(self) -> str:
+        """What must stay on one side of the train / val line: the user's group, else the content fingerprint."""
+        return self.item.group or self.fingerprint or self.input_id
 
     @property
     def key(self) -> str:
@@ -151,11 +173,14 @@ class SampleInput(FromItem):
     layer_paths: list[str] = field(default_factory=list)
     layer_sources: list[str] = field(default_factory=list)
     composite_psnr: float | None = None
+    plate_path: str | None = None
+    plate_scores: dict[str, float | None] = field(default_factory=dict)
 
     @classmethod
     def of(cls, row: InputRow) -> SampleInput:
         return cls(item=row.item, kind=row.kind, clip_path=row.clip_path, matting=row.matting,
-                   layer_paths=row.layer_paths, layer_sources=row.layer_sources, composite_psnr=row.composite_psnr)
+                   layer_paths=row.layer_paths, layer_sources=row.layer_sources, composite_psnr=row.composite_psnr,
+                   plate_path=row.plate_path, plate_scores=row.plate_scores)
 
     @property
     def adapter(self) -> Adapter:
@@ -181,6 +206,8 @@ class SampleRow(Row):
     frames_background: list[int] = field(default_factory=list)
     num_frames: int | None = None
     height: int | None = None
+    clean_plate: str | None = None  # `video_decomposed`: the clean-plate method behind its foreground
+    composite_psnr: float | None = None  # `video_decomposed`: the blended layer (before encoding) vs the clip itself
     width: int | None = None
     # caption
     captioner: str | None = None
@@ -209,6 +236,13 @@ class SampleRow(Row):
                    if not (self.captions.get(layer) or "").strip()]
         return "; ".join(missing) or None
 
+    @property
+    def foreground_colour(self) -> ForegroundColour:
+        """Where the foreground's straight colour comes from: solved (decomposed), estimated (a matte pair), source."""
+        if self.kind is SampleKind.VIDEO_DECOMPOSED:
+            return ForegroundColour.SOLVED
+        return ForegroundColour.ESTIMATED if self.fg.adapter is Adapter.MATTE_PAIR else ForegroundColour.SOURCE
+
     def layer_columns(self) -> dict[str, list]:
         """The layer-list columns: several layers get files of their own (captions from the input's sidecar); one
         layer is the foreground itself."""
@@ -225,6 +259,7 @@ class SampleRow(Row):
     def manifest_row(self, config: BuildConfig, decision: Decision) -> dict:
         """This finished sample as a row of the manifest (`SAMPLE_SCHEMA`), with the policy's decision on it."""
         fg, bg, matting = self.fg, self.bg, self.fg.matting
+        decomposed = self.kind is SampleKind.VIDEO_DECOMPOSED
         return {
             SAMPLE_ID: self.sample_id, KIND: self.kind.value, ADAPTER: fg.adapter.value, SPLIT: self.split,
             **{uri_column(layer): media_uri(self.sample_id, layer) for layer in Layer},
@@ -235,7 +270,10 @@ class SampleRow(Row):
             "input_id_foreground": fg.input_id, "input_id_background": bg.input_id,
             "source_foreground": fg.uri, "source_background": bg.item.background_source,
             LAYERS_SOURCE: fg.layer_sources or [fg.uri], SOURCE_COMPANIONS: list(fg.item.companions),
-            SOURCE_COMPOSITE_PSNR: fg.composite_psnr if fg.input_id == bg.input_id else None,
+            SOURCE_COMPOSITE_PSNR: self.composite_psnr if decomposed else
+            fg.composite_psnr if fg.input_id == bg.input_id else None,
+            CLEAN_PLATE: self.clean_plate, FOREGROUND_COLOUR: self.foreground_colour.value,
+            PLATE_INVENTED_URI: plate_invented_uri(self.sample_id) if decomposed else None,
             "frames_foreground": self.frames_foreground, "frames_background": self.frames_background,
             "placement": self.placement, "matting_backend": matting.name, "matting_model": matting.model_id,
             "matting_weights_sha256": matting.weights_sha256, "matting_revision": matting.revision,

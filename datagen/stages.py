@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, ClassVar, Generic
 import numpy as np
 
 from datagen.captioning import load_captioner
-from datagen.composite import Placement, choose_placement, copy_paste, freeze, freeze_layers
+from datagen.cleanplate import load_clean_plate, make_plate
+from datagen.composite import Placement, choose_placement, copy_paste, decompose, freeze, freeze_layers
 from datagen.config import BuildConfig
 from datagen.decode import decode
-from datagen.matting import load_matting
+from datagen.matting import MattingBackend, load_matting
 from datagen.publish import fetch_media, obtain, share, upload_media
 from datagen.rows import Batch, Failure, InputRow, R, SampleRow, from_batch, to_batch
 from datagen.scheduling import StageName
@@ -31,8 +32,17 @@ from manifests import video_io
 from manifests.errors import LayerflowError, StageSetupError, one_line
 from manifests.io import read_layers, resolve_media
 from manifests.layers import CAPTIONED_LAYERS, InputKind, Layer, Role, SampleKind, Stage
-from manifests.metrics import on_grey, recomposition_psnr
-from manifests.schema import CLIP_COLUMNS, CLIP_EMBEDDING, RECOMPOSE_PSNR, layer_media_uri, media_uri
+from manifests.metrics import on_grey, psnr, recomposition_psnr
+from manifests.schema import (
+    CLIP_COLUMNS,
+    CLIP_EMBEDDING,
+    PLATE_SCORES,
+    RECOMPOSE_PSNR,
+    layer_media_uri,
+    media_uri,
+    plate_invented_uri,
+)
+from manifests.video_io import quantise
 
 if TYPE_CHECKING:  # the runner contract, for type hints only
     from datagen.runner import StageSpec
@@ -105,6 +115,11 @@ def can_be_foreground(row: InputRow) -> bool:
     return row.kind.is_video or row.kind in (InputKind.RGBA_IMAGE, InputKind.LAYERED_IMAGE)
 
 
+def can_be_decomposed(row: InputRow) -> bool:
+    """A matted real video (not one with an alpha channel of its own: nothing real lies behind its foreground)."""
+    return can_be_foreground(row) and row.kind in (InputKind.VIDEO, InputKind.FRAME_FOLDER)
+
+
 class DecodeStage(RowStage[InputRow]):
     """Decode an input once into the work folder; the row gets its clip path and source facts."""
 
@@ -112,7 +127,7 @@ class DecodeStage(RowStage[InputRow]):
     row_type = InputRow
     reads = ("item",)
     writes = ("kind", "clip_path", "background_path", "layer_paths", "layer_sources", "composite_psnr",
-              "frame_indices", "source_frames", "source_height", "source_width")
+              "frame_indices", "source_frames", "source_height", "source_width", "fingerprint")
 
     def __init__(self, config: BuildConfig, work_dir: str, remote: str | None = None) -> None:
         self.config = config
@@ -131,7 +146,7 @@ class DecodeStage(RowStage[InputRow]):
         row.layer_sources, row.composite_psnr = decoded.layer_sources, decoded.composite_psnr
         row.source_height, row.source_width = decoded.clip.source_size
         row.kind, row.clip_path, row.frame_indices = decoded.kind, str(clip_path), decoded.clip.frame_indices
-        row.source_frames = decoded.source_frames
+        row.source_frames, row.fingerprint = decoded.source_frames, decoded.fingerprint
 
     def _save(self, clip: VideoClip, name: str) -> str:
         """A clip beside the input's own, shared with the other nodes when `--out` is on object storage."""
@@ -143,20 +158,25 @@ class DecodeStage(RowStage[InputRow]):
 
 
 class MatteStage(RowStage[InputRow]):
-    """Matte every input that can be a foreground; the alpha is stored in its clip file.
+    """Matte every input that can be a foreground; the alpha is stored in its clip file. When the build makes
+    `video_decomposed` samples, a matted real video also gets its clean plate (`datagen.cleanplate`), made from the
+    whole source clip, matted by the same backend.
 
     A matting failure does not fail the input: it can still serve as a background. It is kept in `matte_error` and
-    reported if the input ends up unused.
+    reported if the input ends up unused. Likewise a clip with no clean plate keeps why in `plate_error`, and serves
+    in every other role.
     """
 
     stage = Stage.MATTE
     row_type = InputRow
-    reads = ("item", "kind", "clip_path")
-    writes = ("matting", "matte_error", "camera_motion")
+    reads = ("item", "kind", "clip_path", "source_frames")
+    writes = ("matting", "matte_error", "camera_motion", "plate_path", "plate_scores", "plate_error")
 
     def __init__(self, config: BuildConfig, work_dir: str | None = None, remote: str | None = None) -> None:
+        self.config = config
         self.backend = load_matting(config.matting, config.device, config.access)
         self.given = load_matting("given")
+        self.plate = load_clean_plate(config.clean_plate) if SampleKind.VIDEO_DECOMPOSED in config.kinds else None
         self.work_dir = Path(work_dir) if work_dir else None
         self.remote = remote
 
@@ -178,6 +198,24 @@ class MatteStage(RowStage[InputRow]):
         row.matting = matte.backend
         row.camera_motion = matte.camera
         row.devices[StageName.MATTE.value] = matte.backend.device
+        if self.plate is not None and can_be_decomposed(row):
+            self._clean_plate(row, clip, backend)
+
+    def _clean_plate(self, row: InputRow, clip: VideoClip, backend: MattingBackend) -> None:
+        """The clip's clean plate into the work folder, or why there is none (`plate_error`), timed apart."""
+        start = time.perf_counter()
+        try:
+            plate = make_plate(row.item, clip, row.source_frames, backend, self.config, self.plate)
+        except Exception as exc:  # no decomposed sample, but the input still serves in every other role
+            row.plate_error = Failure.of(Stage.CLEAN_PLATE, exc)
+        else:
+            path = Path(row.clip_path).with_name(f"{row.input_id}.plate.npz")
+            VideoClip(plate.background, plate.invented.astype(np.float32), fps=clip.fps,
+                      frame_indices=clip.frame_indices, source_size=clip.source_size).save(path)
+            if self.remote:
+                share(path, self.work_dir.parent, self.remote)
+            row.plate_path, row.plate_scores = str(path), plate.scores
+        row.seconds[Stage.CLEAN_PLATE.value] = time.perf_counter() - start
 
     def _local(self, path: Path) -> Path:
         return obtain(path, self.work_dir.parent, self.remote) if self.remote else path
@@ -190,7 +228,8 @@ class ComposeStage(RowStage[SampleRow]):
     stage = Stage.COMPOSE
     row_type = SampleRow
     reads = ("sample_id", "kind", "fg", "bg_clip_path")
-    writes = ("placement", "frames_foreground", "frames_background", "num_frames", "height", "width")
+    writes = ("placement", "frames_foreground", "frames_background", "num_frames", "height", "width", "clean_plate",
+              "composite_psnr", "scores", "unscored")
 
     def __init__(self, config: BuildConfig, out_dir: str, remote: str | None = None) -> None:
         self.config = config
@@ -217,11 +256,23 @@ class ComposeStage(RowStage[SampleRow]):
         elif row.kind is SampleKind.IMAGE_FROZEN:
             layers = freeze(fg_clip.frames[0], fg_clip.alpha[0], bg_clip.frames[bg_index], placement, config.frames)
             bg_indices = [bg_clip.frame_indices[bg_index]]
+        elif row.kind is SampleKind.VIDEO_DECOMPOSED:
+            plate = VideoClip.load(self._local(Path(row.fg.plate_path)))
+            layers = decompose(fg_clip.frames, fg_clip.alpha, plate.frames)
+            bg_indices = fg_clip.frame_indices
+            video_io.write_alpha_video(resolve_media(self.out_dir, plate_invented_uri(row.sample_id)),
+                                       quantise(plate.alpha > 0.5), config.fps)
+            row.clean_plate, row.composite_psnr = config.clean_plate, round(psnr(fg_clip.frames, layers.blended), 3)
+            row.scores.update(row.fg.plate_scores)
+            row.unscored.update({name: "the foreground covers no pixel of two consecutive frames" for name in
+                                 PLATE_SCORES if row.scores.get(name) is None})
         else:
             background, bg_indices = bg_clip.frames, bg_clip.frame_indices
             if len(background) == 1:  # a still used as a static background
                 background = np.repeat(background, config.frames, axis=0)
             layers = copy_paste(fg_clip.frames, fg_clip.alpha, background, placement)
+        if row.kind is not SampleKind.VIDEO_DECOMPOSED:
+            row.unscored.update(dict.fromkeys(PLATE_SCORES, "no clean plate: not a video_decomposed sample"))
         for layer in Layer:
             path = resolve_media(self.out_dir, media_uri(row.sample_id, layer))
             if layer == Layer.ALPHA:
@@ -233,6 +284,8 @@ class ComposeStage(RowStage[SampleRow]):
             video_io.write_alpha_video(self._layer_path(row, index, Layer.ALPHA), alpha, config.fps)
         if self.remote:
             upload_media(self.out_dir, self.remote, row.sample_id)
+            if row.kind is SampleKind.VIDEO_DECOMPOSED:
+                share(resolve_media(self.out_dir, plate_invented_uri(row.sample_id)), self.out_dir, self.remote)
             for index in range(len(foreground_layers)):
                 for layer in (Layer.FOREGROUND, Layer.ALPHA):
                     share(self._layer_path(row, index, layer), self.out_dir, self.remote)

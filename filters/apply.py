@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from filters.policy import Decision, Funnel, Policy, funnel
+from filters.duplicates import embedding_matrix
+from filters.policy import Funnel, Outcome, Policy, RuleHits
 from manifests import io, storage
 from manifests.dataset import DatasetLike, open_dataset
+from manifests.errors import DatasetError
 from manifests.layers import InputState
 from manifests.schema import (
     CLIP_EMBEDDING,
@@ -42,43 +47,48 @@ def apply_policy(dataset: DatasetLike, policy: Policy, summary: dict | None = No
                  inputs: list[dict] | None = None) -> Funnel:
     """Recompute the decision columns of every manifest part from the stored scores; return the funnel.
 
-    A part is rewritten only if a decision in it changed. `summary` / `inputs` (a build's, not yet written): the
-    summary and the `inputs.parquet` rows to decide and write; None reads the dataset's own. The summary is written
-    last. A dataset on object storage is decided in its local mirror, and what changed is uploaded, summary last.
+    The parts are read one at a time, only the columns the policy reads and the decisions; then a part whose
+    decisions changed is read again (all but the embeddings, which are in memory by then) and rewritten.
+    `summary` / `inputs` (a build's, not yet written): the summary and the `inputs.parquet` rows to decide and
+    write; None reads the dataset's own. The summary is written last. A dataset on object storage is decided in its
+    local mirror, and what changed is uploaded, summary last.
     """
     began = time.perf_counter()
     dataset = open_dataset(dataset)
     root = dataset.local_root()
     summary = io.read_summary(root) if summary is None else summary
     parts = sorted((root / MANIFEST_DIR).glob("part-*.parquet"))
-    written = []
-    tables = [pq.read_table(part, schema=SAMPLE_SCHEMA) for part in parts]
-    score_columns = sorted({rule.score for rule in policy.rules} | {SAMPLE_ID, KIND})
-    rows = [row for table in tables for row in table.select(score_columns).to_pylist()]
-    embeddings = [e for table in tables for e in table.column(CLIP_EMBEDDING).to_pylist()] \
-        if policy.duplicate_cosine is not None else None
-    decisions = policy.apply(rows, embeddings)
+    read = read_parts(parts, policy)
+    matrix, present = (None, None) if read.embeddings is None else (read.embeddings.matrix, read.embeddings.present)
+    outcome = policy.outcome(read.hits, read.sample_ids, matrix, present)
 
-    start = 0
-    for part, table in zip(parts, tables):
-        chosen = decisions[start:start + table.num_rows]
-        start += table.num_rows
-        decided = table
-        for name in DECISION_COLUMNS:
-            column = SAMPLE_SCHEMA.field(name)
-            values = pa.array([getattr(decision, name) for decision in chosen], column.type)
-            decided = decided.set_column(decided.schema.get_field_index(name), column, values)
-        if not decided.select(list(DECISION_COLUMNS)).equals(table.select(list(DECISION_COLUMNS))):
-            io.write_parquet_atomic(decided, part)
+    written, start = [], 0
+    for part, before in zip(parts, read.decisions):
+        stop = start + before.num_rows
+        after = outcome.columns(start, stop)
+        if not all(before.column(name).equals(pa.chunked_array([after[name]])) for name in DECISION_COLUMNS):
+            if read.embeddings is None:
+                table = io.read_part(part)
+            else:
+                table = io.read_part(part, [name for name in SAMPLE_SCHEMA.names if name != CLIP_EMBEDDING])
+                table = table.add_column(SAMPLE_SCHEMA.get_field_index(CLIP_EMBEDDING),
+                                         SAMPLE_SCHEMA.field(CLIP_EMBEDDING), read.embeddings.column(start, stop))
+            for name in DECISION_COLUMNS:
+                table = table.set_column(table.schema.get_field_index(name), SAMPLE_SCHEMA.field(name), after[name])
+            io.write_parquet_atomic(table, part)
             written.append(f"{MANIFEST_DIR}/{part.name}")
+            del table
+            pa.default_memory_pool().release_unused()
+        start = stop
+    del read, matrix, present
 
-    result = funnel(rows, decisions, policy, {k: v["why"] for k, v in summary.get("unscored", {}).items()},
-                    embeddings)
-    keep = {row[SAMPLE_ID]: d.keep for row, d in zip(rows, decisions)}
-    input_rows = decide_input_states(io.read_inputs(root).to_pylist() if inputs is None else inputs, keep)
+    result = outcome.funnel({k: v["why"] for k, v in summary.get("unscored", {}).items()})
+    input_rows = io.read_inputs(root).to_pylist() if inputs is None else inputs
+    keep = dict(zip(outcome.sample_ids.to_pylist(), outcome.keep.tolist())) if input_rows else {}
+    input_rows = decide_input_states(input_rows, keep)
     io.write_inputs(root, input_rows)
     (root / POLICY_FILE).write_text(policy.text, encoding="utf-8")
-    summary.update(policy_summary(policy, result, decisions))
+    summary.update(policy_summary(policy, result, outcome))
     summary["samples"].update(kept=result.kept, rejected=result.total - result.kept)
     summary["inputs"] = input_counts(input_rows)
     summary.setdefault("seconds", {})["policy"] = round(time.perf_counter() - began, 3)
@@ -87,6 +97,76 @@ def apply_policy(dataset: DatasetLike, policy: Policy, summary: dict | None = No
         for name in [*written, io.INPUTS_FILE, POLICY_FILE, io.SUMMARY_FILE]:
             storage.upload_file(root / name, storage.join(dataset.uri, name))
     return result
+
+
+@dataclass
+class PartsRead:
+    """What a policy needs from the manifest parts, in part order."""
+
+    hits: RuleHits
+    sample_ids: pa.ChunkedArray
+    decisions: list[pa.Table]  # each part's stored decision columns
+    embeddings: Embeddings | None  # None: the policy has no near-duplicate rule
+
+
+def read_parts(parts: list[Path], policy: Policy) -> PartsRead:
+    """The manifest parts, one at a time, only the columns the policy reads and its decision columns."""
+    rows = sum(pq.read_metadata(part).num_rows for part in parts)
+    scores = sorted({rule.score for rule in policy.rules})
+    wants_embeddings = policy.duplicate_cosine is not None
+    columns = [SAMPLE_ID, KIND, *scores, *DECISION_COLUMNS, *([CLIP_EMBEDDING] if wants_embeddings else [])]
+    hits, ids, decisions = [], [], []
+    embeddings = Embeddings(rows) if wants_embeddings else None
+    for part in parts:
+        table = io.read_part(part, columns)
+        hits.append(policy.hits(table))
+        ids.extend(table.column(SAMPLE_ID).chunks)
+        decisions.append(table.select(list(DECISION_COLUMNS)))
+        if embeddings is not None:
+            embeddings.add(part, table.column(CLIP_EMBEDDING))
+        del table
+        pa.default_memory_pool().release_unused()  # the allocator would keep a part's worth of pages otherwise
+    return PartsRead(RuleHits.concat(hits, len(policy.rules)), pa.chunked_array(ids, pa.string()), decisions,
+                     embeddings)
+
+
+class Embeddings:
+    """The clip_embedding column of every part, copied part by part into one (N, D) float32 matrix (2 GB for a
+    million 512-d rows: the near-duplicate search needs them all at once), and back into a column to rewrite a
+    part, so no part is decoded twice."""
+
+    def __init__(self, rows: int):
+        self.matrix: np.ndarray | None = None  # allocated at the first embedding, when D is known
+        self.present = np.zeros(rows, bool)
+        self.null = np.zeros(rows, bool)  # null rather than an empty list
+        self.start = 0
+
+    def add(self, part: Path, column: pa.ChunkedArray) -> None:
+        stop = self.start + len(column)
+        values, self.present[self.start:stop] = embedding_matrix(column)
+        self.null[self.start:stop] = column.is_null().to_numpy(zero_copy_only=False)
+        if values is not None:
+            if self.matrix is None:
+                self.matrix = np.zeros((len(self.present), values.shape[1]), np.float32)  # pages touched on write
+            elif values.shape[1] != self.matrix.shape[1]:
+                raise DatasetError(f"{part}: clip_embedding of length {values.shape[1]}, the parts before have "
+                                   f"{self.matrix.shape[1]}; one model must have made them")
+            self.matrix[self.start:stop] = values
+        self.start = stop
+
+    def column(self, start: int, stop: int) -> pa.Array:
+        """Rows [start, stop) as the list<float32> column they were read from."""
+        present, null = self.present[start:stop], self.null[start:stop]
+        dim = 0 if self.matrix is None else self.matrix.shape[1]
+        offsets = np.r_[0, np.cumsum(present * dim)].astype(np.int32)
+        if self.matrix is None:
+            values = np.zeros(0, np.float32)
+        elif present.all():
+            values = self.matrix[start:stop].reshape(-1)  # a view: no copy
+        else:
+            values = self.matrix[start:stop][present].reshape(-1)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.float32()),
+                                        mask=pa.array(null) if null.any() else None)
 
 
 def decide_input_states(input_rows: list[dict], keep: dict[str, bool]) -> list[dict]:
@@ -109,10 +189,11 @@ def input_counts(input_rows: list[dict]) -> dict[str, int]:
     return counts
 
 
-def policy_summary(policy: Policy, result: Funnel, decisions: list[Decision]) -> dict:
+def policy_summary(policy: Policy, result: Funnel, outcome: Outcome) -> dict:
     """The summary keys a policy decides."""
+    reasons, flags = outcome.counts()
     return {
         "policy": {"source": policy.source, "file": POLICY_FILE, "funnel": result.as_dict()},
-        "reject_reasons": dict(Counter(r for d in decisions for r in d.reject_reasons)),
-        "flags": dict(Counter(f for d in decisions for f in d.flags)),
+        "reject_reasons": reasons,
+        "flags": flags,
     }

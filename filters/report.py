@@ -20,15 +20,18 @@ from tqdm.auto import tqdm
 
 from filters.apply import read_policy
 from filters.policy import Op, Policy, Rule
+from manifests import video_io
 from manifests.dataset import Dataset, DatasetLike, open_dataset
 from manifests.layers import CAPTIONED_LAYERS, InputState, Layer
 from manifests.preview import GAP, TILE_NAMES, TILE_ORDER, frame_indices, layer_tiles
 from manifests.schema import (
     ADAPTER,
+    CLEAN_PLATE,
     DUPLICATE_OF,
     FLAGS,
     KEEP,
     KIND,
+    PLATE_INVENTED_URI,
     REJECT_REASONS,
     SAMPLE_ID,
     SCORES,
@@ -43,8 +46,10 @@ STRIP_FRAMES = 5
 JPEG_QUALITY = 85
 HISTOGRAM_BINS = 24
 # what the report shows of a row (not e.g. the CLIP embeddings, which would cost memory on a large dataset)
-_COLUMNS = [SAMPLE_ID, KIND, ADAPTER, SPLIT, KEEP, REJECT_REASONS, FLAGS, DUPLICATE_OF,
+_COLUMNS = [SAMPLE_ID, KIND, ADAPTER, SPLIT, KEEP, REJECT_REASONS, FLAGS, DUPLICATE_OF, CLEAN_PLATE, PLATE_INVENTED_URI,
             *(caption_column(layer) for layer in CAPTIONED_LAYERS), *SCORES]
+INVENTED_TINT = np.array([255, 0, 255], np.float32)  # the clean-plate pixels no frame showed, over the background
+INVENTED_OPACITY = 0.6
 _INPUT_ORDER = ("discovered", *(state.value for state in InputState), "accounted")  # the summary stores them sorted
 _SVG_WIDTH, _SVG_HEIGHT = 340, 170
 _PLOT_LEFT, _PLOT_RIGHT, _PLOT_TOP, _PLOT_BOTTOM = 34, 330, 34, 140  # the bars' box inside the SVG
@@ -56,7 +61,8 @@ def write_report(dataset: DatasetLike, out: Path | None = None, gallery: int = 2
     the current folder, since the page is to be opened here (its gallery's media are fetched into the dataset's
     local copy).
 
-    The gallery shows the first `gallery` kept and the first `gallery` rejected samples by sample_id.
+    The gallery shows up to `gallery` kept and `gallery` rejected samples, the kinds side by side (taken in turn,
+    each kind's by sample_id), so decomposed real clips show beside copy-paste ones.
     """
     dataset = open_dataset(dataset)
     if out is None:
@@ -68,7 +74,8 @@ def write_report(dataset: DatasetLike, out: Path | None = None, gallery: int = 2
     policy = read_policy(dataset)
     kept = [row for row in rows if row[KEEP]]
     rejected = [row for row in rows if not row[KEEP]]
-    chosen = [("kept", row) for row in kept[:gallery]] + [("rejected", row) for row in rejected[:gallery]]
+    chosen = [("kept", row) for row in _kinds_in_turn(kept, gallery)] + \
+        [("rejected", row) for row in _kinds_in_turn(rejected, gallery)]
     cards = {"kept": [], "rejected": []}
     for group, row in tqdm(chosen, desc="report gallery", unit="sample", disable=None):
         cards[group].append(_card(dataset, row, policy))
@@ -85,6 +92,27 @@ def write_report(dataset: DatasetLike, out: Path | None = None, gallery: int = 2
     out.write_text(_PAGE.format(title=_e(f"layerflow-data report: {name}"), css=_CSS, body=body),
                    encoding="utf-8")
     return out
+
+
+def _kinds_in_turn(rows: Sequence[Mapping], count: int) -> list[Mapping]:
+    """Up to `count` rows (sorted by sample_id), one of each kind in turn: every kind the dataset has is shown."""
+    by_kind: dict[str, list[Mapping]] = {}
+    for row in rows:
+        by_kind.setdefault(row[KIND], []).append(row)
+    queues = [by_kind[kind] for kind in sorted(by_kind)]
+    out = []
+    for turn in range(max(map(len, queues), default=0)):
+        out += [queue[turn] for queue in queues if turn < len(queue)]
+    return out[:count]
+
+
+def _invented_tile(dataset: Dataset, row: Mapping, background: np.ndarray, t: int) -> tuple[np.ndarray, str]:
+    """A decomposed sample's background tile with the clean-plate pixels no frame showed tinted, and its caption."""
+    invented = video_io.read_layer(dataset.media(row[PLATE_INVENTED_URI]), Layer.ALPHA)[t] > 127
+    tinted = background.astype(np.float32)
+    tinted[invented] = (1 - INVENTED_OPACITY) * tinted[invented] + INVENTED_OPACITY * INVENTED_TINT
+    method = row[CLEAN_PLATE] or "clean plate"
+    return np.rint(tinted).astype(np.uint8), f"background ({method}; invented: magenta, {int(invented.sum())} px)"
 
 
 def _e(value: object) -> str:
@@ -279,9 +307,13 @@ def _card(dataset: Dataset, row: Mapping, policy: Policy) -> str:
     else:
         num_frames = layers[Layer.ALPHA].shape[0]
         middle = num_frames // 2
-        tiles = "".join(f"<figure>{_img(_shrink(tile, TILE_HEIGHT), TILE_NAMES[layer])}"
-                        f"<figcaption>{TILE_NAMES[layer]}</figcaption></figure>"
-                        for layer, tile in zip(TILE_ORDER, layer_tiles(layers, middle)))
+        tiles = dict(zip(TILE_ORDER, layer_tiles(layers, middle)))
+        names = dict(TILE_NAMES)
+        if row[PLATE_INVENTED_URI]:
+            tiles[Layer.BACKGROUND], names[Layer.BACKGROUND] = _invented_tile(dataset, row, tiles[Layer.BACKGROUND],
+                                                                             middle)
+        tiles = "".join(f"<figure>{_img(_shrink(tile, TILE_HEIGHT), names[layer])}"
+                        f"<figcaption>{_e(names[layer])}</figcaption></figure>" for layer, tile in tiles.items())
         indices = frame_indices(num_frames, STRIP_FRAMES)
         frames = [_shrink(layers[Layer.BLENDED][t], STRIP_HEIGHT) for t in indices]
         separator = np.full((frames[0].shape[0], GAP, 3), 255, np.uint8)

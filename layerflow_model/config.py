@@ -9,6 +9,7 @@ from pathlib import Path
 
 from layerflow_model.layout import Layout, Task, slots_of
 from manifests.errors import ConfigError
+from manifests.layers import SampleKind
 
 
 class Space(str, Enum):
@@ -91,10 +92,21 @@ class ModelConfig:
     motion_rank: int = 8
     content_rank: int = 32
     lora_every: int = 1
+    # rsLoRA: an adapter's output is scaled by lora_alpha / sqrt(rank), so the step of a rank-256 adapter is not 16x
+    # a rank-1 one's at the same learning rate. 1.0 with the default lr 3e-4 gives the cogvideox-2b content adapter
+    # (rank 256, scaling 1/16) the original's effective step: lr x scaling = 1.9e-5 vs 5e-3 x 1/256 = 2.0e-5 (notes §7).
+    lora_alpha: float = 1.0
     base_every: int = 1  # the base stage trains every `base_every`-th block (1: the whole model)
     # The CogVideoX noise schedule: scaled-linear betas, zero terminal SNR, then this SNR shift.
     snr_shift: float = 1.0
     prompt_dropout: float = 0.1  # each layer's prompt is zeroed independently with this probability
+    # All three prompts of a sample are zeroed together with this probability: the unconditional branch of CFG
+    # (every prompt zero) is then trained on this fraction of samples, not on prompt_dropout ** 3 (0.1 %).
+    joint_prompt_dropout: float = 0.1
+    given_embedding: bool = True  # a learned vector on the visual tokens of the given (clean) frames
+    # Recompute block activations in backward (every stage of this model; `--gradient-checkpointing` turns it on for
+    # others). On for the CogVideoX-2b presets, whose activations would not fit one GPU otherwise.
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layout", Layout(self.layout))
@@ -113,8 +125,11 @@ class ModelConfig:
             # Its decoder upsamples time in pairs: only 1 and 8k frames come back as many as went in.
             raise ConfigError(f"frames: the CogVideoX VAE needs 1 or a multiple of 8 frames per layer, "
                               f"got {self.frames}")
-        if not 0.0 <= self.prompt_dropout < 1.0:
-            raise ConfigError(f"prompt_dropout: must be in [0, 1), got {self.prompt_dropout}")
+        for name in ("prompt_dropout", "joint_prompt_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
+        if self.lora_alpha <= 0:
+            raise ConfigError(f"lora_alpha: must be > 0, got {self.lora_alpha}")
 
     def pretrained_folder(self) -> Path:
         """The local CogVideoX-2b folder this preset needs (checked when the model is built, not before)."""
@@ -185,8 +200,14 @@ PRESETS: dict[str, ModelConfig] = {
                                 space=Space.COGVIDEOX_VAE, text=TextModel.T5, text_tokens=226,
                                 load_transformer=True, heads=30, head_dim=64, depth=30, patch_size=2,
                                 time_embed_dim=512, spatial_interpolation_scale=1.875, content_rank=256,
-                                lora_every=6, base_every=6, snr_shift=3.0, positions=Positions.CONTINUOUS),
+                                lora_every=6, base_every=6, snr_shift=3.0, positions=Positions.CONTINUOUS,
+                                gradient_checkpointing=True),
 }
+# The same backbone at 320x480 (40x60 latents, 600 tokens per latent frame instead of 1350), as the original's debug
+# shapes suggest some of its training ran (notes §9.2). The sin-cos scale stays the pretrained 1.875, as diffusers'
+# CogVideoX pipelines keep it at every resolution.
+PRESETS["cogvideox-2b-320x480"] = replace(PRESETS["cogvideox-2b"], preset="cogvideox-2b-320x480", height=320,
+                                          width=480)
 
 
 def preset(name: str, **overrides) -> ModelConfig:
@@ -204,16 +225,38 @@ Preset.__doc__ = "A model preset (see `PRESETS`)."
 DEFAULT_TASK_WEIGHTS: dict[str, float] = {task.value: 1.0 for task in Task}
 
 
-def parse_task_weights(text: str) -> dict[str, float]:
-    """`generate=1,decompose=2` -> {"generate": 1.0, "decompose": 2.0} (`--tasks`); TrainConfig checks the names."""
+def parse_weights(text: str, option: str = "--tasks", example: str = "generate=1,decompose=2") -> dict[str, float]:
+    """`generate=1,decompose=2` -> {"generate": 1.0, "decompose": 2.0} (`--tasks`, `--mix`); TrainConfig checks the
+    names."""
     weights = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, value = part.partition("=")
         try:
             weights[name.strip()] = float(value)
         except ValueError:
-            raise ConfigError(f"--tasks: {part!r} is not task=weight (e.g. generate=1,decompose=2)") from None
+            raise ConfigError(f"{option}: {part!r} is not name=weight (e.g. {example})") from None
     return weights
+
+
+def parse_task_weights(text: str) -> dict[str, float]:
+    return parse_weights(text, "--tasks", "generate=1,decompose=2")
+
+
+MIX_EXAMPLE = "video_copy_paste=1,video_decomposed=1,image_frozen=1"
+
+
+def parse_mix(text: str | dict[str, float] | None) -> dict[str, float] | None:
+    """`--mix kind=weight,...` -> {kind: weight}, the names checked against this version's `SampleKind`."""
+    if text is None:
+        return None
+    weights = text if isinstance(text, dict) else parse_weights(text, "--mix", MIX_EXAMPLE)
+    kinds = {k.value for k in SampleKind}
+    unknown = sorted(set(weights) - kinds)
+    if unknown:
+        raise ConfigError(f"mix: unknown sample kind(s) {', '.join(unknown)}; use {', '.join(sorted(kinds))}")
+    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ConfigError(f"mix: need non-negative weights with a positive sum, got {weights}")
+    return dict(weights)
 
 
 @dataclass(frozen=True)
@@ -231,9 +274,15 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema: float | None = None  # EMA decay of the trained parameters (e.g. 0.999); None: no EMA
+    # The EMA decay at step k is min(ema, (1 + k) / (10 + k)): it follows the weights closely at first, so a short
+    # stage (a 150-step LoRA) does not ship an EMA that is still mostly the untrained start.
+    ema_warmup: bool = True
     checkpoint_every: int = 500
     seed: int = 0
     task_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
+    # Sample kinds drawn, by weight ({kind: weight} or "kind=weight,..."); a stage ignores the kinds it does not use
+    # and the manifest lacks. None: every kind the stage uses, in proportion to its kept samples.
+    mix: dict[str, float] | None = None
     split: str = "train"
     workers: int = 1  # data-parallel workers (Ray Train) when > 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -245,6 +294,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage", Stage(self.stage))
+        object.__setattr__(self, "mix", parse_mix(self.mix))
         try:
             object.__setattr__(self, "precision", Precision(self.precision))
         except ValueError:

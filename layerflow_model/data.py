@@ -21,7 +21,9 @@ from manifests.layers import CAPTIONED_LAYERS, Layer, SampleKind
 from manifests.schema import KIND, SAMPLE_ID, caption_column, uri_column
 from manifests.video_io import read_layer
 
-VIDEO_KINDS = (SampleKind.VIDEO_COPY_PASTE,)
+# Moving clips (copy-paste videos, and decomposed real videos where this manifests version has them) and frozen
+# clips (a layered image repeated). Read off `SampleKind`, so a kind added there is drawn without a change here.
+VIDEO_KINDS = tuple(k for k in SampleKind if k.value.startswith("video_"))
 FROZEN_KINDS = (SampleKind.IMAGE_FROZEN,)
 
 
@@ -143,29 +145,43 @@ class Batch:
 
 
 def stage_kinds(stage: Stage) -> tuple[SampleKind, ...]:
-    """The sample kinds a stage draws from: base learns from videos; motion and content from both."""
+    """The sample kinds a stage draws from: base learns from moving videos (copy-paste and decomposed, as the
+    original's base stage learnt from real videos); motion and content from videos and frozen images."""
     return VIDEO_KINDS if stage is Stage.BASE else VIDEO_KINDS + FROZEN_KINDS
 
 
 class BatchPlan:
-    """Which samples, crops, task and gate make up the batch of a step (a pure function of seed and step)."""
+    """Which samples, crops, task and gate make up the batch of a step (a pure function of seed and step).
+
+    `mix` ({kind: weight}) weights the kinds; a kind the stage does not use or the manifest lacks is left out and the
+    rest renormalised. Without it, each kind of the stage is drawn in proportion to its kept samples."""
 
     def __init__(self, rows: list[Row], config: ModelConfig, stage: Stage, batch_size: int,
-                 task_weights: dict[str, float], seed: int) -> None:
+                 task_weights: dict[str, float], seed: int, mix: dict[str, float] | None = None) -> None:
         self.config, self.stage, self.batch_size, self.seed = config, Stage(stage), batch_size, seed
         usable = [r for r in rows if r.kind in stage_kinds(self.stage)]
         short = [r for r in usable if r.num_frames < config.frames and r.kind in VIDEO_KINDS]
         self.skipped = [r.sample_id for r in short]
         usable = [r for r in usable if r not in short]
-        self.buckets = {kind: [r for r in usable if r.kind is kind] for kind in stage_kinds(self.stage)}
-        self.buckets = {k: v for k, v in self.buckets.items() if v}
+        buckets = {kind: [r for r in usable if r.kind is kind] for kind in stage_kinds(self.stage)}
+        weights = {k: (len(v) if mix is None else mix.get(k.value, 0.0)) for k, v in buckets.items() if v}
+        self.buckets = {k: buckets[k] for k in sorted(weights, key=lambda k: k.value) if weights[k] > 0}
         if not self.buckets:
             wanted = " or ".join(k.value for k in stage_kinds(self.stage))
+            weighted = f" with a positive weight in mix {mix}" if mix else ""
             raise ConfigError(f"the {self.stage.value} stage needs kept {wanted} samples of at least "
-                              f"{config.frames} frames; the manifest has none")
+                              f"{config.frames} frames{weighted}; the manifest has none")
+        self.kinds = list(self.buckets)
+        self.kind_p = np.array([weights[k] for k in self.kinds], dtype=np.float64)
+        self.kind_p /= self.kind_p.sum()
         self.tasks = [Task(t) for t, w in sorted(task_weights.items()) if w > 0]
         self.task_p = np.array([task_weights[t.value] for t in self.tasks], dtype=np.float64)
         self.task_p /= self.task_p.sum()
+
+    def describe(self) -> str:
+        """One line: the kinds this stage draws, with their share of the batches and their samples."""
+        return "mix: " + ", ".join(f"{k.value} {p:.2f} ({len(self.buckets[k])} samples)"
+                                   for k, p in zip(self.kinds, self.kind_p))
 
     def rng(self, step: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, step])
@@ -173,9 +189,7 @@ class BatchPlan:
     def draw(self, step: int, world_size: int = 1) -> tuple[SampleKind, Task, list[Pick]]:
         """(kind, task, picks) for the global batch of a step."""
         rng = self.rng(step)
-        kinds = sorted(self.buckets, key=lambda k: k.value)
-        sizes = np.array([len(self.buckets[k]) for k in kinds], dtype=np.float64)
-        kind = kinds[rng.choice(len(kinds), p=sizes / sizes.sum())]
+        kind = self.kinds[rng.choice(len(self.kinds), p=self.kind_p)]
         task = self.tasks[rng.choice(len(self.tasks), p=self.task_p)]
         bucket = self.buckets[kind]
         total = self.batch_size * world_size

@@ -11,7 +11,8 @@ from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 
 from layerflow_model.config import Sampler
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (clip, text, t) -> v
+# (clip, text, t, given) -> v; given (F,) bool marks the clean condition frames.
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def scheduler_kwargs(snr_shift: float) -> dict:
@@ -67,10 +68,10 @@ class Diffusion:
         b = x0.shape[0]
         t = torch.randint(0, self.num_timesteps, (b,), generator=generator, device="cpu").to(x0.device)
         noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device, x0.dtype)
-        given = given.to(x0.device).view(1, -1, 1, 1, 1)
-        x_t = torch.where(given, x0, self.add_noise(x0, noise, t))
-        prediction = model(x_t, text, t)
-        return masked_mse(prediction, self.velocity(x0, noise, t), ~given)
+        mask = given.to(x0.device).view(1, -1, 1, 1, 1)
+        x_t = torch.where(mask, x0, self.add_noise(x0, noise, t))
+        prediction = model(x_t, text, t, given)
+        return masked_mse(prediction, self.velocity(x0, noise, t), ~mask)
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
@@ -105,7 +106,7 @@ def sample(model: Denoiser, text: torch.Tensor, shape: tuple[int, ...], *, given
         x_in = torch.where(mask, condition, x)
         both = torch.cat([x_in, x_in]) if cfg != 1.0 else x_in
         prompts = torch.cat([unconditional, text]) if cfg != 1.0 else text
-        v = model(both, prompts, t.expand(both.shape[0]).to(device))
+        v = model(both, prompts, t.expand(both.shape[0]).to(device), given)
         if cfg != 1.0:
             v_uncond, v_cond = v.chunk(2)
             v = v_uncond + cfg * (v_cond - v_uncond)

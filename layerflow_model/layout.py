@@ -95,10 +95,11 @@ def condition_mask(layout: Layout, task: Task, frames_per_slot: int) -> torch.Te
 
 
 def prompts_for(captions: dict[Layer, str], task: Task = Task.GENERATE) -> list[str]:
-    """The per-layer prompts with their index prefix; a prompt that the task leaves empty is ''."""
+    """The per-layer prompts with their index prefix. A prompt the task leaves empty, or whose caption is empty, is
+    '' (encoded as the all-zero "dropped" embedding), never the bare index ("0")."""
     empty = EMPTY_PROMPTS.get(Task(task), ())
-    return ["" if i in empty else f"{i}, {captions.get(layer) or ''}".rstrip(", ").rstrip()
-            for i, layer in enumerate(PROMPT_LAYERS)]
+    texts = [(captions.get(layer) or "").strip() for layer in PROMPT_LAYERS]
+    return ["" if i in empty or not text else f"{i}, {text}" for i, text in enumerate(texts)]
 
 
 def premultiply_on_grey(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:

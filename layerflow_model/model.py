@@ -52,7 +52,8 @@ class LayerPatchEmbed(nn.Module):
     §12.3): a model trained from scratch then finds the given layer's matching pixels by position at once.
     """
 
-    def __init__(self, inner: nn.Module, layers: LayerEmbedding, positions: Positions, slots: int) -> None:
+    def __init__(self, inner: nn.Module, layers: LayerEmbedding, positions: Positions, slots: int,
+                 given_embedding: bool = True) -> None:
         super().__init__()
         self.inner = inner
         self.layers = layers
@@ -61,6 +62,11 @@ class LayerPatchEmbed(nn.Module):
         if self.positions is Positions.PER_LAYER:
             inner.use_positional_embeddings = False  # positions are added here instead
             self.slot_embedding = nn.Parameter(torch.zeros(slots, inner.embed_dim))
+        # "This frame is given": one learned vector added to every visual token of a clean condition frame, so the
+        # multi-task network knows which slots to copy from and which to generate. Zero at init: a fresh one (or a
+        # pretrained transformer) starts unchanged.
+        self.given_embedding = nn.Parameter(torch.zeros(inner.embed_dim)) if given_embedding else None
+        self.given: torch.Tensor | None = None  # (F,) bool of the current call; set by LayerFlow.forward
         self._table: dict[tuple[int, int, int], torch.Tensor] = {}
 
     def _per_layer_positions(self, frames: int, height: int, width: int) -> torch.Tensor:
@@ -75,7 +81,11 @@ class LayerPatchEmbed(nn.Module):
 
     def forward(self, text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         embeds = self.inner(text_embeds, image_embeds)  # (B, L_text + N_visual, D)
-        text_len = text_embeds.shape[1]
+        return self.add_signals(embeds, text_embeds.shape[1], image_embeds)
+
+    def add_signals(self, embeds: torch.Tensor, text_len: int, image_embeds: torch.Tensor) -> torch.Tensor:
+        """What LayerFlow adds to the output of CogVideoX's patch embedding (also applied, as a forward hook, to a
+        bare diffusers transformer by `export.LayerFlowPipeline`). image_embeds: the (B, F, C, h, w) input."""
         text = embeds[:, :text_len] + self.layers().to(embeds.dtype)  # (B, L_text, D)
         visual = embeds[:, text_len:]  # (B, N_visual, D)
         if self.positions is Positions.PER_LAYER:
@@ -83,7 +93,18 @@ class LayerPatchEmbed(nn.Module):
             table = self._per_layer_positions(frames, height, width).to(visual.device, visual.dtype)
             per_slot = visual.shape[1] // self.slots
             visual = visual + table + self.slot_embedding.to(visual.dtype).repeat_interleave(per_slot, dim=0)
+        if self.given_embedding is not None:
+            visual = visual + given_tokens(self.given, image_embeds.shape[1], visual) * self.given_embedding.to(
+                visual.dtype)
         return torch.cat([text, visual], dim=1)
+
+
+def given_tokens(given: torch.Tensor | None, frames: int, visual: torch.Tensor) -> torch.Tensor:
+    """(N_visual, 1): 1.0 on the tokens of given frames (frames outermost, as CogVideoX orders them), else 0.0.
+    Always a tensor, never skipped, so the given embedding is in every graph (DDP needs a gradient for it)."""
+    mask = torch.zeros(frames) if given is None else given
+    per_frame = visual.shape[1] // frames
+    return mask.to(visual.device, visual.dtype).repeat_interleave(per_frame)[:, None]
 
 
 def transformer_kwargs(config: ModelConfig) -> dict:
@@ -122,6 +143,21 @@ def lora_target(config: ModelConfig) -> str:
     return rf"transformer_blocks\.({blocks})\.attn1\.({names})"
 
 
+def bare_transformer(config: ModelConfig, text_dim: int) -> CogVideoXTransformer3DModel:
+    """The plain diffusers transformer of a config: the pretrained folder's (`load_transformer`), else one built from
+    the config, whose weights a checkpoint then sets."""
+    kwargs = transformer_kwargs(config)
+    if config.load_transformer:
+        folder = require_subfolder(config.pretrained_folder(), "transformer")
+        return CogVideoXTransformer3DModel.from_pretrained(folder, **kwargs)
+    return CogVideoXTransformer3DModel(text_embed_dim=text_dim, **kwargs)
+
+
+def lora_config(config: ModelConfig, rank: int) -> LoraConfig:
+    return LoraConfig(r=rank, lora_alpha=config.lora_alpha, use_rslora=True, target_modules=lora_target(config),
+                      init_lora_weights=True)
+
+
 class LayerFlow(nn.Module):
     """The denoiser: (clip, prompt embeddings, timestep) -> v-prediction for every frame of the clip."""
 
@@ -133,35 +169,36 @@ class LayerFlow(nn.Module):
                              f"{text_dim}-d")
         layers = LayerEmbedding(config.width_dim, len(PROMPT_LAYERS), config.text_tokens)
         transformer.patch_embed = LayerPatchEmbed(transformer.patch_embed, layers, config.positions,
-                                                  len(slots_of(config.layout)))
+                                                  len(slots_of(config.layout)), config.given_embedding)
         for name, rank in ((MOTION, config.motion_rank), (CONTENT, config.content_rank)):
-            # B starts at zero, so a fresh adapter leaves the model unchanged; lora_alpha = rank gives scaling 1.
+            # B starts at zero, so a fresh adapter leaves the model unchanged. rsLoRA: the scaling is
+            # lora_alpha / sqrt(rank), so one learning rate suits every rank (see `ModelConfig.lora_alpha`).
             with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter: it is meant
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=lora_target(config),
-                                                   init_lora_weights=True), adapter_name=name)
+                transformer.add_adapter(lora_config(config, rank), adapter_name=name)
         self.transformer = transformer
         self.set_motion(False)
 
     @classmethod
     def from_config(cls, config: ModelConfig, text_dim: int) -> LayerFlow:
         """A randomly initialised model, or (`load_transformer`) the transformer of the pretrained folder."""
-        kwargs = transformer_kwargs(config)
-        if config.load_transformer:
-            folder = require_subfolder(config.pretrained_folder(), "transformer")
-            transformer = CogVideoXTransformer3DModel.from_pretrained(folder, **kwargs)
-        else:
-            transformer = CogVideoXTransformer3DModel(text_embed_dim=text_dim, **kwargs)
-        return cls(config, transformer, text_dim)
+        return cls(config, bare_transformer(config, text_dim), text_dim)
 
     @property
     def layer_embedding(self) -> LayerEmbedding:
         return self.transformer.patch_embed.layers
 
-    def forward(self, clip: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """clip (B, F, C, h, w), given slots clean; text (B, 3 * n, D_text); timestep (B,) -> v (B, F, C, h, w)."""
-        return self.transformer(hidden_states=clip, encoder_hidden_states=text, timestep=timestep,
-                                return_dict=False)[0]
+    def forward(self, clip: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor,
+                given: torch.Tensor | None = None) -> torch.Tensor:
+        """clip (B, F, C, h, w), given slots clean; text (B, 3 * n, D_text); timestep (B,); given (F,) bool, the
+        clean condition frames (None: nothing given) -> v (B, F, C, h, w)."""
+        patch = self.transformer.patch_embed
+        patch.given = given
+        try:
+            return self.transformer(hidden_states=clip, encoder_hidden_states=text, timestep=timestep,
+                                    return_dict=False)[0]
+        finally:
+            patch.given = None
 
     # Adapters -------------------------------------------------------------------------------------------------
 
@@ -180,12 +217,14 @@ class LayerFlow(nn.Module):
 
     def stage_parameters(self, stage: Stage) -> dict[str, nn.Parameter]:
         """The parameters a stage trains, by name: base trains the network (or every `base_every`-th block and
-        the layer embedding), motion and content train only their own adapter."""
+        the embeddings), motion only its adapter, content its adapter and the layer and given embeddings (as the
+        original's RGBA content stage trains its `txt_embedder`, notes §7)."""
         named = dict(self.named_parameters())
         if stage is Stage.MOTION:
             return {n: p for n, p in named.items() if f".{MOTION}." in n}
+        embeddings = ("patch_embed.layers.", "patch_embed.given_embedding")
         if stage is Stage.CONTENT:
-            return {n: p for n, p in named.items() if f".{CONTENT}." in n}
+            return {n: p for n, p in named.items() if f".{CONTENT}." in n or any(e in n for e in embeddings)}
         lora = re.compile(rf"\.({MOTION}|{CONTENT})\.")
         block = re.compile(r"transformer_blocks\.(\d+)\.")
         blocks = set(every_nth_block(self.config.depth, self.config.base_every))
@@ -193,7 +232,7 @@ class LayerFlow(nn.Module):
         def trains(name: str) -> bool:
             if lora.search(name):
                 return False
-            if self.config.base_every == 1 or "patch_embed.layers." in name or "patch_embed.slot_embedding" in name:
+            if self.config.base_every == 1 or any(e in name for e in (*embeddings, "patch_embed.slot_embedding")):
                 return True
             match = block.search(name)
             return bool(match) and int(match.group(1)) in blocks

@@ -1,5 +1,9 @@
-"""Writing a sampled layered clip: RGBA foreground (PNG sequence and WebM with alpha), background and blended
-as mp4, and a preview PNG of the four layers.
+"""Writing a sampled layered clip: RGBA foreground (PNG sequence, WebM VP9 and ProRes 4444 with alpha), background
+and blended as mp4, and a preview PNG of the four layers.
+
+Transparent pixels carry the colour of the nearest visible ones, not black: VP9's 4:2:0 chroma averages each 2x2
+block, so black under alpha 0 would darken the colour of the edge pixels beside it (a dark fringe), and an editor
+that scales or blurs the straight-alpha frames mixes in the colour under alpha 0 too.
 """
 
 from __future__ import annotations
@@ -7,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -16,6 +21,7 @@ from manifests.video_io import quantise, write_rgb_video, write_rgba_video
 
 FOREGROUND_PNG_DIR = "foreground_rgba"
 FOREGROUND_WEBM = "foreground.webm"
+FOREGROUND_PRORES = "foreground.mov"  # ProRes 4444 (yuva444p10le): full-resolution chroma and a 10-bit matte
 FOREGROUND_MP4 = "foreground_on_grey.mp4"  # RGB layout only: it has no matte
 BACKGROUND_MP4 = "background.mp4"
 BLENDED_MP4 = "blended.mp4"
@@ -29,11 +35,37 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return frames[:, : h - h % 2, : w - w % 2]
 
 
+VISIBLE = 1.0 / 255.0  # below this alpha a pixel quantises to fully transparent: its colour is unknown
+
+
+def bleed_colour(rgb: np.ndarray, alpha: np.ndarray, visible: float = VISIBLE) -> np.ndarray:
+    """(T, H, W, 3) straight colour, (T, H, W) alpha, both in [0, 1] -> the colour with every pixel of alpha below
+    `visible` set to the alpha-weighted mean colour of the visible pixels around it (widening until some are found;
+    a frame with none keeps its colour). Visible pixels are unchanged."""
+    out = rgb.astype(np.float32).copy()
+    for t in range(len(out)):
+        weight = np.where(alpha[t] >= visible, alpha[t], 0.0).astype(np.float32)
+        hidden = weight == 0
+        if not hidden.any() or not (~hidden).any():
+            continue
+        sigma = 1.0
+        while hidden.any() and sigma <= 2 * max(weight.shape):
+            den = cv2.GaussianBlur(weight, (0, 0), sigma)
+            num = cv2.GaussianBlur(out[t] * weight[..., None], (0, 0), sigma)
+            reached = hidden & (den > 1e-6)
+            out[t][reached] = num[reached] / den[reached][:, None]
+            hidden &= ~reached
+            sigma *= 2
+    return np.clip(out, 0.0, 1.0)
+
+
 def write_layers(out: Path, layers: dict[Layer, np.ndarray], fps: float, info: dict) -> dict[str, str]:
     """Write `layers` (float in [0, 1]; alpha (T, H, W), the others (T, H, W, 3)) under `out`; returns
     {what: path}. Without `alpha` (the RGB layout) the foreground is written on grey, as an mp4."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if Layer.ALPHA in layers:
+        layers = {**layers, Layer.FOREGROUND: bleed_colour(layers[Layer.FOREGROUND], layers[Layer.ALPHA])}
     q = {layer: quantise(x) for layer, x in layers.items()}
     written = {}
     if Layer.ALPHA in q:
@@ -43,7 +75,9 @@ def write_layers(out: Path, layers: dict[Layer, np.ndarray], fps: float, info: d
         for t, frame in enumerate(rgba):
             Image.fromarray(frame).save(png_dir / f"{t:04d}.png")
         write_rgba_video(out / FOREGROUND_WEBM, _even(rgba), fps)
-        written.update(foreground_png=str(png_dir), foreground_webm=str(out / FOREGROUND_WEBM))
+        write_rgba_video(out / FOREGROUND_PRORES, _even(rgba), fps)
+        written.update(foreground_png=str(png_dir), foreground_webm=str(out / FOREGROUND_WEBM),
+                       foreground_prores=str(out / FOREGROUND_PRORES))
         alpha = q[Layer.ALPHA]
     else:
         write_rgb_video(out / FOREGROUND_MP4, _even(q[Layer.FOREGROUND]), fps)

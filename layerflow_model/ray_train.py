@@ -10,6 +10,7 @@ from pathlib import Path
 
 from layerflow_model.components import STATE_FILE, checkpoint_dir
 from layerflow_model.config import ModelConfig, TrainConfig
+from layerflow_model.logs import LOSS_LOG, LOSS_PLOT
 from layerflow_model.train import TrainResult, World, train
 
 
@@ -57,4 +58,4 @@ def train_distributed(config: TrainConfig, model: ModelConfig | None = None, *, 
     checkpoint = checkpoint_dir(Path(config.out), config.steps)
     state = json.loads((checkpoint / STATE_FILE).read_text())
     return TrainResult(checkpoint, state["steps_run"], state["seconds"], state["samples_per_second"], state["loss"],
-                       state["trained_parameters"])
+                       state["trained_parameters"], Path(config.out) / LOSS_LOG, Path(config.out) / LOSS_PLOT)

@@ -35,6 +35,7 @@ from layerflow_model.config import ConfigError, ModelConfig, Precision, TrainCon
 from layerflow_model.data import Batch, BatchPlan, ClipStore, check_captions, read_rows
 from layerflow_model.diffusion import Diffusion
 from layerflow_model.layout import PROMPT_LAYERS, condition_mask
+from layerflow_model.logs import LOSS_LOG, LOSS_PLOT, StepLog, write_loss_plot
 from manifests.dataset import open_dataset
 from manifests.device import resolve_device
 
@@ -71,6 +72,8 @@ class TrainResult:
     samples_per_second: float
     last_loss: float
     trained_parameters: int
+    loss_log: Path | None = None  # OUT/loss.jsonl: a line per step (task, kind, loss, lr, grad norm)
+    plot: Path | None = None  # OUT/loss.html: its curves
 
 
 def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
@@ -94,6 +97,19 @@ def prepare(config: TrainConfig, model_config: ModelConfig | None, device: torch
     return build(model_config, device, seed=config.seed)
 
 
+def ema_decay(config: TrainConfig, step: int) -> float:
+    """The EMA decay of `step` (0-based): `config.ema`, warmed up as min(ema, (1 + step) / (10 + step))."""
+    return min(config.ema, (1 + step) / (10 + step)) if config.ema_warmup else config.ema
+
+
+def prompt_drop(batch: int, config: ModelConfig, generator: torch.Generator) -> torch.Tensor:
+    """(batch, 3) bool, the prompts to zero: each independently with `prompt_dropout`, and all three of a sample
+    together with `joint_prompt_dropout` (the unconditional branch of classifier-free guidance)."""
+    each = torch.rand(batch, len(PROMPT_LAYERS), generator=generator) < config.prompt_dropout
+    every = torch.rand(batch, 1, generator=generator) < config.joint_prompt_dropout
+    return each | every
+
+
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * SEED_STRIDE + step * STEP_STRIDE + rank)
 
@@ -112,7 +128,7 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
     parts = prepare(config, model_config, device)
     model = parts.model
     trained = model.freeze_for(config.stage)
-    if config.gradient_checkpointing:
+    if config.gradient_checkpointing or parts.config.gradient_checkpointing:
         model.transformer.enable_gradient_checkpointing()
     params = list(trained.values())
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=ADAM_BETAS, weight_decay=config.weight_decay)
@@ -124,7 +140,10 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
         start = _restore(previous, parts, optimizer, ema, config)
 
     diffusion = Diffusion(parts.config.snr_shift)
-    plan = BatchPlan(rows, parts.config, config.stage, config.batch_size, config.task_weights, config.seed)
+    plan = BatchPlan(rows, parts.config, config.stage, config.batch_size, config.task_weights, config.seed,
+                     config.mix)
+    if world.main:
+        print(plan.describe())
     store = ClipStore(dataset, parts.config.height, parts.config.width)
     text_cache = parts.text_cache(config.cache_dir) if config.cache_dir else None
     latent_cache = parts.latent_cache(config.cache_dir) if config.cache_dir else None
@@ -134,6 +153,7 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
                                                             else None)
     dtype = autocast_dtype(config.precision, device)
 
+    log = StepLog(out, start) if world.main else None
     bar = tqdm(total=config.steps, initial=start, desc=f"train {config.stage.value}", unit="step",
                disable=not (progress and world.main), dynamic_ncols=True)
     began, seen, loss_value = time.perf_counter(), 0, math.nan
@@ -151,23 +171,24 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
                 keys = [pick.key(parts.config) for pick in batch.picks]
                 x0 = latent_cache.get_or_compute(
                     keys, partial(_encode_picks, parts, batch, store, generator)).to(device)
-            drop = torch.rand(len(batch.prompts), len(PROMPT_LAYERS), generator=generator) < parts.config.prompt_dropout
+            drop = prompt_drop(len(batch.prompts), parts.config, generator)
             text = parts.encode_prompts(batch.prompts, drop, text_cache)  # (B, 3 * n, D)
         # 2. v-prediction loss on the generated slots only.
+        lr = learning_rate(config, step)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
+            group["lr"] = lr
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = diffusion.loss(network, x0, text, given, generator)
         # 3. Update.
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip or math.inf)  # the norm before clipping
         optimizer.step()
         if ema is not None:
             with torch.no_grad():
+                decay = ema_decay(config, step)
                 for name, p in trained.items():
-                    ema[name].lerp_(p.detach(), 1.0 - config.ema)
+                    ema[name].lerp_(p.detach(), 1.0 - decay)
         # 4. Log and checkpoint.
         loss_value = float(loss.detach())
         seen += len(batch.sample_ids) * world.size
@@ -175,19 +196,26 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
         bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{rate:.1f}", task=batch.task.value, refresh=False)
         bar.update(1)
         done = step + 1
+        if log is not None:
+            log.write({"step": done, "task": batch.task.value, "kind": batch.kind.value, "loss": loss_value, "lr": lr,
+                       "grad_norm": float(grad_norm), "samples_per_second": rate})
         if world.main and (done % config.checkpoint_every == 0 or done == config.steps):
             state = {"step": done, "stage": config.stage.value, "loss": loss_value, "steps_run": done - start,
                      "seconds": time.perf_counter() - began, "samples_per_second": rate,
                      "trained_parameters": sum(p.numel() for p in params), "skipped_short_samples": plan.skipped}
             save_checkpoint(checkpoint_dir(out, done), parts, config, state, optimizer, ema)
+            write_loss_plot({config.stage.value: log.path}, out / LOSS_PLOT)
     bar.close()
+    if log is not None:
+        log.close()
     store.close()
     model.set_motion(False)
     seconds = time.perf_counter() - began
     if world.size > 1:
         torch.distributed.barrier()  # rank 0 has written the last checkpoint when every rank returns
     return TrainResult(checkpoint_dir(out, config.steps), config.steps - start, seconds,
-                       seen / max(seconds, MIN_SECONDS), loss_value, sum(p.numel() for p in params))
+                       seen / max(seconds, MIN_SECONDS), loss_value, sum(p.numel() for p in params),
+                       out / LOSS_LOG, out / LOSS_PLOT)
 
 
 def _encode_picks(parts: Components, batch: Batch, store: ClipStore, generator: torch.Generator,

@@ -86,6 +86,12 @@ def read_parts(root: Path, columns: list[str] | None = None) -> pa.Table:
     return ds.dataset(files, schema=SAMPLE_SCHEMA, format="parquet").to_table(columns=columns)
 
 
+def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One manifest part with the declared schema (a column a part of an older schema lacks reads as null);
+    `columns`: only those are read from the file."""
+    return ds.dataset([str(path)], schema=SAMPLE_SCHEMA, format="parquet").to_table(columns=columns)
+
+
 def read_failures(root: Path) -> pa.Table:
     path = Path(root) / FAILURES_FILE
     return pq.read_table(path, schema=FAILURE_SCHEMA) if path.exists() else FAILURE_SCHEMA.empty_table()

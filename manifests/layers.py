@@ -25,6 +25,16 @@ CAPTIONED_LAYERS: tuple[Layer, ...] = RGB_LAYERS
 class SampleKind(str, Enum):
     VIDEO_COPY_PASTE = "video_copy_paste"  # matted foreground clip pasted onto another background clip
     IMAGE_FROZEN = "image_frozen"  # a layered image repeated over T frames (frozen-frame triplet)
+    # a real clip as it is: its matte, a clean plate behind the foreground, the foreground colour solved from the three
+    VIDEO_DECOMPOSED = "video_decomposed"
+
+
+class ForegroundColour(str, Enum):
+    """Where a sample's straight foreground colour comes from (the manifest's `foreground_colour` column)."""
+
+    SOURCE = "source"  # the source's own pixels: a video's frames, an RGBA file's colour
+    ESTIMATED = "estimated"  # estimated from an image and its matte (pymatting `estimate_foreground_ml`)
+    SOLVED = "solved"  # solved from a clip, its matte and its clean plate (`video_decomposed`)
 
 
 class InputKind(str, Enum):
@@ -71,6 +81,7 @@ class InputState(str, Enum):
     UNUSED = "unused"  # valid, but not drawn (e.g. a spare background)
     REJECTED = "rejected"  # only appears in samples that the policy rejected
     FAILED = "failed"  # could not be used; see the failures table
+    DUPLICATE = "duplicate"  # the same bytes or content as another input (`duplicate_of`), which alone is built
 
 
 class Stage(str, Enum):
@@ -79,6 +90,7 @@ class Stage(str, Enum):
     DISCOVER = "discover"
     DECODE = "decode"
     MATTE = "matte"
+    CLEAN_PLATE = "clean_plate"  # the background behind a real clip's foreground (`video_decomposed`)
     PLAN = "plan"
     COMPOSE = "compose"
     CAPTION = "caption"

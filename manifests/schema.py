@@ -12,8 +12,12 @@ import pyarrow as pa
 from manifests.layers import RGB_LAYERS, Layer
 
 # 3: caption_layers, caption_missing. 4: adapter, layers_uri_foreground|alpha, layers_caption, layers_source,
-# source_companions, source_composite_psnr (a manifest of version 3 reads with them null: `foreground_layers`)
-SCHEMA_VERSION = "4"
+# source_companions, source_composite_psnr (a manifest of version 3 reads with them null: `foreground_layers`).
+# 5 (one bump for all of these):
+# - manifest: clean_plate, foreground_colour, plate_invented_uri, plate_invented_mean|max, plate_stability
+#   (`video_decomposed`; a manifest of version 4 reads with them null)
+# - inputs: relative_path, source_size, source_version, fingerprint, group, duplicate_of; state `duplicate`
+SCHEMA_VERSION = "5"
 SCHEMA_METADATA = {b"layerflow.schema_version": SCHEMA_VERSION.encode(), b"layerflow.table": b""}
 
 MANIFEST_DIR = "manifest"
@@ -56,6 +60,13 @@ LAYERS_CAPTION = "layers_caption"
 LAYERS_SOURCE = "layers_source"  # what each layer was read from: a file, or `doc.psd#<layer name>`
 SOURCE_COMPANIONS = "source_companions"  # files the adapter recognised beside the input and took as no layer
 SOURCE_COMPOSITE_PSNR = "source_composite_psnr"  # blended (before encoding) vs the source's own composite, dB
+# How the layers of a sample were made, beside `matting_backend` (so a trainer can weight real against synthetic):
+CLEAN_PLATE = "clean_plate"  # the clean-plate method behind the foreground (`temporal`); null: a real background clip
+FOREGROUND_COLOUR = "foreground_colour"  # ForegroundColour: where the foreground's straight colour comes from
+# `video_decomposed`: a mask (lossless, 255 = invented) of the plate pixels no frame of the clip showed
+PLATE_INVENTED_URI = "plate_invented_uri"
+PLATE_INVENTED_FILE = "plate_invented.mkv"
+PLATE_SCORES = ("plate_invented_mean", "plate_invented_max", "plate_stability")
 DECISION_COLUMNS = (KEEP, REJECT_REASONS, FLAGS, DUPLICATE_OF)  # what a policy decides (`layerflow-data filter`)
 
 
@@ -75,6 +86,11 @@ def media_uri(sample_id: str, layer: Layer) -> str:
 def layer_media_uri(sample_id: str, index: int, layer: Layer) -> str:
     """The foreground or alpha file of foreground layer `index` (0 = bottom) of a sample with several layers."""
     return f"{MEDIA_DIR}/{sample_id}/{LAYERS_DIR}/{index}_{MEDIA_FILES[layer]}"
+
+
+def plate_invented_uri(sample_id: str) -> str:
+    """The mask of the invented (inpainted) clean-plate pixels of a `video_decomposed` sample."""
+    return f"{MEDIA_DIR}/{sample_id}/{PLATE_INVENTED_FILE}"
 
 
 def foreground_layers(row: dict) -> list[tuple[str, str, str | None]]:
@@ -107,6 +123,11 @@ SCORES: dict[str, str] = {
        for layer in RGB_LAYERS},
     "clip_consistency_mean": "mean CLIP cosine of the first blended frame with each later frame",
     "clip_consistency_min": "lowest CLIP cosine of the first blended frame with a later frame",
+    "plate_invented_mean": "video_decomposed: mean over frames of the share of the covered background (alpha > 0) that "
+                           "no frame of the clip showed, so the clean plate invented it (inpainting)",
+    "plate_invented_max": "video_decomposed: highest per-frame share of the covered background the plate invented",
+    "plate_stability": "video_decomposed: PSNR (dB) of each frame's clean plate against the previous frame's "
+                       "background moved by the camera, mean over consecutive frames (higher: steadier)",
 }
 CLIP_COLUMNS = tuple(name for name in SCORES if name.startswith("clip_"))
 SCORE_FIELDS = [pa.field(name, pa.float32()) for name in SCORES]
@@ -147,6 +168,9 @@ SAMPLE_SCHEMA = _with_metadata(pa.schema([
     pa.field(LAYERS_SOURCE, pa.list_(pa.string()), nullable=False),
     pa.field(SOURCE_COMPANIONS, pa.list_(pa.string()), nullable=False),  # a trimap or cut-out beside a matte pair
     pa.field(SOURCE_COMPOSITE_PSNR, pa.float32()),  # null: the source has no composite of its own to compare with
+    pa.field(CLEAN_PLATE, pa.string()),  # `temporal`: the background behind the foreground is a clean plate
+    pa.field(FOREGROUND_COLOUR, pa.string()),  # source | estimated | solved (null: a manifest before schema 5)
+    pa.field(PLATE_INVENTED_URI, pa.string()),  # `video_decomposed` only
     pa.field("frames_foreground", pa.list_(pa.int32()), nullable=False),  # exact source frame indices
     pa.field("frames_background", pa.list_(pa.int32()), nullable=False),
     pa.field("placement", pa.string(), nullable=False),  # JSON {"scale", "dx", "dy"}
@@ -199,6 +223,15 @@ INPUT_SCHEMA = _with_metadata(pa.schema([
     # How the camera moved, where the matting backend measured it (bgsub: px per frame): JSON {"pan_px", "shake_px",
     # "residual_px", "extent_px", "stabilised", ...}; null where nothing was measured.
     pa.field("camera_motion", pa.string()),
+    # identity (`manifests.identity`): the path relative to --source, bytes, version (size + mtime, or `etag:<ETag>`
+    # on object storage), the content fingerprint (pHash of a few frames), the group the split went by, and the input
+    # id this one duplicates (state `duplicate`; `message` says how it was seen)
+    pa.field("relative_path", pa.string(), nullable=False),
+    pa.field("source_size", pa.int64(), nullable=False),
+    pa.field("source_version", pa.string(), nullable=False),
+    pa.field("fingerprint", pa.string()),
+    pa.field("group", pa.string()),
+    pa.field(DUPLICATE_OF, pa.string()),
 ]), "inputs")
 
 

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
 
@@ -148,12 +149,14 @@ def download_tree(uri: str, local_dir: Path) -> int:
     return len(todo)
 
 
-def fetch(uri: str, local: Path, resolved: tuple[pafs.FileSystem, str] | None = None) -> Path:
+def fetch(uri: str, local: Path, resolved: tuple[pafs.FileSystem, str] | None = None,
+          version: str | None = None) -> Path:
     """Copy one file from the URI to `local` (returned): written to a temporary name in the same folder, then renamed.
 
     So `local` is whole or absent, never a partial file (a failed copy leaves nothing behind), and processes that
     fetch the same file at once each rename a complete copy. `resolved`: the URI's (filesystem, path) when the caller
-    holds them, so that the URI is not resolved again for every file.
+    holds them, so that the URI is not resolved again for every file. `version`: the ETag the object was listed with;
+    an object the store now serves with another ETag was changed since, and is refused (`StorageError`).
     """
     fs, path = resolved or resolve(uri)
     local = Path(local)
@@ -161,11 +164,63 @@ def fetch(uri: str, local: Path, resolved: tuple[pafs.FileSystem, str] | None = 
     tmp = local.with_name(f".{local.name}.tmp-{uuid.uuid4().hex[:12]}")
     try:
         with errors(uri, fs, path), fs.open_input_stream(path) as src, tmp.open("wb") as dst:
+            served = etag(src.metadata())
+            if version and served and served != version:
+                raise StorageError(f"{uri}: changed since it was listed (ETag {version} then, {served} now)")
             shutil.copyfileobj(src, dst, _CHUNK)
         os.replace(tmp, local)
     finally:
         tmp.unlink(missing_ok=True)
     return local
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed file: its path inside the filesystem (`bucket/key` on an object store), size and version (the
+    ETag where the store lists one, as S3 does; else the modification time in ns; "" when neither is known)."""
+
+    path: str
+    size: int
+    version: str
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Every file under a URI (or the URI itself when it names one file), as listed page by page."""
+
+    objects: list[ObjectInfo]
+    pages: int  # list requests made (S3: one per page of keys)
+
+
+def list_objects(uri: str) -> Listing:
+    """Every file under the URI with its size and modification time as its version; the URI itself when it is one
+    file; [] when it is neither. (pyarrow's listing carries no ETag: S3 sources are listed by `datagen.sources`.)"""
+    fs, root = resolve(uri)
+    with errors(uri, fs, root):
+        info = fs.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        return Listing([_info(info)], 1)
+    found = file_sizes(fs, root, uri)  # refuses a missing bucket
+    with errors(uri, fs, root):
+        infos = fs.get_file_info([f"{root.rstrip('/')}/{name}" for name in sorted(found)])
+    return Listing([_info(info) for info in infos], 1)
+
+
+def _info(info: pafs.FileInfo) -> ObjectInfo:
+    mtime = info.mtime_ns
+    return ObjectInfo(info.path, info.size or 0, str(mtime) if mtime is not None else "")
+
+
+def explain(uri: str, exc: BaseException) -> str:
+    """The one-line message of a storage error about `uri` (what to check)."""
+    return _explain(uri, exc)
+
+
+def etag(metadata: dict) -> str:
+    """The ETag of an object's metadata (pyarrow's stream metadata, a boto3 head or listing entry), unquoted."""
+    value = metadata.get("ETag", metadata.get(b"ETag", ""))
+    value = value.decode() if isinstance(value, bytes) else str(value)
+    return value.strip('"')
 
 
 def _relative(name: str) -> str:

@@ -29,6 +29,7 @@ from manifests.schema import (
     LAYERS_CAPTION,
     LAYERS_URI_ALPHA,
     LAYERS_URI_FOREGROUND,
+    PLATE_INVENTED_URI,
     RECOMPOSE_PSNR,
     REJECT_REASONS,
     SAMPLE_ID,
@@ -150,6 +151,9 @@ def _check_sample(dataset: Dataset, row: dict, report: Report, row_checks: Seque
     if not row[KEEP] and not row[REJECT_REASONS]:
         problems.append(f"sample {sid}: rejected without a reason")
     problems += _check_layers(dataset, row, layers, value, report)
+    if row.get(PLATE_INVENTED_URI):  # a decomposed sample's invented-plate mask: there, and frame for frame
+        invented = _read(dataset, row, row[PLATE_INVENTED_URI], Layer.ALPHA, "plate_invented", report)
+        problems += [invented] if isinstance(invented, str) else _shape_problem(row, invented, "plate_invented")
     for check in row_checks:
         problems += check(row, value)
     return problems

@@ -25,6 +25,7 @@ from layerflow_model.config import SampleSettings, Stage, TrainConfig, preset
 from layerflow_model.data import ClipStore, crop, read_rows
 from layerflow_model.evaluate import evaluate, write_eval
 from layerflow_model.layout import Task
+from layerflow_model.logs import LOSS_LOG, LOSS_PLOT, write_loss_plot
 from layerflow_model.sample import sample_to_folder
 from layerflow_model.train import train
 from manifests.dataset import open_dataset
@@ -91,6 +92,8 @@ def reproduce(config: ReproduceConfig, progress: bool = True, log=print) -> dict
         init = str(result.checkpoint)
         timed(f"train_{stage.value}")
     checkpoint = Path(init)
+    # The three stages' loss logs (runs/<stage>/loss.jsonl) drawn on one page.
+    loss_plot = write_loss_plot({stage.value: runs / stage.value / LOSS_LOG for stage in Stage}, out / LOSS_PLOT)
 
     # 4. Sample the four tasks on the first held-out sample (its layers are the inputs).
     settings = SampleSettings(steps=config.sample_steps, cfg=config.cfg, seed=config.seed)
@@ -110,7 +113,7 @@ def reproduce(config: ReproduceConfig, progress: bool = True, log=print) -> dict
     record = {
         "out": str(out), "seconds": {**seconds, "total": round(time.perf_counter() - began, 1)},
         "dataset": {"samples": summary["samples"], "funnel": funnel.as_text()},
-        "train": results, "checkpoint": str(checkpoint), "samples": samples,
+        "train": results, "loss_plot": str(loss_plot), "checkpoint": str(checkpoint), "samples": samples,
         "eval": result.summary, "report": str(report), "config": asdict(config),
     }
     (out / "reproduce.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

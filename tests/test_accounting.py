@@ -18,7 +18,6 @@ from test_cli import run_main
 from datagen.build import build
 from datagen.config import BuildConfig
 from datagen.pipeline import LocalRunner
-from datagen.plan import split_of
 from datagen.rows import InputRow
 from datagen.runner import StageSpec
 from datagen.scheduling import StageName
@@ -149,13 +148,26 @@ def test_validate_checks_the_sample_counts_it_is_told_to_expect(tiny_source, tmp
                                f"{kinds['video_copy_paste'] + 1}"]
 
 
-def test_frame_folders_split_by_their_clip_not_by_the_name_frames():
-    config = BuildConfig(val_fraction=0.5)
-    splits = [split_of(f"/data/clip_{i}/frames", config) for i in range(40)]
-    assert set(splits) == {"train", "val"}
-    for i in range(40):  # the same footage as a video file and as its extracted frames lands in one split
-        assert split_of(f"/data/clip_{i}.mp4", config) == split_of(f"/elsewhere/clip_{i}/frames", config)
-        assert split_of(f"/data/JPEGImages/480p/clip_{i}", config) == split_of(f"/data/clip_{i}.mp4", config)
+def test_a_video_and_its_extracted_frames_are_built_once_the_other_is_a_duplicate(tmp_path, small_config):
+    from conftest import moving_disk
+
+    source = tmp_path / "src"
+    write_video(source / "clip" / "clip.mp4", seed=1)
+    frames, _ = moving_disk(24, 64, 96, seed=1)  # what clip.mp4 holds, as PNG frames beside it
+    (source / "clip" / "frames").mkdir()
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(source / "clip" / "frames" / f"{i:05d}.png")
+    write_video(source / "plate.mp4", seed=3)
+    summary = run(source, tmp_path / "ds", small_config)
+    inputs = {row["relative_path"]: row for row in io.read_inputs(tmp_path / "ds").to_pylist()}
+    video, copy = inputs["clip/clip.mp4"], inputs["clip/frames"]
+    assert copy["state"] == "duplicate" and copy["duplicate_of"] == video["input_id"] and copy["stage"] == "decode"
+    assert copy["message"].startswith("the same content as clip/clip.mp4") and not copy["sample_ids"]
+    assert video["state"] == "used" and video["fingerprint"] and video["group"] == video["fingerprint"]
+    assert summary["inputs"]["duplicate"] == 1 and summary["inputs"]["accounted"] == summary["inputs"]["discovered"]
+    manifest = io.read_manifest(tmp_path / "ds").to_pylist()
+    assert copy["input_id"] not in {r["input_id_foreground"] for r in manifest} | {r["input_id_background"]
+                                                                                   for r in manifest}
 
 
 @pytest.mark.parametrize("runner_name", ["local", "ray"])

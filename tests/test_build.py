@@ -37,9 +37,10 @@ def test_tiny_build_makes_the_expected_samples(built):
     out, summary = built
     table = io.read_manifest(out)
     kinds = Counter(table.column("kind").to_pylist())
-    # fg_a and fg_b each go on 2 of the other videos; the layered folder and the RGBA sticker are frozen.
-    assert kinds == {"video_copy_paste": 4, "image_frozen": 2}
-    assert summary["samples"]["total"] == 6
+    # fg_a and fg_b each go on 2 of the other videos and are each decomposed over their own clean plate; the layered
+    # folder and the RGBA sticker are frozen.
+    assert kinds == {"video_copy_paste": 4, "image_frozen": 2, "video_decomposed": 2}
+    assert summary["samples"]["total"] == 8
     assert summary["inputs"]["discovered"] == summary["inputs"]["accounted"] == 6
 
 
@@ -112,11 +113,11 @@ def test_existing_dataset_is_not_overwritten_by_accident(built, tiny_source, sma
     out, _ = built
     before = {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()}
     again = run(tiny_source, out, small_config)  # the same build: complete, nothing to do, nothing touched
-    assert again["already_complete"] and again["samples"]["total"] == 6
+    assert again["already_complete"] and again["samples"]["total"] == 8
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()} == before
     with pytest.raises(ConfigError, match=r"holds a build of something else \(frames: 4 -> 6\).*--overwrite"):
         run(tiny_source, out, replace(small_config, frames=6))
-    assert run(tiny_source, out, replace(small_config, frames=6), overwrite=True)["samples"]["total"] == 6
+    assert run(tiny_source, out, replace(small_config, frames=6), overwrite=True)["samples"]["total"] == 8
 
 
 def test_separate_background_pool(tmp_path, small_config):
@@ -126,8 +127,11 @@ def test_separate_background_pool(tmp_path, small_config):
     write_video(tmp_path / "bgs" / "plate_3.mp4", seed=4)
     summary = run(tmp_path / "src", tmp_path / "ds", small_config, backgrounds=str(tmp_path / "bgs"))
     rows = io.read_manifest(tmp_path / "ds").to_pylist()
-    assert {os.path.basename(r["source_background"]) for r in rows} <= {"plate_1.mp4", "plate_2.mp4", "plate_3.mp4"}
-    assert len(rows) == 2
+    pasted = [r for r in rows if r["kind"] == "video_copy_paste"]
+    assert {os.path.basename(r["source_background"]) for r in pasted} <= {"plate_1.mp4", "plate_2.mp4", "plate_3.mp4"}
+    assert len(pasted) == 2
+    # the clip is also decomposed over its own clean plate: its background is its own, as a layered image's
+    assert [os.path.basename(r["source_background"]) for r in rows if r["kind"] == "video_decomposed"] == ["fg.mp4"]
     assert summary["inputs"]["unused"] == 1  # one spare plate, valid but not drawn
 
 
@@ -203,5 +207,7 @@ def test_a_clip_that_cannot_be_matted_still_serves_as_a_background(tmp_path, sma
     assert inputs["pan.mp4"]["state"] == "used"
     assert inputs["pan.mp4"]["stage"] == "matte"
     assert inputs["pan.mp4"]["message"].startswith("background only: bgsub:")
-    [sample] = io.read_manifest(tmp_path / "ds").to_pylist()
-    assert os.path.basename(sample["source_background"]) == "pan.mp4"
+    samples = {row["kind"]: row for row in io.read_manifest(tmp_path / "ds").to_pylist()}
+    assert sorted(samples) == ["video_copy_paste", "video_decomposed"]  # pan.mp4 is neither pasted nor decomposed
+    assert os.path.basename(samples["video_copy_paste"]["source_background"]) == "pan.mp4"
+    assert os.path.basename(samples["video_decomposed"]["source_foreground"]) == "static.mp4"

@@ -186,7 +186,7 @@ def test_a_build_writes_the_model_captions_and_records_the_captioner(tiny_source
     summary = build(str(tiny_source), tmp_path / "ds", config, LocalRunner(progress=False))
     rows = io.read_manifest(tmp_path / "ds").to_pylist()
     name = f"hf:{tiny_blip.resolve()}"
-    assert len(rows) == 6 and {row["captioner"] for row in rows} == {name}
+    assert len(rows) == 8 and {row["captioner"] for row in rows} == {name}
     captions = [row[f"caption_{layer.value}"] for row in rows for layer in CAPTIONED_LAYERS]
     assert any(captions) and all(c is None or set(c.split()) <= set(WORDS) for c in captions)  # none from sidecars
     assert summary["backends"]["captioner"] == config.captioner

@@ -67,6 +67,7 @@ def test_demo_source_build_inspect_validate_and_eval(tmp_path):
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["samples"]["by_kind"]["video_copy_paste"] >= 12
     assert summary["samples"]["by_kind"]["image_frozen"] >= 6
+    assert summary["samples"]["by_kind"]["video_decomposed"] == 6  # every demo clip mattes, and has a clean plate
     assert summary["inputs"]["accounted"] == summary["inputs"]["discovered"]
     assert summary["inputs"]["failed"] == 0
 

@@ -32,7 +32,8 @@ from manifests import io
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent  # `ray` and `layerflow-data` of this environment
 BUILD_OPTIONS = ["--frames", "4", "--size", "32x48", "--clip", "none"]  # = the `small_config` fixture, no CLIP
-TINY_SOURCE_SAMPLES = {"video_copy_paste": 4, "image_frozen": 2}  # what `tiny_source` yields (test_build.py)
+# what `tiny_source` yields (test_build.py)
+TINY_SOURCE_SAMPLES = {"video_copy_paste": 4, "image_frozen": 2, "video_decomposed": 2}
 
 
 def free_port() -> int:

@@ -197,10 +197,11 @@ def test_validate_and_inspect_an_s3_dataset_through_the_handle(tiny_source, smal
     build(str(tiny_source), uri, replace(small_config, clip="none"), LocalRunner(progress=False))
     report = validate_dataset(uri)
     assert report.ok, report.problems
-    assert (report.samples, report.files) == (6, 24)
+    assert (report.samples, report.files) == (8, 34)  # 4 files a sample, and a decomposed one's invented mask
     info = inspect_dataset(uri)
     assert info["root"] == uri and info["inputs"] == {"used": 6}
-    assert info["by_kind"] == {"video_copy_paste": 4, "image_frozen": 2} and len(info["examples"]) == 3
+    assert info["by_kind"] == {"video_copy_paste": 4, "image_frozen": 2, "video_decomposed": 2}
+    assert len(info["examples"]) == 3
     mirror = open_dataset(uri).mirror  # only the media were fetched: the tables were read from the store
     assert {p.relative_to(mirror).parts[0] for p in mirror.rglob("*") if p.is_file()} == {"media"}
 

@@ -69,8 +69,11 @@ def test_video_with_alpha_is_decoded_with_its_alpha(tmp_path, suffix, small_conf
 
 
 def test_png_sequence_with_alpha(tmp_path, small_config):
+    frames, alpha = moving_disk(12, 64, 96)  # consecutive frames of one clip, each with its alpha
+    (tmp_path / "seq").mkdir()
     for i in range(12):
-        write_rgba(tmp_path / "seq" / f"{i:04d}.png", 64, 96, seed=i)
+        rgba = np.dstack([frames[i], video_io.quantise(alpha[i])])
+        Image.fromarray(rgba, "RGBA").save(tmp_path / "seq" / f"{i:04d}.png")
     decoded = decode(item_for(tmp_path / "seq"), small_config)
     assert decoded.kind == InputKind.ALPHA_FRAME_FOLDER
     assert decoded.clip.alpha.shape == (4, 32, 48)

@@ -19,6 +19,7 @@ from layerflow_model.config import (
     SampleSettings,
     Space,
     Stage,
+    TrainConfig,
     preset,
 )
 from layerflow_model.diffusion import Diffusion, masked_mse, sample
@@ -39,6 +40,7 @@ from layerflow_model.layout import (
 )
 from layerflow_model.model import CONTENT, MOTION, transformer_kwargs
 from layerflow_model.sample import INPUT_LAYERS, run_task
+from layerflow_model.train import ema_decay, prompt_drop
 from manifests.layers import Layer
 
 TINY = {"depth": 2, "heads": 2, "head_dim": 8, "height": 16, "width": 16, "frames": 2, "text_tokens": 8,
@@ -130,6 +132,15 @@ def test_prompts_carry_the_index_prefix_and_decompose_empties_the_blend_prompt()
     captions = {Layer.FOREGROUND: "a cat", Layer.BACKGROUND: "a lawn", Layer.BLENDED: "a cat on a lawn"}
     assert prompts_for(captions) == ["0, a cat", "1, a lawn", "2, a cat on a lawn"]
     assert prompts_for(captions, Task.DECOMPOSE) == ["0, a cat", "1, a lawn", ""]
+
+
+def test_an_empty_caption_is_the_zero_dropped_embedding_not_the_bare_index():
+    captions = {Layer.FOREGROUND: "a cat", Layer.BACKGROUND: "", Layer.BLENDED: "  "}
+    assert prompts_for(captions) == ["0, a cat", "", ""]
+    parts = build(tiny_config())
+    text = parts.encode_prompts([prompts_for(captions)]).view(3, parts.config.text_tokens, -1)
+    assert (text[1:] == 0).all() and (text[0] != 0).any()
+    assert (parts.encode_prompts([["1"]]) != 0).any()  # what an empty caption used to become: not the zero embedding
     assert PROMPT_OF_SLOT[Slot.ALPHA] == PROMPT_OF_SLOT[Slot.FOREGROUND] == 0
 
 
@@ -182,6 +193,56 @@ def test_empty_and_dropped_prompts_are_all_zero_embeddings():
     text = parts.encode_prompts(prompts, drop).view(2, 3, parts.config.text_tokens, -1)
     assert (text[0, 2] == 0).all() and (text[1, 1] == 0).all()
     assert (text[0, 0] != 0).any() and (text[1, 2] != 0).any()
+
+
+def test_given_embedding_is_added_to_the_tokens_of_given_frames_only():
+    parts = build(tiny_config(positions="continuous"))
+    patch = parts.model.transformer.patch_embed
+    with torch.no_grad():
+        patch.given_embedding.normal_()
+    text = torch.randn(1, parts.config.text_length, parts.text.dim)
+    video = torch.randn(1, 4 * 2, 3, 16, 16)
+    given = condition_mask(Layout.RGBA, Task.DECOMPOSE, 2)  # the last two frames (the blend)
+    with torch.no_grad():
+        plain = patch(text, video)
+        patch.given = given
+        marked = patch(text, video)
+        patch.given = None
+    visual = (marked - plain)[0, parts.config.text_length:].view(8, 16, -1)  # (frames, tokens per frame, D)
+    assert torch.allclose(visual[given], patch.given_embedding.expand(2, 16, -1), atol=1e-6)
+    n = parts.config.text_length
+    assert (visual[~given] == 0).all() and torch.equal(marked[:, :n], plain[:, :n])
+    clip, t = torch.randn(1, 8, 3, 16, 16), torch.tensor([400])
+    with torch.no_grad():  # the model tells the task's given slots apart, and nothing is given by default
+        assert not torch.allclose(parts.model(clip, text, t, given), parts.model(clip, text, t))
+        assert torch.equal(parts.model(clip, text, t), parts.model(clip, text, t, torch.zeros(8, dtype=torch.bool)))
+    assert "given_embedding" not in dict(build(tiny_config(given_embedding=False)).model.named_parameters())
+
+
+def test_adapters_are_scaled_by_alpha_over_the_square_root_of_their_rank():
+    parts = build(tiny_config(motion_rank=4, content_rank=16, lora_alpha=2.0))
+    layer = parts.model.adapter_layers()[0]
+    assert layer.scaling[MOTION] == pytest.approx(2.0 / 2) and layer.scaling[CONTENT] == pytest.approx(2.0 / 4)
+
+
+def test_joint_prompt_drop_zeroes_all_three_prompts_of_a_sample_together():
+    generator = torch.Generator().manual_seed(0)
+    drop = prompt_drop(4000, tiny_config(prompt_dropout=0.0, joint_prompt_dropout=0.5), generator)
+    assert ((drop.all(dim=1)) | (~drop).all(dim=1)).all()  # all or none
+    assert 0.45 < drop[:, 0].float().mean() < 0.55
+    independent = prompt_drop(4000, tiny_config(prompt_dropout=0.1, joint_prompt_dropout=0.0), generator)
+    assert independent.all(dim=1).float().mean() < 0.005  # 0.1 ** 3: why the joint drop exists
+    assert 0.08 < independent.float().mean() < 0.12
+    assert 0.09 < prompt_drop(4000, tiny_config(), generator).all(dim=1).float().mean() < 0.12  # default: 10 %
+    with pytest.raises(ConfigError, match="joint_prompt_dropout"):
+        tiny_config(joint_prompt_dropout=1.0)
+
+
+def test_ema_decay_warms_up_from_the_first_step():
+    config = TrainConfig(manifest="m", out="o", ema=0.999)
+    assert [round(ema_decay(config, k), 4) for k in (0, 1, 90)] == [0.1, round(2 / 11, 4), 0.91]
+    assert ema_decay(config, 100_000) == 0.999
+    assert ema_decay(TrainConfig(manifest="m", out="o", ema=0.999, ema_warmup=False), 0) == 0.999
 
 
 def _randomise_adapter(parts, name: str) -> None:
@@ -237,7 +298,8 @@ def test_only_the_stage_parameters_get_gradients(stage):
     if stage is Stage.MOTION:
         assert all(f".{MOTION}." in n for n in with_grad)
     elif stage is Stage.CONTENT:
-        assert all(f".{CONTENT}." in n for n in with_grad)
+        assert all(f".{CONTENT}." in n or "patch_embed.layers." in n for n in with_grad)
+        assert any("patch_embed.layers." in n for n in with_grad)  # the layer embedding trains in content too
     else:
         assert not any(f".{MOTION}." in n or f".{CONTENT}." in n for n in with_grad)
         assert any("patch_embed.layers." in n for n in with_grad)  # the layer embedding trains in base
@@ -250,7 +312,7 @@ def test_base_every_trains_only_every_nth_block_and_the_layer_embedding():
     assert blocks == {1, 3}
     assert any("patch_embed.layers." in n for n in names)
     lora_blocks = {int(n.split("transformer_blocks.")[1].split(".")[0])
-                   for n in parts.model.stage_parameters(Stage.CONTENT)}
+                   for n in parts.model.stage_parameters(Stage.CONTENT) if "transformer_blocks." in n}
     assert lora_blocks == {1, 3}
 
 
@@ -285,7 +347,7 @@ def test_condition_frames_get_no_loss():
     text = torch.zeros(2, 3, 4)
     seen = {}
 
-    def model(x, _text, _t):
+    def model(x, _text, _t, _given):
         seen["input"] = x
         out = torch.zeros_like(x, requires_grad=True)
         seen["out"] = out
@@ -332,6 +394,12 @@ def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="pretrained"):
         build(preset("cogvideox-2b"))
     assert preset("cogvideox-2b").tokens() == 22278  # 3 x 226 text + 16 latent frames x 1350 (notes §1)
+    assert preset("cogvideox-2b-320x480").tokens() == 678 + 16 * 600  # 40x60 latents, 20x30 patches
+
+
+def test_the_2b_presets_checkpoint_gradients_by_default():
+    assert preset("cogvideox-2b").gradient_checkpointing and preset("cogvideox-2b-320x480").gradient_checkpointing
+    assert not preset("toy").gradient_checkpointing and not preset("small").gradient_checkpointing
     assert len(slots_of(Layout.RGBA)) == 4
 
 

@@ -53,13 +53,13 @@ def dataset(tmp_path_factory):
 
 def test_pyarrow_duckdb_and_polars_read_the_manifest_as_is(dataset):
     table = pads.dataset(dataset / "manifest", format="parquet").to_table()
-    assert table.num_rows == 3
+    assert table.num_rows == 5  # a and b pasted on each other and each decomposed; l frozen
     assert table.schema.field("frames_foreground").type == SAMPLE_SCHEMA.field("frames_foreground").type
     glob = str(dataset / "manifest" / "*.parquet")
     kinds = dict(duckdb.sql(f"select kind, count(*) from '{glob}' group by kind").fetchall())
-    assert kinds == {"video_copy_paste": 2, "image_frozen": 1}
+    assert kinds == {"video_copy_paste": 2, "image_frozen": 1, "video_decomposed": 2}
     frame = pl.read_parquet(glob)
-    assert frame.height == 3 and frame["keep"].dtype == pl.Boolean
+    assert frame.height == 5 and frame["keep"].dtype == pl.Boolean
     assert sorted(frame["sample_id"].to_list()) == sorted(table.column("sample_id").to_pylist())
 
 
@@ -99,8 +99,8 @@ def test_reading_a_folder_that_is_not_a_dataset(tmp_path):
 
 def test_inspect_counts(dataset):
     info = inspect_dataset(dataset)
-    assert info["samples"] == 3
-    assert info["by_kind"] == {"video_copy_paste": 2, "image_frozen": 1}
+    assert info["samples"] == 5
+    assert info["by_kind"] == {"video_copy_paste": 2, "image_frozen": 1, "video_decomposed": 2}
     assert info["inputs"] == {"used": 3}
     assert len(info["examples"]) == 3
 
@@ -111,7 +111,7 @@ def test_a_single_layer_sample_lists_its_own_foreground_as_its_one_layer(dataset
         read_from = f"{row['source_foreground']}/foreground.png" if row[ADAPTER] == "fg_bg_folder" else \
             row["source_foreground"]
         assert row[LAYERS_SOURCE] == [read_from] and row[SOURCE_COMPANIONS] == []
-    assert inspect_dataset(dataset)["by_adapter"] == {"copy_paste": 2, "fg_bg_folder": 1}
+    assert inspect_dataset(dataset)["by_adapter"] == {"copy_paste": 4, "fg_bg_folder": 1}
 
 
 def test_a_manifest_of_schema_3_reads_with_the_new_columns_null(dataset, tmp_path):
@@ -126,11 +126,11 @@ def test_a_manifest_of_schema_3_reads_with_the_new_columns_null(dataset, tmp_pat
         assert not set(SCHEMA_4_COLUMNS) & set(pq.read_schema(part).names)
 
     rows = open_dataset(old).manifest().to_pylist()
-    assert len(rows) == 3 and all(row[name] is None for row in rows for name in SCHEMA_4_COLUMNS)
+    assert len(rows) == 5 and all(row[name] is None for row in rows for name in SCHEMA_4_COLUMNS)
     # the flattened foreground is the one layer of an old row
     assert [foreground_layers(row) for row in rows] == [
         [(row["uri_foreground"], row["uri_alpha"], row["caption_foreground"])] for row in rows]
-    assert inspect_dataset(old)["by_adapter"] == {"unrecorded": 3}
+    assert inspect_dataset(old)["by_adapter"] == {"unrecorded": 5}
     # validate names the old version and columns; every sample still checks out against its files
     assert validate(old).problems == [problem for part in parts for problem in (
         f"{part.name}: schema version is not {SCHEMA_VERSION}",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from filters.policy import Decision, Op, Policy, funnel, near_duplicates
+from filters.duplicates import Search, near_duplicates
+from filters.policy import Decision, Op, Policy
 from manifests.errors import ConfigError
 
 VIDEO, FROZEN = "video_copy_paste", "image_frozen"
@@ -55,6 +57,8 @@ def test_frozen_samples_are_flagged_static_but_kept_and_frozen_videos_are_reject
     ('[[rule]]\nscore = "recompose_psnr"\nbelow = 30\nwhy = "x"\nlimit = 3\n', "unknown keys ['limit']"),
     ('[thresholds]\nx = 1\n', "unknown tables ['thresholds']"),
     ('[duplicates]\nclip_cosine_above = 2\n', "clip_cosine_above must be a number in [-1, 1]"),
+    ('[duplicates]\nclip_cosine_above = 0.9\nsearch = "faiss"\n', "search must be one of ['auto', 'exact', 'lsh']"),
+    ('[duplicates]\nclip_cosine_above = 0.9\nk = 3\n', "takes only clip_cosine_above and search"),
     ('[[rule]\n', "not valid TOML"),
 ])
 def test_bad_policies_name_the_problem(text, message):
@@ -109,8 +113,11 @@ def test_funnel_counts_alone_cumulative_flagged_and_unscored():
         row(FROZEN, sample_id="c", recompose_psnr=40.0, alpha_coverage_max=0.5, ssim_blended_mean=1.0),  # flag
         row(sample_id="d", recompose_psnr=None, alpha_coverage_max=0.5, ssim_blended_mean=None),  # kept, unscored
     ]
-    decisions = policy.apply(rows)
-    result = funnel(rows, decisions, policy, {"recompose_psnr": "file unreadable", "clip_text_blended": "no CLIP"})
+    scores = ("recompose_psnr", "alpha_coverage_max", "ssim_blended_mean")
+    table = pa.Table.from_pylist(rows, pa.schema([("sample_id", pa.string()), ("kind", pa.string()),
+                                                  *[(score, pa.float32()) for score in scores]]))
+    outcome = policy.outcome(policy.hits(table), table.column("sample_id"))
+    result = outcome.funnel({"recompose_psnr": "file unreadable", "clip_text_blended": "no CLIP"})
     steps = [(s.rule, s.alone, s.left, s.flagged, s.unscored) for s in result.steps]
     assert steps == [
         ("recompose_psnr<30", 1, 3, 0, 1),
@@ -121,3 +128,41 @@ def test_funnel_counts_alone_cumulative_flagged_and_unscored():
     assert result.unscored_why == {"recompose_psnr": "file unreadable"}  # only scores a rule reads
     text = result.as_text()
     assert "kept 2 of 4 samples" in text and "unscored recompose_psnr (1 samples): file unreadable" in text
+
+
+def test_the_search_is_read_from_the_policy():
+    assert Policy.from_toml("[duplicates]\nclip_cosine_above = 0.9\n", "t").duplicate_search is Search.AUTO
+    policy = Policy.from_toml('[duplicates]\nclip_cosine_above = 0.9\nsearch = "lsh"\n', "t")
+    assert policy.duplicate_search is Search.LSH
+
+
+def test_rules_on_a_table_decide_as_decide_does_row_by_row():
+    policy = Policy.default()
+    rng = np.random.default_rng(0)
+    scores = sorted({rule.score for rule in policy.rules})
+    rows = []
+    for i in range(300):
+        row = {"sample_id": f"s{i:03d}", "kind": FROZEN if i % 3 == 0 else VIDEO}
+        for score in scores:
+            pick = rng.integers(0, 10)
+            # nulls, NaNs, values on and either side of a bound (in float32, as stored), and anything
+            bounds = [rule.bound for rule in policy.rule(score)]
+            row[score] = (None if pick == 0 else float("nan") if pick == 1
+                          else float(np.float32(rng.choice(bounds) + rng.choice([-1e-6, 0.0, 1e-6]))) if pick < 6
+                          else float(np.float32(rng.uniform(-1, 100))))
+        row["caption_layers"] = None if row["caption_layers"] is None else int(rng.integers(0, 4))
+        rows.append(row)
+    expected = [policy.decide(row) for row in rows]
+    table = pa.Table.from_pylist(rows, pa.schema([("sample_id", pa.string()), ("kind", pa.string()),
+                                                  *[(score, pa.int8() if score == "caption_layers" else pa.float32())
+                                                    for score in scores]]))
+    outcome = policy.outcome(policy.hits(table), table.column("sample_id"))
+    assert outcome.decisions() == expected
+    assert 0 < sum(d.keep for d in expected) < len(rows) and any(d.flags for d in expected)
+    assert outcome.funnel().steps[0].unscored == sum(row["recompose_psnr"] is None for row in rows)
+
+
+def test_an_unknown_kind_is_an_error_on_a_table_too():
+    table = pa.table({"sample_id": ["a"], "kind": ["movie"], "recompose_psnr": pa.array([40.0], pa.float32())})
+    with pytest.raises(ValueError, match="movie"):
+        Policy.from_toml('[[rule]]\nscore = "recompose_psnr"\nbelow = 30\n', "t").hits(table)

@@ -57,6 +57,16 @@ def test_davis_clips_use_their_masks_and_other_videos_are_background_subtracted(
     assert by_name["pymatting_beach.png"]["kind"] == InputKind.IMAGE.value  # opaque alpha: a plain image
 
 
+def test_the_sam2_bedroom_mp4_and_its_frame_folder_are_built_once(real_build):
+    _, out, summary = real_build
+    inputs = {row["relative_path"]: row for row in io.read_inputs(out).to_pylist()}
+    mp4, frames = inputs["videos/sam2_bedroom/bedroom.mp4"], inputs["videos/sam2_bedroom/frames"]
+    assert mp4["state"] in ("used", "rejected", "unused") and mp4["duplicate_of"] is None
+    assert frames["state"] == "duplicate" and frames["duplicate_of"] == mp4["input_id"] and not frames["sample_ids"]
+    assert frames["message"].startswith("the same content as videos/sam2_bedroom/bedroom.mp4")
+    assert summary["inputs"]["duplicate"] == sum(row["state"] == "duplicate" for row in inputs.values()) >= 1
+
+
 def test_davis_masks_decode_as_alpha_aligned_with_frames():
     data = shared_data()
     [item] = discover(str(data / "videos" / "davis_blackswan"))

@@ -123,13 +123,22 @@ def test_the_report_is_self_contained(page, report):
     assert "@import" not in report.read_text(encoding="utf-8")
 
 
-def test_the_gallery_shows_every_kept_and_rejected_sample_by_id(page, rows):
+def in_turn(rows: list[dict]) -> list[str]:
+    """Sample ids one of each kind in turn (kinds by name, each kind's by sample_id): the gallery's order."""
+    by_kind: dict[str, list[str]] = {}
+    for row in rows:
+        by_kind.setdefault(row["kind"], []).append(row["sample_id"])
+    queues = [by_kind[kind] for kind in sorted(by_kind)]
+    return [queue[turn] for turn in range(max(map(len, queues), default=0)) for queue in queues if turn < len(queue)]
+
+
+def test_the_gallery_shows_every_kept_and_rejected_sample_the_kinds_in_turn(page, rows):
     for group, keep in (("kept", True), ("rejected", False)):
-        expected = [row["sample_id"] for row in rows if row["keep"] == keep][:24]
+        expected = in_turn([row for row in rows if row["keep"] == keep])[:24]
         cards = [a["data-sample-id"] for a in page.find("article", group)]
         assert cards == expected
     titles = [data for classes, data in page.texts if "sample-id" in classes]
-    assert titles == [row["sample_id"] for row in rows if row["keep"]] + [r["sample_id"] for r in rows if not r["keep"]]
+    assert titles == in_turn([row for row in rows if row["keep"]]) + in_turn([r for r in rows if not r["keep"]])
 
 
 def test_a_rejected_card_names_its_reason(page, rows):

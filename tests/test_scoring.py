@@ -22,7 +22,7 @@ from filters.clip import resolve_clip
 from filters.policy import Policy
 from manifests import io
 from manifests.layers import InputKind, Layer, SampleKind
-from manifests.schema import CLIP_COLUMNS, SCORES, media_uri
+from manifests.schema import CLIP_COLUMNS, PLATE_SCORES, SCORES, media_uri
 from manifests.video_io import write_rgb_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,17 +55,19 @@ def rows(out: Path) -> list[dict]:
 def test_build_writes_every_score_column(scored):
     out, summary = scored
     table = rows(out)
-    assert len(table) == 6
+    assert len(table) == 8
     for row in table:
         missing = [name for name in SCORES if row[name] is None]
-        # the RGBA sticker's sample has no captions, so only its text scores may be null
-        assert set(missing) <= {"clip_text_foreground", "clip_text_background", "clip_text_blended"}, missing
+        # the RGBA sticker's sample has no captions, so only its text scores may be null; only a decomposed sample
+        # has a clean plate to score
+        plate = set() if row["kind"] == "video_decomposed" else set(PLATE_SCORES)
+        assert set(missing) <= {"clip_text_foreground", "clip_text_background", "clip_text_blended"} | plate, missing
         assert row["clip_model"].startswith("layerflow-test-tiny:")
         assert np.linalg.norm(row["clip_embedding"]) == pytest.approx(1.0, abs=1e-5)
         # float32: with every cosine near 1, the mean may round just below the min
         assert -1.0 <= row["clip_consistency_min"] <= row["clip_consistency_mean"] + 1e-6 <= 1.0 + 2e-6
     assert summary["backends"]["clip"]["unavailable"] is None
-    assert summary["backends"]["devices"]["clip"] == {"cpu": 6}  # where the scorer really ran (no GPU here)
+    assert summary["backends"]["devices"]["clip"] == {"cpu": 8}  # where the scorer really ran (no GPU here)
     assert summary["unscored"]["clip_text_foreground"]["why"] == "no caption for this layer"
 
 
@@ -96,7 +98,7 @@ def test_without_clip_weights_clip_columns_are_null_and_the_summary_says_why(tin
     summary = build(str(tiny_source), out, replace(small_config, clip="none"), LocalRunner(progress=False))
     assert all(row[name] is None for row in rows(out) for name in CLIP_COLUMNS)
     assert all(row["clip_embedding"] is None and row["duplicate_of"] is None for row in rows(out))
-    assert summary["unscored"]["clip_text_blended"] == {"samples": 6, "why": "CLIP scoring is off (--clip none)"}
+    assert summary["unscored"]["clip_text_blended"] == {"samples": 8, "why": "CLIP scoring is off (--clip none)"}
     assert summary["policy"]["funnel"]["unscored_why"]["clip_text_blended"] == "CLIP scoring is off (--clip none)"
     assert all(row["recompose_psnr"] is not None for row in rows(out))
 
@@ -143,7 +145,7 @@ def test_filter_loads_no_model(scored, monkeypatch, tmp_path):
     strict = tmp_path / "strict.toml"
     strict.write_text('[[rule]]\nscore = "alpha_coverage_mean"\nbelow = 0.99\nwhy = "everything goes"\n')
     result = apply_policy(out, Policy.load(strict))
-    assert result.kept == 0 and result.steps[0].alone == 6
+    assert result.kept == 0 and result.steps[0].alone == 8
     assert all(row["reject_reasons"] == ["alpha_coverage_mean<0.99"] for row in rows(out))
 
 
@@ -157,7 +159,7 @@ def test_filter_in_a_fresh_interpreter_imports_no_model_library(scored, tmp_path
                           text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
-    assert "kept 6 of 6 samples" in done.stdout
+    assert "kept 8 of 8 samples" in done.stdout
 
 
 def test_filter_round_trip_updates_inputs_summary_and_policy_file(scored, tmp_path):
@@ -166,8 +168,8 @@ def test_filter_round_trip_updates_inputs_summary_and_policy_file(scored, tmp_pa
     strict.write_text('[[rule]]\nscore = "recompose_psnr"\nbelow = 1000\n')
     apply_policy(out, Policy.load(strict))
     summary = io.read_summary(out)
-    assert summary["samples"]["kept"] == 0 and summary["samples"]["rejected"] == 6
-    assert summary["reject_reasons"] == {"recompose_psnr<1000": 6}
+    assert summary["samples"]["kept"] == 0 and summary["samples"]["rejected"] == 8
+    assert summary["reject_reasons"] == {"recompose_psnr<1000": 8}
     assert summary["policy"]["source"] == str(strict)
     assert (out / POLICY_FILE).read_text() == strict.read_text()
     states = {row["state"] for row in io.read_inputs(out).to_pylist()}
@@ -176,7 +178,7 @@ def test_filter_round_trip_updates_inputs_summary_and_policy_file(scored, tmp_pa
     assert validate_dataset(out).ok  # the stored keep agrees with the policy now in the dataset
 
     apply_policy(out, pixel_policy())
-    assert io.read_summary(out)["samples"]["kept"] == 6
+    assert io.read_summary(out)["samples"]["kept"] == 8
     assert {row["state"] for row in io.read_inputs(out).to_pylist()} == {"used"}
 
 
@@ -201,7 +203,7 @@ def test_filter_json_funnel_from_the_command_line(scored, monkeypatch, capsys):
         cli.main()
     assert not exit_info.value.code
     funnel = json.loads(capsys.readouterr().out)
-    assert funnel["total"] == 6 and [s["rule"] for s in funnel["steps"]][0] == "recompose_psnr<30"
+    assert funnel["total"] == 8 and [s["rule"] for s in funnel["steps"]][0] == "recompose_psnr<30"
 
 
 def test_the_funnel_counts_no_sample_unscored_for_duplicates_when_every_embedding_is_there(scored, tmp_path):
