@@ -490,7 +490,17 @@ def train(
     gradient_checkpointing: Annotated[bool, typer.Option(
         help="Recompute activations (less memory).")] = TrainConfig.gradient_checkpointing,
     cache_dir: Annotated[str | None, typer.Option(
-        help="Keep VAE latents and T5 embeddings here and reuse them (GPU presets).")] = None,
+        help="Keep VAE posteriors and T5 embeddings here and reuse them (GPU presets).")] = None,
+    precompute: Annotated[bool, typer.Option(
+        "--precompute", help="First encode every crop and prompt the run can draw into --cache-dir, then train "
+                             "without running the encoders.")] = TrainConfig.precompute,
+    crop_stride: Annotated[int, typer.Option(
+        help="Video crops start every N frames (fewer crops to precompute).")] = TrainConfig.crop_stride,
+    grad_accum: Annotated[int, typer.Option(
+        help="Micro-batches per step: the step's batch is batch-size x grad-accum.")] = TrainConfig.grad_accum,
+    loader_workers: Annotated[int, typer.Option(
+        help="DataLoader processes decoding the next steps' clips (0: this process).")] = TrainConfig.loader_workers,
+    prefetch: Annotated[int, typer.Option(help="Steps each loader worker decodes ahead.")] = TrainConfig.prefetch,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT from its last checkpoint.")] = False,
     allow_empty_captions: Annotated[bool, typer.Option(
         "--allow-empty-captions", help="Train even if no kept sample has a caption (all prompts empty).")
@@ -505,6 +515,9 @@ def train(
     Example: `layerflow-data train --manifest ./ds --out runs/content --stage content --init runs/motion`
 
     Example: `layerflow-data train --manifest ./ds --out runs/base --resume` (continue after a crash)
+
+    Example: `layerflow-data train --manifest ./ds --out runs/2b --preset cogvideox-2b --pretrained CogVideoX-2b
+    --batch-size 1 --grad-accum 8 --cache-dir cache --precompute --crop-stride 16 --loader-workers 4`
     """
     from layerflow_model.config import parse_task_weights
     from layerflow_model.launch import train_stage
@@ -514,7 +527,8 @@ def train(
         warmup=warmup, grad_clip=grad_clip, ema=ema, checkpoint_every=checkpoint_every, seed=seed,
         task_weights=parse_task_weights(tasks), mix=mix, split=split, workers=workers, device=device.value,
         precision=precision, gradient_checkpointing=gradient_checkpointing, pretrained=pretrained,
-        cache_dir=cache_dir, allow_empty_captions=allow_empty_captions,
+        cache_dir=cache_dir, allow_empty_captions=allow_empty_captions, crop_stride=crop_stride,
+        grad_accum=grad_accum, loader_workers=loader_workers, prefetch=prefetch, precompute=precompute,
     )
     result = train_stage(config, preset.value, resume=resume, ray_address=ray_address)
     console.print(f"{config.stage.value}: {result.steps} steps in {result.seconds:.1f} s "
@@ -557,6 +571,23 @@ def sample(
     written = sample_to_folder(checkpoint, task, prompts, out, input, settings, device=device.value, fps=fps)
     console.print(f"{task.value}: wrote {_joined({k: Path(v).name for k, v in written.items()})} in {out}",
                   highlight=False)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder, or a run folder (its last checkpoint).")],
+    out: Annotated[Path, typer.Option(help="Folder for the diffusers/peft export.")],
+    ema: Annotated[bool, typer.Option(help="Export the EMA weights where the checkpoint has them.")] = True,
+) -> None:
+    """Export a checkpoint for diffusers: the content adapter in peft naming (`load_lora_adapter`), the changed
+    transformer weights, the layer and given-slot embeddings and a config (`LayerFlowPipeline.from_export`).
+
+    Example: `layerflow-data export runs/content --out export/`
+    """
+    from layerflow_model.export import export_checkpoint
+
+    written = export_checkpoint(checkpoint, out, use_ema=ema)
+    console.print(f"wrote {_joined({k: Path(v).name for k, v in written.items()})} in {out}", highlight=False)
 
 
 @app.command("eval")

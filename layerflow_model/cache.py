@@ -2,7 +2,7 @@
 presets, where the frozen encoders cost more than the denoiser step they feed.
 
 Keys are content descriptions (sample id, crop, layout, encoder); values are safetensors files named by the
-key's hash. A cached latent is one posterior sample of the VAE, reused on every visit of that crop.
+key's hash. A cached clip is its VAE posterior (mean and standard deviation), drawn from afresh at every visit.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ class EncoderCache:
     def _path(self, key: str) -> Path:
         digest = hashlib.sha1(f"{self.namespace}\n{key}".encode()).hexdigest()
         return self.folder / digest[:2] / f"{digest}.safetensors"
+
+    def has(self, key: str) -> bool:
+        return self._path(key).exists()
 
     def get(self, key: str) -> torch.Tensor | None:
         path = self._path(key)

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from layerflow_model.cache import EncoderCache
-from layerflow_model.config import ConfigError, ModelConfig, Space, TextModel, TrainConfig
-from layerflow_model.latents import CogVideoXLatents, LatentSpace, PixelSpace
+from layerflow_model.config import ConfigError, EncoderDtype, ModelConfig, Space, TextModel, TrainConfig
+from layerflow_model.latents import CogVideoXLatents, LatentSpace, PixelSpace, draw_latents
 from layerflow_model.layout import join_slots, slots_of, split_slots
 from layerflow_model.model import LayerFlow
 from layerflow_model.text import TextEncoder, TinyT5Config
@@ -28,6 +28,8 @@ OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
 CHECKPOINT_PREFIX = "checkpoint-"
+ENCODER_DTYPES = {EncoderDtype.FP32: torch.float32, EncoderDtype.BF16: torch.bfloat16,
+                  EncoderDtype.FP16: torch.float16}
 
 
 @dataclass
@@ -64,17 +66,24 @@ class Components:
         embeds = torch.where(empty.view(-1, 1, 1), torch.zeros_like(embeds), embeds)
         return embeds.reshape(b, layers * embeds.shape[1], embeds.shape[2])  # "(b L) n d -> b (L n) d"
 
-    def encode_clip(self, clips: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, S*T, 3, H, W) pixels -> (B, S*T', C, h, w); each layer sub-clip is encoded on its own, so a given
-        layer's latents never depend on the layers to be generated."""
+    def posterior(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, S*T, 3, H, W) pixels -> (B, K, S*T', C, h, w) (see `LatentSpace.posterior`); each layer sub-clip is
+        encoded on its own, so a given layer's latents never depend on the layers to be generated."""
         parts = split_slots(clips.to(self.device), self.config.layout)
-        return join_slots({slot: self.latents.encode(x, generator) for slot, x in parts.items()}, self.config.layout)
+        return join_slots({slot: self.latents.posterior(x) for slot, x in parts.items()}, self.config.layout)
+
+    def encode_clip(self, clips: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, S*T, 3, H, W) pixels -> (B, S*T', C, h, w), a draw from `posterior`."""
+        return draw_latents(self.posterior(clips), generator)
 
     def text_cache(self, folder: Path | str) -> EncoderCache:
-        return EncoderCache(Path(folder) / "text", f"{self.text.source}|{self.config.text_tokens}")
+        dtype = self.config.encoder_dtype.value
+        return EncoderCache(Path(folder) / "text", f"{self.text.source}|{self.config.text_tokens}|{dtype}")
 
     def latent_cache(self, folder: Path | str) -> EncoderCache:
-        return EncoderCache(Path(folder) / "latents", f"{self.latents.source}|{self.config.space.value}")
+        """Posteriors (not draws) of clip crops, keyed by `Pick.key`."""
+        return EncoderCache(Path(folder) / "latents", f"{self.latents.source}|{self.config.space.value}|posterior|"
+                                                      f"{self.config.encoder_dtype.value}")
 
     def decode_clip(self, latents: torch.Tensor) -> torch.Tensor:
         parts = split_slots(latents, self.config.layout)
@@ -90,9 +99,10 @@ def tiny_t5_config(config: ModelConfig) -> TinyT5Config:
     return TinyT5Config(d_model=config.tiny_t5_d_model, num_layers=config.tiny_t5_layers)
 
 
-def build(config: ModelConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-          seed: int = 0) -> Components:
-    """Encoders from the pretrained folder (or the tiny T5 and pixel space), the denoiser from config."""
+def build(config: ModelConfig, device: torch.device | str = "cpu", seed: int = 0) -> Components:
+    """Encoders from the pretrained folder in `config.encoder_dtype` (or the tiny T5 and pixel space), the denoiser
+    from config, in float32."""
+    dtype = ENCODER_DTYPES[config.encoder_dtype]
     if config.needs_pretrained:
         folder = config.pretrained_folder()
         if not folder.is_dir():

@@ -58,6 +58,14 @@ class Precision(str, Enum):
     BF16 = "bf16"
 
 
+class EncoderDtype(str, Enum):
+    """The dtype the frozen encoders (T5, VAE) load in; their outputs are float32 either way."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"  # halves T5-XXL (about 19 GB in fp32) and the VAE; works on the CPU too
+    FP16 = "fp16"
+
+
 class Sampler(str, Enum):
     DDIM = "ddim"
     DPM = "dpm"  # DPM-Solver++(2M), as CogVideoX samples
@@ -107,9 +115,14 @@ class ModelConfig:
     # Recompute block activations in backward (every stage of this model; `--gradient-checkpointing` turns it on for
     # others). On for the CogVideoX-2b presets, whose activations would not fit one GPU otherwise.
     gradient_checkpointing: bool = False
+    encoder_dtype: EncoderDtype = EncoderDtype.FP32  # bf16 for the CogVideoX-2b presets (see `EncoderDtype`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layout", Layout(self.layout))
+        try:
+            object.__setattr__(self, "encoder_dtype", EncoderDtype(self.encoder_dtype))
+        except ValueError:
+            raise ConfigError(f"encoder_dtype: fp32, bf16 or fp16, got {self.encoder_dtype!r}") from None
         object.__setattr__(self, "space", Space(self.space))
         object.__setattr__(self, "text", TextModel(self.text))
         object.__setattr__(self, "positions", Positions(self.positions))
@@ -201,7 +214,7 @@ PRESETS: dict[str, ModelConfig] = {
                                 load_transformer=True, heads=30, head_dim=64, depth=30, patch_size=2,
                                 time_embed_dim=512, spatial_interpolation_scale=1.875, content_rank=256,
                                 lora_every=6, base_every=6, snr_shift=3.0, positions=Positions.CONTINUOUS,
-                                gradient_checkpointing=True),
+                                gradient_checkpointing=True, encoder_dtype=EncoderDtype.BF16),
 }
 # The same backbone at 320x480 (40x60 latents, 600 tokens per latent frame instead of 1350), as the original's debug
 # shapes suggest some of its training ran (notes §9.2). The sin-cos scale stays the pretrained 1.875, as diffusers'
@@ -291,6 +304,17 @@ class TrainConfig:
     cache_dir: str | None = None  # latent and text-embedding cache (GPU presets)
     pretrained: str | None = None  # this machine's CogVideoX-2b folder, if the checkpoint's moved
     allow_empty_captions: bool = False  # train even if no kept sample has a caption (every prompt empty)
+    # Gradient accumulation: a step's batch is batch_size x grad_accum samples per worker, run as grad_accum
+    # micro-batches of batch_size; the optimizer steps once per step, on the mean loss.
+    grad_accum: int = 1
+    loader_workers: int = 0  # DataLoader worker processes decoding the next steps' clips (0: in this process)
+    prefetch: int = 2  # steps each loader worker decodes ahead
+    # Encode every clip crop and prompt the run can draw into cache_dir before the first step (VAE posteriors and
+    # T5 embeddings, keyed by sample, crop and encoder), so the steps read them instead of running the encoders.
+    precompute: bool = False
+    # Video crops start at multiples of crop_stride frames (1: any frame). A coarser grid means fewer distinct crops
+    # for precompute to encode (e.g. the clip's frames per layer: non-overlapping windows).
+    crop_stride: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage", Stage(self.stage))
@@ -299,9 +323,13 @@ class TrainConfig:
             object.__setattr__(self, "precision", Precision(self.precision))
         except ValueError:
             raise ConfigError(f"precision: auto, fp32 or bf16, got {self.precision!r}") from None
-        for name in ("steps", "batch_size", "checkpoint_every", "workers"):
+        for name in ("steps", "batch_size", "checkpoint_every", "workers", "grad_accum", "prefetch", "crop_stride"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.loader_workers < 0:
+            raise ConfigError(f"loader_workers: must be >= 0, got {self.loader_workers}")
+        if self.precompute and not self.cache_dir:
+            raise ConfigError("precompute: needs cache_dir, the folder the encoder outputs are written to")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
         if self.warmup < 0:
@@ -336,8 +364,10 @@ class SampleSettings:
     cfg: float = 5.0
     sampler: Sampler = Sampler.DDIM
     seed: int = 0
+    precision: Precision = Precision.AUTO  # the denoiser runs under bf16 autocast on a GPU, fp32 on the CPU
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", Precision(self.precision))
         if self.steps < 1:
             raise ConfigError(f"steps: must be >= 1, got {self.steps}")
         if self.cfg < 0:

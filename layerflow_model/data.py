@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import torch
 
+from layerflow_model.cache import EncoderCache
 from layerflow_model.config import ConfigError, ModelConfig, Stage
 from layerflow_model.layout import Task, pack, prompts_for
 from manifests.dataset import DatasetLike, open_dataset
@@ -117,9 +118,16 @@ class Pick:
     frozen_at: int | None
 
     def key(self, config: ModelConfig) -> str:
-        """What the clip's pixels depend on (the encoder cache key)."""
-        return (f"{self.row.sample_id}:{self.start}:{self.frozen_at}:{config.frames}:{config.height}x{config.width}"
-                f":{config.layout.value}")
+        """What the clip's pixels depend on (the encoder cache key): the sample, the crop (a frozen video: the one
+        frame it repeats), frames, size and layout; never a random draw."""
+        crop_ = f"frame{self.start + self.frozen_at}" if self.frozen_at is not None else str(self.start)
+        return f"{self.row.sample_id}:{crop_}:{config.frames}:{config.height}x{config.width}:{config.layout.value}"
+
+
+def clips_of(picks: list[Pick], store: ClipStore, config: ModelConfig) -> torch.Tensor:
+    """(B, S*T, 3, H, W) in [-1, 1]: the packed layers of each pick's crop."""
+    return torch.stack([pack(crop(store.layers(p.row), p.start, config.frames, p.frozen_at), config.layout)
+                        for p in picks])
 
 
 @dataclass(frozen=True)
@@ -139,9 +147,7 @@ class Batch:
 
     def clips(self, store: ClipStore, config: ModelConfig, indices: list[int] | None = None) -> torch.Tensor:
         """(B, S*T, 3, H, W) in [-1, 1] (only the picks at `indices` when given)."""
-        picks = self.picks if indices is None else [self.picks[i] for i in indices]
-        return torch.stack([pack(crop(store.layers(p.row), p.start, config.frames, p.frozen_at), config.layout)
-                            for p in picks])
+        return clips_of(self.picks if indices is None else [self.picks[i] for i in indices], store, config)
 
 
 def stage_kinds(stage: Stage) -> tuple[SampleKind, ...]:
@@ -154,11 +160,14 @@ class BatchPlan:
     """Which samples, crops, task and gate make up the batch of a step (a pure function of seed and step).
 
     `mix` ({kind: weight}) weights the kinds; a kind the stage does not use or the manifest lacks is left out and the
-    rest renormalised. Without it, each kind of the stage is drawn in proportion to its kept samples."""
+    rest renormalised. Without it, each kind of the stage is drawn in proportion to its kept samples. Video crops
+    start at multiples of `crop_stride` frames, so `crops` can list every clip the plan may draw."""
 
     def __init__(self, rows: list[Row], config: ModelConfig, stage: Stage, batch_size: int,
-                 task_weights: dict[str, float], seed: int, mix: dict[str, float] | None = None) -> None:
+                 task_weights: dict[str, float], seed: int, mix: dict[str, float] | None = None,
+                 crop_stride: int = 1) -> None:
         self.config, self.stage, self.batch_size, self.seed = config, Stage(stage), batch_size, seed
+        self.crop_stride = crop_stride
         usable = [r for r in rows if r.kind in stage_kinds(self.stage)]
         short = [r for r in usable if r.num_frames < config.frames and r.kind in VIDEO_KINDS]
         self.skipped = [r.sample_id for r in short]
@@ -197,11 +206,28 @@ class BatchPlan:
         out = []
         for i in picks:
             row = bucket[i]
-            start = int(rng.integers(0, row.num_frames - self.config.frames + 1)) if kind in VIDEO_KINDS else 0
+            start = int(rng.integers(0, len(self._starts(row)))) * self.crop_stride if kind in VIDEO_KINDS else 0
             frozen = int(rng.integers(0, self.config.frames)) if self.stage is Stage.MOTION and kind in VIDEO_KINDS \
                 else None
             out.append(Pick(row, start, frozen))
         return kind, task, out
+
+    def _starts(self, row: Row) -> range:
+        return range(0, row.num_frames - self.config.frames + 1, self.crop_stride)
+
+    def crops(self, row: Row) -> list[Pick]:
+        """Every clip of `row` a batch of this plan can hold, one per distinct `Pick.key`."""
+        if row.kind not in VIDEO_KINDS:
+            return [Pick(row, 0, None)]
+        if self.stage is not Stage.MOTION:
+            return [Pick(row, start, None) for start in self._starts(row)]
+        frames = {start + at: Pick(row, start, at) for start in reversed(self._starts(row))
+                  for at in range(self.config.frames)}  # a frozen clip is the one frame it repeats
+        return [frames[frame] for frame in sorted(frames)]
+
+    def rows(self) -> list[Row]:
+        """The rows this plan draws from, in sample-id order."""
+        return sorted((r for bucket in self.buckets.values() for r in bucket), key=lambda r: r.sample_id)
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> Batch:
         """This rank's slice of the step's global batch (pixels are decoded later, by `Batch.clips`)."""
@@ -211,6 +237,45 @@ class BatchPlan:
         # The motion adapter is on for frozen clips once it exists (motion stage, and frozen images in content).
         motion = frozen and self.stage is not Stage.BASE
         return Batch(kind, task, motion, frozen, mine, [prompts_for(p.row.captions, task) for p in mine])
+
+
+@dataclass(frozen=True)
+class StepData:
+    """What a step trains on: its batch, with the pixels of its clips, or their posteriors when all are cached."""
+
+    step: int
+    batch: Batch
+    clips: torch.Tensor | None  # (N, S*T, 3, H, W) in [-1, 1]
+    posterior: torch.Tensor | None  # (N, K, S*T', C, h, w), see `LatentSpace.posterior`
+
+
+class StepSource(torch.utils.data.Dataset):
+    """Step -> `StepData` for this rank, so that DataLoader workers decode (or read from the cache) the clips of the
+    next steps while this one trains. Each worker process keeps its own `ClipStore`."""
+
+    def __init__(self, plan: BatchPlan, dataset: DatasetLike, rank: int = 0, world_size: int = 1,
+                 cache: EncoderCache | None = None) -> None:
+        self.plan, self.rank, self.world_size, self.cache = plan, rank, world_size, cache
+        self.store = ClipStore(dataset, plan.config.height, plan.config.width)
+
+    def __getitem__(self, step: int) -> StepData:
+        batch = self.plan.batch(step, self.rank, self.world_size)
+        if self.cache is not None:
+            found = [self.cache.get(pick.key(self.plan.config)) for pick in batch.picks]
+            if all(value is not None for value in found):
+                return StepData(step, batch, None, torch.stack(found))
+        return StepData(step, batch, batch.clips(self.store, self.plan.config), None)
+
+
+def _as_is(item: StepData) -> StepData:
+    return item
+
+
+def step_loader(source: StepSource, start: int, steps: int, workers: int = 0, prefetch: int = 2
+                ) -> torch.utils.data.DataLoader:
+    """The steps start..steps-1 of `source`, in order, `workers` processes decoding `prefetch` steps ahead each."""
+    return torch.utils.data.DataLoader(source, batch_size=None, sampler=range(start, steps), num_workers=workers,
+                                       prefetch_factor=prefetch if workers else None, collate_fn=_as_is)
 
 
 def crop(layers: dict[Layer, np.ndarray], start: int, frames: int, frozen_at: int | None = None

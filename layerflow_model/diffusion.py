@@ -5,14 +5,28 @@ conditions (clean, never noised, no loss), constant classifier-free guidance.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 
-from layerflow_model.config import Sampler
+from layerflow_model.config import Precision, Sampler
 
 # (clip, text, t, given) -> v; given (F,) bool marks the clean condition frames.
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
+    """bf16 where asked, or (auto) on a GPU; None (float32) otherwise."""
+    if precision is Precision.BF16 or (precision is Precision.AUTO and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def autocast(precision: Precision, device: torch.device) -> AbstractContextManager:
+    """The autocast context the denoiser runs under, in training, sampling and eval alike."""
+    dtype = autocast_dtype(Precision(precision), device)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def scheduler_kwargs(snr_shift: float) -> dict:
@@ -58,16 +72,23 @@ class Diffusion:
         s, sigma = self._alpha(t, x0)
         return s * noise - sigma * x0
 
+    def draw(self, x0: torch.Tensor, generator: torch.Generator | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The timesteps (B,) and noise (B, F, C, h, w) of a batch, drawn on the CPU from `generator`."""
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator, device="cpu").to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device, x0.dtype)
+        return t, noise
+
     def loss(self, model: Denoiser, x0: torch.Tensor, text: torch.Tensor, given: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None,
+             drawn: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Mean squared error to v over the generated frames only.
 
         x0: (B, F, C, h, w) clean clip; given: (F,) bool, True for the condition frames, which stay clean, share
-        the sample's timestep and get no loss. Equal to the x0 loss weighted by 1 / (1 - a) (notes §8).
+        the sample's timestep and get no loss. Equal to the x0 loss weighted by 1 / (1 - a) (notes §8). `drawn`:
+        this batch's (t, noise) when drawn before (a micro-batch of a step draws its slice of the step's draws).
         """
-        b = x0.shape[0]
-        t = torch.randint(0, self.num_timesteps, (b,), generator=generator, device="cpu").to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device, x0.dtype)
+        t, noise = drawn if drawn is not None else self.draw(x0, generator)
         mask = given.to(x0.device).view(1, -1, 1, 1, 1)
         x_t = torch.where(mask, x0, self.add_noise(x0, noise, t))
         prediction = model(x_t, text, t, given)
@@ -106,7 +127,7 @@ def sample(model: Denoiser, text: torch.Tensor, shape: tuple[int, ...], *, given
         x_in = torch.where(mask, condition, x)
         both = torch.cat([x_in, x_in]) if cfg != 1.0 else x_in
         prompts = torch.cat([unconditional, text]) if cfg != 1.0 else text
-        v = model(both, prompts, t.expand(both.shape[0]).to(device), given)
+        v = model(both, prompts, t.expand(both.shape[0]).to(device), given).to(x.dtype)  # float32 under autocast
         if cfg != 1.0:
             v_uncond, v_cond = v.chunk(2)
             v = v_uncond + cfg * (v_cond - v_uncond)

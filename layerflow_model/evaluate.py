@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +120,7 @@ def evaluate(checkpoint: Path | str, manifest: str, split: str = "val", settings
     per_sample = []
     for index, row in enumerate(tqdm(rows, desc="eval", unit="sample", disable=not progress)):
         truth = crop(store.layers(row), 0, config.frames)
-        seeded = SampleSettings(settings.steps, settings.cfg, settings.sampler, settings.seed + index)
+        seeded = replace(settings, seed=settings.seed + index)
         record = {"sample_id": row.sample_id, "kind": row.kind.value}
         for name, parts in (("trained", trained), ("untrained", untrained)):
             decomposed = run_task(parts, Task.DECOMPOSE, row.captions, {Layer.BLENDED: truth[Layer.BLENDED]}, seeded)

@@ -24,7 +24,7 @@ from diffusers import CogVideoXTransformer3DModel
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from layerflow_model.components import TEXT_FILE, Components, load_checkpoint, tiny_t5_config
+from layerflow_model.components import ENCODER_DTYPES, TEXT_FILE, Components, load_checkpoint, tiny_t5_config
 from layerflow_model.config import ConfigError, ModelConfig, SampleSettings, Space, TextModel
 from layerflow_model.latents import CogVideoXLatents, PixelSpace
 from layerflow_model.layout import PROMPT_LAYERS, Task, slots_of
@@ -136,12 +136,13 @@ class LayerFlowPipeline:
         folder = Path(folder)
         data = json.loads((folder / CONFIG_FILE).read_text())["model"]
         config = ModelConfig.from_dict({**data, "pretrained": pretrained or data.get("pretrained")})
+        dtype = ENCODER_DTYPES[config.encoder_dtype]  # as `build` loads them for `sample`
         if config.text is TextModel.T5:
-            text = TextEncoder.from_folder(config.pretrained_folder(), config.text_tokens, device=device)
+            text = TextEncoder.from_folder(config.pretrained_folder(), config.text_tokens, device=device, dtype=dtype)
         else:
             text = TextEncoder.tiny(tiny_t5_config(config), config.text_tokens)
             load_model(text, str(folder / TEXT_FILE))
-        latents = (CogVideoXLatents.from_folder(config.pretrained_folder(), device=device)
+        latents = (CogVideoXLatents.from_folder(config.pretrained_folder(), device=device, dtype=dtype)
                    if config.space is Space.COGVIDEOX_VAE else PixelSpace())
         transformer = bare_transformer(config, text.dim)
         # A transformer from the pretrained folder takes the changed weights; one built from config takes them all.

@@ -24,8 +24,13 @@ class LatentSpace(torch.nn.Module, ABC):
         self.source = source
 
     @abstractmethod
+    def posterior(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) in [-1, 1] -> (B, K, latent_frames(T), channels, *latent_size(H, W)), float32: the
+        latent's mean and, where encoding is random (K = 2), its standard deviation; K = 1 where it is exact."""
+
     def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, T, 3, H, W) in [-1, 1] -> (B, latent_frames(T), channels, *latent_size(H, W))."""
+        return draw_latents(self.posterior(video), generator)
 
     @abstractmethod
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -43,6 +48,16 @@ class LatentSpace(torch.nn.Module, ABC):
         return super().train(False)
 
 
+def draw_latents(posterior: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, K, F, C, h, w) posterior (see `LatentSpace.posterior`) -> (B, F, C, h, w) latents: the mean plus the
+    standard deviation times noise drawn on the CPU from `generator` (none drawn when K = 1)."""
+    if posterior.shape[1] == 1:
+        return posterior[:, 0]
+    mean, std = posterior.unbind(1)
+    noise = torch.randn(mean.shape, generator=generator, device="cpu").to(mean.device, mean.dtype)
+    return mean + std * noise
+
+
 class PixelSpace(LatentSpace):
     """The identity: the toy preset diffuses RGB pixels directly."""
 
@@ -51,8 +66,8 @@ class PixelSpace(LatentSpace):
         super().__init__(channels=geometry.channels, spatial_ratio=geometry.spatial_ratio,
                          temporal_ratio=geometry.temporal_ratio, source="pixels")
 
-    def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return video
+    def posterior(self, video: torch.Tensor) -> torch.Tensor:
+        return video[:, None].float()  # (B, 1, T, 3, H, W): exact
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return latents.clamp(-1, 1)
@@ -106,13 +121,15 @@ class CogVideoXLatents(LatentSpace):
         if height % self.spatial_ratio or width % self.spatial_ratio:
             raise ValueError(f"height={height}, width={width}: both must be multiples of {self.spatial_ratio}")
 
-    def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, T, 3, H, W) -> (B, T', C, h, w): a posterior sample times the VAE's scaling factor, float32."""
+    def posterior(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) -> (B, 2, T', C, h, w): mean and standard deviation of the posterior, times the VAE's
+        scaling factor, float32 (a cached posterior is then sampled afresh at every visit, as encoding would)."""
         self.check_clip(video.shape[1], video.shape[3], video.shape[4])
         x = video.to(self.vae.device, self.vae.dtype).permute(0, 2, 1, 3, 4)  # (B, 3, T, H, W)
         with torch.no_grad():
-            z = self.vae.encode(x).latent_dist.sample(generator) * self.scaling_factor  # (B, C, T', h, w)
-        return z.permute(0, 2, 1, 3, 4).float()  # (B, T', C, h, w)
+            dist = self.vae.encode(x).latent_dist
+        stats = torch.stack([dist.mean, dist.std], dim=1).float() * self.scaling_factor  # (B, 2, C, T', h, w)
+        return stats.permute(0, 1, 3, 2, 4, 5)  # (B, 2, T', C, h, w)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, T', C, h, w) -> (B, T, 3, H, W) in [-1, 1], float32."""

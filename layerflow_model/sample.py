@@ -11,7 +11,7 @@ from PIL import Image
 from layerflow_model.components import Components, load_checkpoint
 from layerflow_model.config import ConfigError, SampleSettings
 from layerflow_model.data import fit
-from layerflow_model.diffusion import sample
+from layerflow_model.diffusion import autocast, sample
 from layerflow_model.layout import (
     PROMPT_LAYERS,
     Layout,
@@ -88,9 +88,10 @@ def run_task(parts: Components, task: Task, captions: dict[Layer, str], given: d
     with torch.no_grad():
         condition = parts.encode_clip(clip, generator) if condition_slots(config.layout, task) else None
         text = parts.encode_prompts([prompts_for(captions, task)])
-        latents = sample(parts.model, text, parts.latent_shape(1), given=mask, condition=condition,
-                         steps=settings.steps, cfg=settings.cfg, sampler=settings.sampler,
-                         snr_shift=config.snr_shift, generator=generator)
+        with autocast(settings.precision, parts.device):
+            latents = sample(parts.model, text, parts.latent_shape(1), given=mask, condition=condition,
+                             steps=settings.steps, cfg=settings.cfg, sampler=settings.sampler,
+                             snr_shift=config.snr_shift, generator=generator)
         pixels = parts.decode_clip(latents)[0]
     pixels = torch.where(condition_mask(config.layout, task, config.frames).view(-1, 1, 1, 1).to(pixels.device),
                          clip[0].to(pixels.device), pixels)  # the given layers exactly as they went in

@@ -7,11 +7,11 @@ uninterrupted run would have taken.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,11 +31,13 @@ from layerflow_model.components import (
     read_config,
     save_checkpoint,
 )
-from layerflow_model.config import ConfigError, ModelConfig, Precision, TrainConfig
-from layerflow_model.data import Batch, BatchPlan, ClipStore, check_captions, read_rows
-from layerflow_model.diffusion import Diffusion
+from layerflow_model.config import ConfigError, ModelConfig, TrainConfig
+from layerflow_model.data import BatchPlan, ClipStore, StepSource, check_captions, read_rows, step_loader
+from layerflow_model.diffusion import Diffusion, autocast
+from layerflow_model.latents import draw_latents
 from layerflow_model.layout import PROMPT_LAYERS, condition_mask
 from layerflow_model.logs import LOSS_LOG, LOSS_PLOT, StepLog, write_loss_plot
+from layerflow_model.precompute import precompute
 from manifests.dataset import open_dataset
 from manifests.device import resolve_device
 
@@ -74,12 +76,6 @@ class TrainResult:
     trained_parameters: int
     loss_log: Path | None = None  # OUT/loss.jsonl: a line per step (task, kind, loss, lr, grad norm)
     plot: Path | None = None  # OUT/loss.html: its curves
-
-
-def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
-    if precision is Precision.BF16 or (precision is Precision.AUTO and device.type == "cuda"):
-        return torch.bfloat16
-    return None
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -140,48 +136,71 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
         start = _restore(previous, parts, optimizer, ema, config)
 
     diffusion = Diffusion(parts.config.snr_shift)
-    plan = BatchPlan(rows, parts.config, config.stage, config.batch_size, config.task_weights, config.seed,
-                     config.mix)
+    micro = config.batch_size
+    plan = BatchPlan(rows, parts.config, config.stage, micro * config.grad_accum, config.task_weights, config.seed,
+                     config.mix, config.crop_stride)
     if world.main:
         print(plan.describe())
-    store = ClipStore(dataset, parts.config.height, parts.config.width)
     text_cache = parts.text_cache(config.cache_dir) if config.cache_dir else None
     latent_cache = parts.latent_cache(config.cache_dir) if config.cache_dir else None
+    if config.precompute:
+        store = ClipStore(dataset, parts.config.height, parts.config.width)
+        done = precompute(parts, plan, store, latent_cache, text_cache, micro, world.rank, world.size,
+                          progress and world.main)
+        store.close()
+        if world.main:
+            print(done.describe())
+        parts.text.to("cpu")  # the steps read the cache: the frozen encoders give their GPU memory to training
+        parts.latents.to("cpu")
+        if world.size > 1:
+            torch.distributed.barrier()  # every rank's share is in the cache before any step reads it
+    source = StepSource(plan, dataset, world.rank, world.size, latent_cache)
+    loader = step_loader(source, start, config.steps, config.loader_workers, config.prefetch)
     network = model
     if world.size > 1:
         network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                                             else None)
-    dtype = autocast_dtype(config.precision, device)
 
     log = StepLog(out, start) if world.main else None
     bar = tqdm(total=config.steps, initial=start, desc=f"train {config.stage.value}", unit="step",
                disable=not (progress and world.main), dynamic_ncols=True)
     began, seen, loss_value = time.perf_counter(), 0, math.nan
     model.train()
-    for step in range(start, config.steps):
-        # 1. The batch of this step: one kind, one task, one motion-gate setting for every rank.
-        batch = plan.batch(step, world.rank, world.size)
+    for item in loader:
+        # 1. The batch of this step (batch_size x grad_accum samples): one kind, one task, one motion-gate setting
+        # for every rank. Every random draw of the step is made here for the whole batch, so accumulating
+        # micro-batches trains on exactly what one batch of batch_size x grad_accum would.
+        step, batch = item.step, item.batch
         generator = step_generator(config.seed, step, world.rank)
         model.set_motion(batch.motion)
         given = condition_mask(parts.config.layout, batch.task, parts.config.latent_frames)
         with torch.no_grad():
-            if latent_cache is None:
-                x0 = parts.encode_clip(batch.clips(store, parts.config), generator)  # (B, F, C, h, w)
-            else:
-                keys = [pick.key(parts.config) for pick in batch.picks]
-                x0 = latent_cache.get_or_compute(
-                    keys, partial(_encode_picks, parts, batch, store, generator)).to(device)
+            posterior = item.posterior
+            if posterior is None:
+                posterior = parts.posterior(item.clips)  # (N, K, F, C, h, w)
+                if latent_cache is not None:
+                    for pick, value in zip(batch.picks, posterior):
+                        latent_cache.put(pick.key(parts.config), value)
+            x0 = draw_latents(posterior.to(device), generator)  # (N, F, C, h, w)
             drop = prompt_drop(len(batch.prompts), parts.config, generator)
-            text = parts.encode_prompts(batch.prompts, drop, text_cache)  # (B, 3 * n, D)
-        # 2. v-prediction loss on the generated slots only.
+            text = parts.encode_prompts(batch.prompts, drop, text_cache)  # (N, 3 * n, D)
+            t, noise = diffusion.draw(x0, generator)
+        # 2. v-prediction loss on the generated slots only, micro-batch by micro-batch (each 1 / grad_accum of it).
         lr = learning_rate(config, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = diffusion.loss(network, x0, text, given, generator)
-        # 3. Update.
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros((), device=device)
+        for i in range(config.grad_accum):
+            part = slice(i * micro, (i + 1) * micro)
+            last = i == config.grad_accum - 1
+            sync = contextlib.nullcontext() if last or world.size == 1 else network.no_sync()  # all-reduce once
+            with sync, autocast(config.precision, device):
+                micro_loss = diffusion.loss(network, x0[part], text[part], given,
+                                            drawn=(t[part], noise[part])) / config.grad_accum
+            micro_loss.backward()
+            loss += micro_loss.detach()
+        # 3. Update: one optimizer step per step, whatever grad_accum.
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip or math.inf)  # the norm before clipping
         optimizer.step()
         if ema is not None:
@@ -190,7 +209,7 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
                 for name, p in trained.items():
                     ema[name].lerp_(p.detach(), 1.0 - decay)
         # 4. Log and checkpoint.
-        loss_value = float(loss.detach())
+        loss_value = float(loss)
         seen += len(batch.sample_ids) * world.size
         rate = seen / max(time.perf_counter() - began, MIN_SECONDS)
         bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{rate:.1f}", task=batch.task.value, refresh=False)
@@ -208,7 +227,7 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
     bar.close()
     if log is not None:
         log.close()
-    store.close()
+    source.store.close()
     model.set_motion(False)
     seconds = time.perf_counter() - began
     if world.size > 1:
@@ -216,11 +235,6 @@ def train(config: TrainConfig, model_config: ModelConfig | None = None, *, resum
     return TrainResult(checkpoint_dir(out, config.steps), config.steps - start, seconds,
                        seen / max(seconds, MIN_SECONDS), loss_value, sum(p.numel() for p in params),
                        out / LOSS_LOG, out / LOSS_PLOT)
-
-
-def _encode_picks(parts: Components, batch: Batch, store: ClipStore, generator: torch.Generator,
-                  indices: list[int]) -> torch.Tensor:
-    return parts.encode_clip(batch.clips(store, parts.config, indices), generator)
 
 
 def _restore(checkpoint: Path, parts: Components, optimizer: torch.optim.Optimizer,

@@ -27,7 +27,7 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 
 
 COMMANDS = ["build", "demo-source", "inspect", "validate", "eval-layers", "eval-matting", "filter", "report", "preview",
-            "doctor", "train", "sample", "eval", "reproduce", "models list", "models fetch", "models verify"]
+            "doctor", "train", "sample", "export", "eval", "reproduce", "models list", "models fetch", "models verify"]
 ALIASES = ["eval-matting"]  # registered on another command's function
 MAX_BODY_LINES = 15
 

@@ -208,9 +208,20 @@ def test_cogvideox_encode_is_a_scaled_posterior_sample(vae_folder: Path) -> None
     latents = space.encode(video, torch.Generator().manual_seed(3))
     with torch.no_grad():
         posterior = space.vae.encode(video.permute(0, 2, 1, 3, 4)).latent_dist
-    expected = posterior.sample(torch.Generator().manual_seed(3)) * space.vae.config.scaling_factor
-    torch.testing.assert_close(latents, expected.permute(0, 2, 1, 3, 4), atol=1e-6, rtol=0)
+    scale = space.vae.config.scaling_factor
+    mean, std = (x.permute(0, 2, 1, 3, 4) * scale for x in (posterior.mean, posterior.std))  # (B, T', C, h, w)
+    torch.testing.assert_close(space.posterior(video), torch.stack([mean, std], dim=1), atol=1e-6, rtol=0)
+    expected = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(latents, expected, atol=1e-6, rtol=0)
     assert not torch.equal(latents, space.encode(video, torch.Generator().manual_seed(4)))
+
+
+def test_a_bf16_vae_gives_the_fp32_posterior_to_bf16_precision(vae_folder: Path) -> None:
+    video = torch.rand(1, 8, 3, 8, 8) * 2 - 1
+    full = CogVideoXLatents.from_folder(vae_folder).posterior(video)
+    half = CogVideoXLatents.from_folder(vae_folder, dtype=torch.bfloat16).posterior(video)
+    assert half.dtype == torch.float32  # outputs are float32 whatever the encoder's dtype
+    assert (half - full).abs().max() <= 0.05 * full.abs().max()  # bf16 keeps 8 bits of mantissa
 
 
 def test_cogvideox_latents_name_the_missing_vae(tmp_path: Path) -> None:

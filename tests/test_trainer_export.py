@@ -128,3 +128,16 @@ def test_a_toy_export_carries_its_text_encoder_and_all_transformer_weights(tmp_p
                                                 Layer.BLENDED: "a cat on a lawn"}, None, settings)
     for layer in Layer:
         assert np.abs(ours[layer] - reference[layer]).max() <= 1e-5, layer
+
+
+def test_the_export_command_writes_what_the_library_writes(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    import cli
+
+    _, _, checkpoint, written, _ = trained
+    result = CliRunner().invoke(cli.app, ["export", str(checkpoint), "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert LORA_FILE in result.output and str(tmp_path / "cli") in result.output
+    ours, theirs = load_file(tmp_path / "cli" / LORA_FILE), load_file(written["lora"])
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
