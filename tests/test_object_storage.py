@@ -66,15 +66,14 @@ def test_build_to_s3_reads_back_validates_and_equals_a_local_build(monkeypatch, 
     assert set(stored.inputs().column("state").to_pylist()) == {"rejected"}
 
 
-@pytest.mark.slow
-def test_a_killed_s3_build_resumes_from_what_the_store_holds(monkeypatch, capsys, tiny_source, s3_bucket):  # noqa: F811
-    uri = f"{s3_bucket}/ds"
+def build_until_the_third_commit(monkeypatch, capsys, source: str, out: str) -> None:
+    """A build of `source` into `out` whose process "dies" right after its third commit of samples."""
     from datagen import build as build_module
 
     real = build_module.BuildFolder.commit_samples
     calls = []
 
-    def die_after_three(self, rows, record):  # the process "dies" right after its third commit
+    def die_after_three(self, rows, record):
         path = real(self, rows, record)
         calls.append(path)
         if len(calls) == 3:
@@ -83,8 +82,14 @@ def test_a_killed_s3_build_resumes_from_what_the_store_holds(monkeypatch, capsys
 
     monkeypatch.setattr(build_module.BuildFolder, "commit_samples", die_after_three)
     with pytest.raises(RuntimeError, match="died here"):
-        run_main(monkeypatch, capsys, "build", "--source", str(tiny_source), "--out", uri, *OPTIONS)
+        run_main(monkeypatch, capsys, "build", "--source", source, "--out", out, *OPTIONS)
     monkeypatch.setattr(build_module.BuildFolder, "commit_samples", real)
+
+
+@pytest.mark.slow
+def test_a_killed_s3_build_resumes_from_what_the_store_holds(monkeypatch, capsys, tiny_source, s3_bucket):  # noqa: F811
+    uri = f"{s3_bucket}/ds"
+    build_until_the_third_commit(monkeypatch, capsys, str(tiny_source), uri)
     assert len([f for f in storage.list_files(uri) if f.startswith("manifest/")]) == 3
     # another machine: nothing of the staging folder survives, the store alone says what is committed
     import shutil
@@ -251,23 +256,8 @@ def test_list_files_on_s3_name_inputs_on_s3(tiny_source, s3_bucket):  # noqa: F8
 
 @pytest.mark.slow
 def test_a_build_from_s3_resumes_after_a_kill(monkeypatch, capsys, tiny_source, tmp_path, s3_bucket):  # noqa: F811
-    from datagen import build as build_module
-
     source = upload_source(tiny_source, f"{s3_bucket}/src")
-    real = build_module.BuildFolder.commit_samples
-    calls = []
-
-    def die_after_three(self, rows, record):
-        path = real(self, rows, record)
-        calls.append(path)
-        if len(calls) == 3:
-            raise RuntimeError("the build died here")
-        return path
-
-    monkeypatch.setattr(build_module.BuildFolder, "commit_samples", die_after_three)
-    with pytest.raises(RuntimeError, match="died here"):
-        run_main(monkeypatch, capsys, "build", "--source", source, "--out", str(tmp_path / "ds"), *OPTIONS)
-    monkeypatch.setattr(build_module.BuildFolder, "commit_samples", real)
+    build_until_the_third_commit(monkeypatch, capsys, source, str(tmp_path / "ds"))
     code, output = run_main(monkeypatch, capsys, "build", "--source", source, "--out", str(tmp_path / "ds"), *OPTIONS)
     assert code == 0, output
     summary = json.loads((tmp_path / "ds" / "_summary.json").read_text())
