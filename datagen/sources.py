@@ -520,8 +520,10 @@ def _walk(folder: Path, walk: _Walk, ancestors: frozenset[str]):
     for path in claim.others:  # what else lies in a claimed folder: captions, or an input of its own
         if not _is_sidecar(path, {p.name for p in path.parent.iterdir()}):
             yield _classify_file(path, walk)
+    # a found input's own file (a matte pair's image) is that input, not a plain image beside it
+    claimed = claim.names | {Path(found.uri).name for found in claim.found if Path(found.uri).parent == folder}
     for entry in entries:
-        if entry.name.startswith(".") or entry.name in claim.names:
+        if entry.name.startswith(".") or entry.name in claimed:
             continue
         path = Path(entry.path)
         try:

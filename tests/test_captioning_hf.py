@@ -190,13 +190,13 @@ def test_a_build_writes_the_model_captions_and_records_the_captioner(tiny_source
     captions = [row[f"caption_{layer.value}"] for row in rows for layer in CAPTIONED_LAYERS]
     assert any(captions) and all(c is None or set(c.split()) <= set(WORDS) for c in captions)  # none from sidecars
     assert summary["backends"]["captioner"] == config.captioner
-    assert summary["backends"]["captioner_used"] == {name: 6}
+    assert summary["backends"]["captioner_used"] == {name: 8}
     on_disk = json.loads((tmp_path / "ds" / io.SUMMARY_FILE).read_text())
-    assert on_disk["backends"]["captioner_used"] == {name: 6}
+    assert on_disk["backends"]["captioner_used"] == {name: 8}
     # At most one call per sample; two samples on the same background clip share its (cached) background image.
     cached = list((tmp_path / "cache" / "captions").rglob("*.json"))
     assert max(generate_calls) <= 3 and sum(generate_calls) == len(cached) >= 6
 
     again = build(str(tiny_source), tmp_path / "again", config, LocalRunner(progress=False))  # a retried build
-    assert sum(generate_calls) == len(cached) and again["backends"]["captioner_used"] == {name: 6}
+    assert sum(generate_calls) == len(cached) and again["backends"]["captioner_used"] == {name: 8}
     assert io.read_manifest(tmp_path / "again").to_pylist() == rows

@@ -152,7 +152,9 @@ def test_build_on_a_two_node_cluster_matches_a_single_process_build(tiny_source,
     for cluster_row, plain_row in zip(cluster_rows, plain_rows):
         assert cluster_row == plain_row, cluster_row["sample_id"]
     digests = media_digests(tmp_path / "cluster")
-    assert len(digests) == 4 * len(cluster_rows)  # foreground, alpha, background, blended
+    decomposed = sum(row["kind"] == "video_decomposed" for row in cluster_rows)
+    # foreground, alpha, background, blended; and a decomposed sample's mask of the invented plate
+    assert decomposed and len(digests) == 4 * len(cluster_rows) + decomposed
     assert digests == media_digests(tmp_path / "plain")
     assert validate_dataset(tmp_path / "cluster").ok
 

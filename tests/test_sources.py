@@ -6,6 +6,7 @@ import csv
 import json
 import os
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -241,3 +242,15 @@ def test_the_real_frame_folders_are_clips_and_the_real_photos_are_not():
         assert looks_like_frames(frame_order(list(folder.iterdir()))), folder
     for folder in (data / "layered" / "art_semi_transparent").iterdir():
         assert not looks_like_frames(frame_order(list(folder.iterdir()))), folder
+
+
+def test_a_matte_pair_in_its_folder_is_one_input_not_also_a_plain_image(tmp_path):
+    folder = tmp_path / "lemur"
+    folder.mkdir()
+    Image.fromarray(texture(40, 40, 3)).save(folder / "lemur.png")
+    Image.fromarray(np.full((40, 40), 200, np.uint8)).save(folder / "lemur_alpha.png")
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(folder / "lemur_trimap.png")  # a companion, no input
+    items = discover(str(tmp_path))
+    assert [(item.relative, item.adapter.value if item.adapter else None) for item in items] == \
+        [("lemur/lemur.png", "matte_pair")]
+    assert items[0].duplicate_of is None
