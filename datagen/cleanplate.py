@@ -18,13 +18,13 @@ import cv2
 import numpy as np
 
 from datagen.config import BuildConfig
-from datagen.decode import cover, frame_files, load_mask
+from datagen.decode import cover, frame_files, read_masks, read_rgb_frames
 from datagen.layered import read_image
 from datagen.matting.base import MattingBackend
 from datagen.matting.camera import MotionEstimator
-from datagen.sources import IMAGE_EXTENSIONS, SourceItem, localise
+from datagen.sources import SourceItem, localise
 from datagen.video_clip import VideoClip
-from manifests import storage, video_io
+from manifests import storage
 from manifests.errors import ConfigError, InputError, one_line
 from manifests.layers import InputKind
 from manifests.metrics import psnr
@@ -257,33 +257,16 @@ def read_frames(item: SourceItem, indices: list[int], config: BuildConfig) -> Vi
                                        config.size)[0] for chunk in chunks])
     elif item.kind is InputKind.VIDEO:
         stems = [f"{i:05d}" for i in indices]
-        frames = np.concatenate([cover(_read_video(path, chunk), None, config.size)[0] for chunk in chunks])
+        frames = np.concatenate([cover(read_rgb_frames(path, chunk), None, config.size)[0] for chunk in chunks])
     else:
         raise InputError(f"no clean plate for an input of kind {item.kind.value} (a video or a frame folder only)")
     alpha = _masks(item, stems, config.size) if item.mask_dir else None
     return VideoClip(frames, alpha, fps=config.fps, frame_indices=list(indices))
 
 
-def _read_video(path: Path, indices: list[int]) -> np.ndarray:
-    """decord first (fast seeking), PyAV where decord cannot read the file (as `decode` does)."""
-    try:
-        import decord
-
-        return decord.VideoReader(str(path), num_threads=1).get_batch(indices).asnumpy()
-    except Exception:  # decord raises its own error types on files it cannot handle
-        try:
-            return video_io.read_video(path, "rgb24", indices)
-        except Exception as exc:
-            raise InputError(f"cannot decode the video for its clean plate: {one_line(exc)}") from exc
-
-
 def _masks(item: SourceItem, stems: list[str], size: tuple[int, int]) -> np.ndarray | None:
-    """The input's masks of these frames fitted like the frames, or None where it lacks one (as `decode`)."""
-    masks = {p.stem: p for p in Path(item.mask_dir).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
-    if not all(stem in masks for stem in stems):
+    """The input's masks of these frames fitted like the frames, or None where it lacks one (`decode.read_masks`)."""
+    masks = read_masks(item, stems)
+    if masks is None:
         return None
-    fitted = []
-    for stem in stems:
-        mask = load_mask(masks[stem])
-        fitted.append(cover(np.zeros((1, *mask.shape, 3), np.uint8), mask[None], size)[1][0])
-    return np.stack(fitted)
+    return np.stack([cover(np.zeros((1, *mask.shape, 3), np.uint8), mask[None], size)[1][0] for mask in masks])

@@ -127,16 +127,16 @@ def _decode_video(path: Path, item: SourceItem, config: BuildConfig) -> Decoded:
         kind = InputKind.ALPHA_VIDEO
         shown = [over_grey(f[..., :3], f[..., 3] / 255.0) for f in _read_pyav(path, "rgba", positions)]
     else:
-        frames, alpha, kind = _read_decord(path, indices), None, InputKind.VIDEO
-        shown = list(_read_decord(path, positions))
-        mask_alpha = _read_masks(item, [str(i).zfill(5) for i in indices]) if item.mask_dir else None
+        frames, alpha, kind = read_rgb_frames(path, indices), None, InputKind.VIDEO
+        shown = list(read_rgb_frames(path, positions))
+        mask_alpha = read_masks(item, [str(i).zfill(5) for i in indices]) if item.mask_dir else None
         alpha = mask_alpha if mask_alpha is not None else alpha
     frames, alpha = cover(frames, alpha, config.size)
     clip = VideoClip(frames, alpha, fps=config.fps, frame_indices=indices, source_size=(height, width))
     return Decoded(clip, kind, source_frames=total, fingerprint=identity.fingerprint(shown))
 
 
-def _read_decord(path: Path, indices: list[int]) -> np.ndarray:
+def read_rgb_frames(path: Path, indices: list[int]) -> np.ndarray:
     """decord first (fast seeking); PyAV for what decord cannot read (tiny widths, odd containers, truncation)."""
     try:
         import decord
@@ -168,7 +168,7 @@ def _decode_frame_folder(path: Path, item: SourceItem, config: BuildConfig) -> D
     if all(a is not None for _, a in loaded):
         alpha, kind = np.stack([a for _, a in loaded]), InputKind.ALPHA_FRAME_FOLDER
     elif item.mask_dir:
-        alpha = _read_masks(item, [files[i].stem for i in indices])
+        alpha = read_masks(item, [files[i].stem for i in indices])
     frames, alpha = cover(frames, alpha, config.size)
     clip = VideoClip(frames, alpha, fps=config.fps, frame_indices=indices, source_size=loaded[0][0].shape[:2])
     shown = [over_grey(*read_image(files[i], config.max_pixels)) for i in identity.fingerprint_positions(len(files))]
@@ -181,7 +181,7 @@ def frame_files(folder: Path) -> list[Path]:
                         and not p.name.startswith(".")])
 
 
-def _read_masks(item: SourceItem, stems: list[str]) -> np.ndarray | None:
+def read_masks(item: SourceItem, stems: list[str]) -> np.ndarray | None:
     """DAVIS-layout masks for the chosen frames, or None when the folder does not cover them all."""
     masks = {p.stem: p for p in Path(item.mask_dir).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
     if not all(stem in masks for stem in stems):

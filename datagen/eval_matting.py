@@ -20,7 +20,7 @@ from datagen.matting import load_matting
 from datagen.sources import IMAGE_EXTENSIONS, SourceItem, discover
 from manifests.errors import ConfigError, InputError, one_line
 from manifests.layers import InputKind
-from manifests.metrics import FOREGROUND_THRESHOLD, alpha_iou, alpha_mae, psnr
+from manifests.metrics import FOREGROUND_THRESHOLD, alpha_iou, alpha_mae, masked_psnr
 
 BACKGROUND = "background"  # the clean background beside the masks: a folder of frames, or one image
 
@@ -148,7 +148,8 @@ def _rgb(path: Path) -> np.ndarray:
 
 
 def _psnr(reference: np.ndarray, estimate: np.ndarray, where: np.ndarray) -> float | None:
-    return round(psnr(reference[where], estimate[where]), 2) if where.any() else None
+    value = masked_psnr(reference, estimate, where)
+    return None if value is None else round(value, 2)
 
 
 def _means(videos) -> dict:

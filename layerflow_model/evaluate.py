@@ -27,7 +27,7 @@ from layerflow_model.sample import run_task
 from manifests.dataset import open_dataset
 from manifests.device import resolve_device
 from manifests.layers import Layer
-from manifests.metrics import alpha_iou, alpha_mae, foreground_mask, psnr, recomposition_psnr
+from manifests.metrics import alpha_iou, alpha_mae, foreground_mask, masked_psnr, recomposition_psnr
 
 METRICS: dict[str, str] = {
     "alpha_iou": "decompose: IoU of predicted and true alpha >= 0.5, mean over frames (higher is better)",
@@ -45,11 +45,9 @@ def _u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(x, dtype=np.float64) * 255.0, 0, 255)
 
 
-def masked_psnr(reference: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -> float | None:
-    """PSNR (0..1 data, reported on the 0..255 scale) over the pixels where mask (T, H, W) is True."""
-    if not mask.any():
-        return None
-    return psnr(_u8(reference)[mask], _u8(estimate)[mask])
+def _masked_psnr(reference: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -> float | None:
+    """`manifests.metrics.masked_psnr` of 0..1 data, on the 0..255 scale."""
+    return masked_psnr(_u8(reference), _u8(estimate), mask)
 
 
 def decomposition_metrics(truth: dict[Layer, np.ndarray], predicted: dict[Layer, np.ndarray]) -> dict:
@@ -57,9 +55,9 @@ def decomposition_metrics(truth: dict[Layer, np.ndarray], predicted: dict[Layer,
     return {
         "alpha_iou": alpha_iou(predicted[Layer.ALPHA], truth[Layer.ALPHA]),
         "alpha_mae": alpha_mae(predicted[Layer.ALPHA], truth[Layer.ALPHA]),
-        "fg_psnr_inside": masked_psnr(truth[Layer.FOREGROUND], predicted[Layer.FOREGROUND], inside),
-        "bg_psnr_inside": masked_psnr(truth[Layer.BACKGROUND], predicted[Layer.BACKGROUND], inside),
-        "bg_psnr_outside": masked_psnr(truth[Layer.BACKGROUND], predicted[Layer.BACKGROUND], ~inside),
+        "fg_psnr_inside": _masked_psnr(truth[Layer.FOREGROUND], predicted[Layer.FOREGROUND], inside),
+        "bg_psnr_inside": _masked_psnr(truth[Layer.BACKGROUND], predicted[Layer.BACKGROUND], inside),
+        "bg_psnr_outside": _masked_psnr(truth[Layer.BACKGROUND], predicted[Layer.BACKGROUND], ~inside),
     }
 
 
