@@ -13,11 +13,12 @@ import json
 from collections import Counter
 
 from datagen.config import BuildConfig
+from datagen.plan import split_of
 from datagen.rows import InputRow, SampleRow
 from datagen.stages import can_be_foreground
 from filters.apply import input_counts
 from manifests import identity
-from manifests.layers import InputState, Stage
+from manifests.layers import InputKind, InputState, Stage
 from manifests.schema import (
     DUPLICATE_OF,
     INPUT_ID,
@@ -53,7 +54,8 @@ def mark_copies(inputs: list[InputRow]) -> None:
                                                       f"within {bits} of 64 bits; built once, from there)")
 
 
-def input_states(inputs: list[InputRow], samples: list[dict], sample_failures: list[SampleRow]) -> list[dict]:
+def input_states(inputs: list[InputRow], samples: list[dict], sample_failures: list[SampleRow],
+                 config: BuildConfig) -> list[dict]:
     """One `inputs.parquet` row per input, in its end state with the reason where it is not simply used: duplicate >
     in samples > failed > unused. An input in samples is `used` here; the policy makes it `rejected` if none of its
     samples is kept (`filters.apply.decide_input_states`)."""
@@ -62,7 +64,7 @@ def input_states(inputs: list[InputRow], samples: list[dict], sample_failures: l
         for input_id in {sample["input_id_foreground"], sample["input_id_background"]}:
             in_samples.setdefault(input_id, []).append(sample[SAMPLE_ID])
     failed_samples = {row.fg.input_id: row for row in sample_failures}
-    unused_why = _unused_reasons(inputs, bool(samples or sample_failures))
+    unused_why = _unused_reasons(inputs, bool(samples or sample_failures), config)
     out = []
     for row in inputs:
         state, stage, message = InputState.UNUSED, None, unused_why.get(row.input_id)
@@ -93,24 +95,32 @@ def input_states(inputs: list[InputRow], samples: list[dict], sample_failures: l
             "camera_motion": json.dumps(row.camera_motion, sort_keys=True) if row.camera_motion else None,
             "relative_path": row.item.relative, "source_size": row.item.size, "source_version": row.item.version,
             "fingerprint": row.fingerprint, "group": row.item.group or row.fingerprint,
-            DUPLICATE_OF: row.item.duplicate_of,
+            "background_group": row.item.background_group, DUPLICATE_OF: row.item.duplicate_of,
         })
     return out
 
 
-def _unused_reasons(inputs: list[InputRow], planned: bool) -> dict[str, str]:
+def _unused_reasons(inputs: list[InputRow], planned: bool, config: BuildConfig) -> dict[str, str]:
     """Why each usable input took part in no sample."""
     ok = [row for row in inputs if row.ok]
     foregrounds = [row for row in ok if can_be_foreground(row) and row.matte_error is None]
     out = {}
     for row in ok:
         if can_be_foreground(row) and row.matte_error is None:
-            out[row.input_id] = "no background to put this foreground on (a video or a plain image)"
+            side = split_of((row.group,), config)
+            if row.kind is InputKind.LAYERED_IMAGE and split_of((row.group, row.background_group), config) is None:
+                out[row.input_id] = (f"its object ({row.group}, {side}) and its background ({row.background_group}, "
+                                     f"{'train' if side == 'val' else 'val'}) fall on two sides of the split: a "
+                                     "sample of both would show a held-out one in training")
+            else:
+                out[row.input_id] = (f"no background to put this foreground on (a video or a plain image whose "
+                                     f"background identity is on its side of the split, {side})")
         elif not foregrounds:
             out[row.input_id] = ("no input can be a foreground to put in front of it (a video, an RGBA image or a "
                                  "layered-image folder)")
         elif planned:
-            out[row.input_id] = "not drawn as a background (each foreground takes --backgrounds-per-foreground)"
+            out[row.input_id] = ("not drawn as a background (each foreground takes --backgrounds-per-foreground, "
+                                 "from backgrounds on its side of the split)")
         else:
             out[row.input_id] = "no sample was planned with it"
     return out

@@ -218,7 +218,7 @@ def _run(folder: BuildFolder, committed: Committed, items: list[SourceItem], con
     # every committed sample, this run's and earlier ones': only the columns the summary counts (not the embeddings)
     samples = io.read_parts(out, list(SUMMARY_COLUMNS)).to_pylist()
 
-    input_rows = input_states(inputs, samples, sample_failures)
+    input_rows = input_states(inputs, samples, sample_failures, config)
     failures = failure_rows(input_rows, inputs, sample_failures)
     io.write_failures(out, failures)
     summary = make_summary(str(out), config, runner.name, input_rows, samples, failures, seconds)

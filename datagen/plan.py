@@ -3,6 +3,10 @@ decomposed over their own clean plate; only the kinds the build asks for (`--kin
 
 Deterministic: a foreground's backgrounds are the candidates with the smallest hash of
 (seed, foreground id, candidate id), so adding one input does not reshuffle every pairing.
+
+Held out by identity: a sample's split is that of its foreground's object and of its background (`split_of`), so no
+object or background of a `val` sample appears in any `train` sample. A foreground takes only backgrounds on its side;
+a clip or layered image whose object and own background fall on two sides makes no sample of them (its row says so).
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ def sample_id(kind: SampleKind, fg_id: str, bg_id: str, config: BuildConfig) -> 
 
 
 def split_of(groups: Sequence[str], config: BuildConfig) -> str | None:
-    """The split of a sample made from inputs of these groups (`InputRow.group`: the user's group, else the content
-    fingerprint), so no content appears in both train and val. With the foreground's group alone (what a build uses
-    today) it is never None; with the background's group too (held-out evaluation), a sample whose groups fall on
-    two sides is None: it should not be made (`identity.split_for`)."""
+    """The split of a sample made from these identities: its foreground's object (`InputRow.group`: the user's group,
+    else the content fingerprint) and its background (`InputRow.background_group`). None when they fall on two
+    sides: such a sample would show a held-out object or background in training (or the reverse), so it is not made
+    (`identity.split_for`)."""
     return split_for(groups, config.seed, config.val_fraction)
 
 
@@ -52,23 +56,34 @@ def plan_samples(inputs: list[InputRow], config: BuildConfig) -> list[SampleRow]
     for fg in ok:
         if not can_be_foreground(fg) or fg.matte_error is not None:
             continue
-        if fg.plate_path is not None:  # a matted real clip with its clean plate: the clip itself, decomposed
-            plans.append(_plan(SampleKind.VIDEO_DECOMPOSED, fg, fg, fg.clip_path, config))
+        # A real clip decomposed over its own clean plate, and a layered image over its own background, are made
+        # only when the object and what is behind it fall on the same side of the split.
+        own = split_of((fg.group, fg.background_group), config)
+        if fg.plate_path is not None and own is not None:
+            plans.append(_plan(SampleKind.VIDEO_DECOMPOSED, fg, fg, fg.clip_path, own, config))
         if fg.kind is InputKind.LAYERED_IMAGE:
-            plans.append(_plan(SampleKind.IMAGE_FROZEN, fg, fg, fg.background_path, config))
+            if own is not None:
+                plans.append(_plan(SampleKind.IMAGE_FROZEN, fg, fg, fg.background_path, own, config))
             continue
         sample_kind = SampleKind.VIDEO_COPY_PASTE if fg.kind.is_video else SampleKind.IMAGE_FROZEN
-        # Videos go on videos (stills only if there is no other video); stills on stills (else a video frame).
+        # Videos go on videos (stills only if there is no other video); stills on stills (else a video frame); only
+        # backgrounds on the foreground's side of the split.
+        side = split_of((fg.group,), config)
         preferred, fallback = (videos, stills) if fg.kind.is_video else (stills, videos)
-        pool = [c for c in preferred if c.input_id != fg.input_id]
-        pool = pool or [c for c in fallback if c.input_id != fg.input_id]
+        pool = [c for c in preferred if _pairable(fg, c, side, config)]
+        pool = pool or [c for c in fallback if _pairable(fg, c, side, config)]
         ranked = sorted(pool, key=lambda c: _hash(config.seed, fg.input_id, c.input_id))
         for bg in ranked[: config.backgrounds_per_foreground]:
-            plans.append(_plan(sample_kind, fg, bg, bg.clip_path, config))
+            plans.append(_plan(sample_kind, fg, bg, bg.clip_path, side, config))
     return sorted((plan for plan in plans if plan.kind in config.kinds), key=lambda plan: plan.sample_id)
 
 
-def _plan(kind: SampleKind, fg: InputRow, bg: InputRow, bg_clip_path: str, config: BuildConfig) -> SampleRow:
-    return SampleRow(sample_id=sample_id(kind, fg.input_id, bg.input_id, config), kind=kind,
-                     split=split_of((fg.group,), config), fg=SampleInput.of(fg), bg=SampleInput.of(bg),
-                     bg_clip_path=bg_clip_path)
+def _pairable(fg: InputRow, candidate: InputRow, side: str, config: BuildConfig) -> bool:
+    """Can `candidate` be the background of `fg`: another input, whose background identity is on fg's side."""
+    return candidate.input_id != fg.input_id and split_of((candidate.background_group,), config) == side
+
+
+def _plan(kind: SampleKind, fg: InputRow, bg: InputRow, bg_clip_path: str, split: str,
+          config: BuildConfig) -> SampleRow:
+    return SampleRow(sample_id=sample_id(kind, fg.input_id, bg.input_id, config), kind=kind, split=split,
+                     fg=SampleInput.of(fg), bg=SampleInput.of(bg), bg_clip_path=bg_clip_path)

@@ -207,8 +207,8 @@ def _differences(old: dict, new: dict) -> str:
                 changed.append("an input changed since (its modification time, or its ETag on object storage)")
         elif key == "identity":
             if old.get(key) != new.get(key):
-                changed.append(f"input ids are made another way (identity {old.get(key) or '1'} then, "
-                               f"{new.get(key)} now: sample ids differ)")
+                changed.append(f"input ids are made another way, or splits drawn another way (identity "
+                               f"{old.get(key) or '1'} then, {new.get(key)} now: sample ids or splits differ)")
         elif key != "inputs" and old.get(key) != new.get(key):
             changed.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     return "; ".join(changed)

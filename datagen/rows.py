@@ -33,6 +33,8 @@ from manifests.schema import (
     DUPLICATE_OF,
     FLAGS,
     FOREGROUND_COLOUR,
+    GROUP_BACKGROUND,
+    GROUP_FOREGROUND,
     KEEP,
     KIND,
     LAYERS_CAPTION,
@@ -154,8 +156,15 @@ class InputRow(FromItem, Row):
 
     @property
     def group(self) -> str:
-        """What must stay on one side of the train / val line: the user's group, else the content fingerprint."""
+        """The identity of the input's object (what must stay on one side of the train / val line): the user's group,
+        else the content fingerprint."""
         return self.item.group or self.fingerprint or self.input_id
+
+    @property
+    def background_group(self) -> str:
+        """The identity of what is behind the object in this input (a background clip: itself): the user's
+        `background_group`, else the input's own group."""
+        return self.item.background_group or self.group
 
     @property
     def key(self) -> str:
@@ -175,12 +184,15 @@ class SampleInput(FromItem):
     composite_psnr: float | None = None
     plate_path: str | None = None
     plate_scores: dict[str, float | None] = field(default_factory=dict)
+    group: str | None = None  # `InputRow.group` (None: a row encoded before identities were carried)
+    background_group: str | None = None  # `InputRow.background_group`
 
     @classmethod
     def of(cls, row: InputRow) -> SampleInput:
         return cls(item=row.item, kind=row.kind, clip_path=row.clip_path, matting=row.matting,
                    layer_paths=row.layer_paths, layer_sources=row.layer_sources, composite_psnr=row.composite_psnr,
-                   plate_path=row.plate_path, plate_scores=row.plate_scores)
+                   plate_path=row.plate_path, plate_scores=row.plate_scores, group=row.group,
+                   background_group=row.background_group)
 
     @property
     def adapter(self) -> Adapter:
@@ -226,6 +238,12 @@ class SampleRow(Row):
         return self.sample_id
 
     @property
+    def background_group(self) -> str | None:
+        """The identity of the sample's background: the background input's (a layered image's or a decomposed clip's
+        own background: the foreground input's `background_group`)."""
+        return self.bg.background_group
+
+    @property
     def caption_layers(self) -> int:
         """How many of the captioned layers have a non-empty caption."""
         return sum(bool((self.captions.get(layer) or "").strip()) for layer in CAPTIONED_LAYERS)
@@ -268,6 +286,7 @@ class SampleRow(Row):
             **self.layer_columns(),
             "num_frames": self.num_frames, "fps": config.fps, "height": self.height, "width": self.width,
             "input_id_foreground": fg.input_id, "input_id_background": bg.input_id,
+            GROUP_FOREGROUND: fg.group, GROUP_BACKGROUND: self.background_group,
             "source_foreground": fg.uri, "source_background": bg.item.background_source,
             LAYERS_SOURCE: fg.layer_sources or [fg.uri], SOURCE_COMPANIONS: list(fg.item.companions),
             SOURCE_COMPOSITE_PSNR: self.composite_psnr if decomposed else

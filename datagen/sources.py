@@ -101,6 +101,10 @@ class SourceItem:
     size: int = 0
     version: str = ""
     group: str | None = None  # the user's group (sidecar or list column `group`); None: the content fingerprint
+    # the identity of what is behind the object in this input (sidecar or list column `background_group`): a
+    # foreground clip's own scene (its `video_decomposed` background), a layered image's background layer; None: the
+    # input's own group (a background clip is its own background)
+    background_group: str | None = None
     duplicate_of: str | None = None  # the input id of the input this one duplicates (then it is not built) ...
     duplicate_reason: str | None = None  # ... and how it was seen
 
@@ -641,8 +645,8 @@ def _mask_dir(path: Path, kind: InputKind) -> str | None:
 
 
 def _read_sidecar(path: Path, kind: InputKind) -> dict:
-    """Captions (and role / fps / group / frame_folder) from `<name>.json` / `<name>.txt` beside the input at `path`
-    or `captions.*` in it."""
+    """Captions (and role / fps / group / background_group / frame_folder) from `<name>.json` / `<name>.txt` beside
+    the input at `path` or `captions.*` in it."""
     anchor = path.parent if path.name.lower() in FRAME_FOLDER_NAMES else path
     stem = anchor.stem if anchor.is_file() else anchor.name
     candidates = [anchor.parent / f"{stem}{ext}" for ext in SIDECAR_EXTENSIONS]
@@ -667,7 +671,8 @@ def _parse_sidecar(path: Path, kind: InputKind) -> dict:
 
 
 def _apply_fields(item: SourceItem, fields: dict) -> SourceItem:
-    """Fold sidecar or list-file fields (captions, per-layer captions, role, fps, group) into the item."""
+    """Fold sidecar or list-file fields (captions, per-layer captions, role, fps, group, background_group) into the
+    item."""
     if fields.get("error"):
         return replace(item, error=str(fields["error"]))
     updates: dict = {}
@@ -689,14 +694,16 @@ def _apply_fields(item: SourceItem, fields: dict) -> SourceItem:
             return replace(item, error=f"unknown role {fields['role']!r} (use any, foreground or background)")
     if fields.get("fps"):
         updates["fps"] = float(fields["fps"])
-    if fields.get("group") not in (None, ""):
-        updates["group"] = str(fields["group"]).strip()
+    for name in ("group", "background_group"):
+        if fields.get(name) not in (None, ""):
+            updates[name] = str(fields[name]).strip()
     return replace(item, **updates)
 
 
 def _read_list_file(source: str, walk: _Walk, counts: _Counts) -> list[tuple[SourceItem, tuple | None]]:
-    """txt: one uri per line (# comments); csv / parquet: a `uri` column plus optional caption, role, fps and group
-    columns. A uri may be a path (relative to the list file) or on object storage; the list file itself too."""
+    """txt: one uri per line (# comments); csv / parquet: a `uri` column plus optional caption, role, fps, group and
+    background_group columns. A uri may be a path (relative to the list file) or on object storage; the list file
+    itself too."""
     remote = storage.is_remote(source)
     name = PurePosixPath(_plain(source)).name
     data = storage.read_bytes(source) if remote else Path(source).expanduser().read_bytes()

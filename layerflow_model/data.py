@@ -19,7 +19,7 @@ from layerflow_model.layout import Task, pack, prompts_for
 from manifests.dataset import DatasetLike, open_dataset
 from manifests.errors import DatasetError
 from manifests.layers import CAPTIONED_LAYERS, Layer, SampleKind
-from manifests.schema import KIND, SAMPLE_ID, caption_column, uri_column
+from manifests.schema import GROUP_BACKGROUND, GROUP_FOREGROUND, KIND, SAMPLE_ID, caption_column, uri_column
 from manifests.video_io import read_layer
 
 # Moving clips (copy-paste videos, and decomposed real videos where this manifests version has them) and frozen
@@ -37,11 +37,14 @@ class Row:
     num_frames: int
     uris: dict[Layer, str]
     captions: dict[Layer, str]
+    # The identities its split went by (`manifests.schema.GROUP_*`; None in a manifest before schema 6).
+    group_foreground: str | None = None
+    group_background: str | None = None
 
 
 # The manifest columns a Row is made of (the only ones read).
 _ROW_COLUMNS = [SAMPLE_ID, KIND, "num_frames", *(uri_column(layer) for layer in Layer),
-               *(caption_column(layer) for layer in CAPTIONED_LAYERS)]
+               *(caption_column(layer) for layer in CAPTIONED_LAYERS), GROUP_FOREGROUND, GROUP_BACKGROUND]
 
 
 def read_rows(uri: DatasetLike, split: str | None = "train") -> list[Row]:
@@ -50,7 +53,8 @@ def read_rows(uri: DatasetLike, split: str | None = "train") -> list[Row]:
     table = open_dataset(uri).manifest(columns=_ROW_COLUMNS, split=split, keep=True).sort_by(SAMPLE_ID)
     return [Row(rec[SAMPLE_ID], SampleKind(rec[KIND]), rec["num_frames"],
                 {layer: rec[uri_column(layer)] for layer in Layer},
-                {layer: rec[caption_column(layer)] or "" for layer in CAPTIONED_LAYERS})
+                {layer: rec[caption_column(layer)] or "" for layer in CAPTIONED_LAYERS},
+                rec[GROUP_FOREGROUND], rec[GROUP_BACKGROUND])
             for rec in table.to_pylist()]
 
 

@@ -8,7 +8,9 @@
   footage changes about half of them. Two fingerprints are the same content when every frame is within
   `FRAME_TOLERANCE` bits (`same_content`).
 - group: what must stay on one side of the train / val line. The user's `group` (sidecar or list column) when given,
-  else the content fingerprint.
+  else the content fingerprint. A sample has two: its foreground's object and its background (`background_group`:
+  what is behind the object in the input it came from), and falls in `val` only when both do (`split_for`).
+- family: the part of a group before its first "/" (`family_of`), what an evaluation reports per family.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-IDENTITY_VERSION = "2"  # 1: ids hashed the absolute uri and splits the clip name; a build record names this
+# 1: ids hashed the absolute uri and splits the clip name; 2: ids as `input_id`, splits by the foreground's group;
+# 3: splits by the foreground's group and the background's (`background_group`). A build record names this.
+IDENTITY_VERSION = "3"
 FINGERPRINT_FRAMES = 4  # frames hashed per clip (a still image: its one frame)
 FRAME_TOLERANCE = 10  # differing bits (of 64) per frame still counted as the same content
 _DCT_SIZE, _LOW = 32, 8  # the frame is shrunk to 32x32 grey; the 8x8 lowest frequencies are hashed
@@ -100,6 +104,12 @@ def split_for(groups: Sequence[str], seed: int, val_fraction: float) -> str | No
     if len(sides) != 1:
         return None
     return "val" if sides.pop() else "train"
+
+
+def family_of(group: str | None) -> str:
+    """The family of a group: its part before the first "/" ("shape/star-03" -> "shape"); a group without "/" is its
+    own family; no group: "unknown"."""
+    return group.split("/", 1)[0] if group else "unknown"
 
 
 def _fraction(seed: int, group: str) -> float:

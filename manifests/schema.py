@@ -17,7 +17,9 @@ from manifests.layers import RGB_LAYERS, Layer
 # - manifest: clean_plate, foreground_colour, plate_invented_uri, plate_invented_mean|max, plate_stability
 #   (`video_decomposed`; a manifest of version 4 reads with them null)
 # - inputs: relative_path, source_size, source_version, fingerprint, group, duplicate_of; state `duplicate`
-SCHEMA_VERSION = "5"
+# 6: manifest group_foreground, group_background; inputs background_group (a manifest of version 5 reads with them
+#    null: its split went by the foreground's group alone)
+SCHEMA_VERSION = "6"
 SCHEMA_METADATA = {b"layerflow.schema_version": SCHEMA_VERSION.encode(), b"layerflow.table": b""}
 
 MANIFEST_DIR = "manifest"
@@ -67,6 +69,10 @@ FOREGROUND_COLOUR = "foreground_colour"  # ForegroundColour: where the foregroun
 PLATE_INVENTED_URI = "plate_invented_uri"
 PLATE_INVENTED_FILE = "plate_invented.mkv"
 PLATE_SCORES = ("plate_invented_mean", "plate_invented_max", "plate_stability")
+# The identities the split went by (`manifests.identity`): the foreground's object and the sample's background. A
+# family is the part of a group before its first "/" ("shape/star-03" is of family "shape"; no "/": its own family).
+GROUP_FOREGROUND = "group_foreground"
+GROUP_BACKGROUND = "group_background"
 DECISION_COLUMNS = (KEEP, REJECT_REASONS, FLAGS, DUPLICATE_OF)  # what a policy decides (`layerflow-data filter`)
 
 
@@ -163,6 +169,8 @@ SAMPLE_SCHEMA = _with_metadata(pa.schema([
     # provenance
     pa.field("input_id_foreground", pa.string(), nullable=False),
     pa.field("input_id_background", pa.string(), nullable=False),
+    pa.field(GROUP_FOREGROUND, pa.string()),  # the foreground's object identity (its input's `group`)
+    pa.field(GROUP_BACKGROUND, pa.string()),  # the background's identity (`background_group` of its input)
     pa.field("source_foreground", pa.string(), nullable=False),
     pa.field("source_background", pa.string(), nullable=False),
     pa.field(LAYERS_SOURCE, pa.list_(pa.string()), nullable=False),
@@ -231,6 +239,7 @@ INPUT_SCHEMA = _with_metadata(pa.schema([
     pa.field("source_version", pa.string(), nullable=False),
     pa.field("fingerprint", pa.string()),
     pa.field("group", pa.string()),
+    pa.field("background_group", pa.string()),  # the identity of what is behind the object (null: `group`)
     pa.field(DUPLICATE_OF, pa.string()),
 ]), "inputs")
 
