@@ -81,7 +81,9 @@ class BuildConfig:
     captioner: str = "auto"
     seed: int = 0
     backgrounds_per_foreground: int = 2  # copy-paste samples made from each foreground clip
-    val_fraction: float = 0.1  # share of foreground inputs whose samples go to the `val` split
+    # share of identities (objects and backgrounds: `manifests.identity`) held out; a sample is `val` when its object
+    # and its background both are, `train` when neither is, and not made when they disagree
+    val_fraction: float = 0.1
     scale_range: tuple[float, float] = (0.6, 1.0)  # foreground scale relative to the largest that fits
     crf: int = 17  # H.264 quality of the RGB layers (alpha is lossless); 18 left dense real texture near 35 dB
     frame_folder_fps: float = 24.0  # frame rate assumed for frame folders (sidecar "fps" overrides)

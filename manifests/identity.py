@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -104,6 +104,16 @@ def split_for(groups: Sequence[str], seed: int, val_fraction: float) -> str | No
     if len(sides) != 1:
         return None
     return "val" if sides.pop() else "train"
+
+
+def heldout_overlap(samples: Iterable[tuple[str, str | None, str | None]]) -> int:
+    """How many `val` samples show an object or a background that some `train` sample shows too, from (split, object
+    group, background group) per sample; 0 when the split holds out by identity. A sample without groups (a manifest
+    before schema 6) counts as overlapping: nothing shows that it is held out."""
+    samples = list(samples)
+    trained = {group for split, *groups in samples if split == "train" for group in groups if group}
+    return sum(1 for split, *groups in samples
+               if split == "val" and (not all(groups) or any(group in trained for group in groups)))
 
 
 def family_of(group: str | None) -> str:

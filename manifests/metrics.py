@@ -3,7 +3,8 @@
 The blend invariant `blended = alpha * foreground + (1 - alpha) * background` (`recompose`) and its PSNR; matte
 quality against a reference: the IoU of binarised mattes (alpha >= 0.5), the mean absolute alpha error, and the
 video-matting benchmark measures (SAD, MSE, gradient error, dtSSD, scaled as in Robust Video Matting's evaluation);
-PSNR and SSIM inside or outside a mask; and a bootstrap interval over samples and seeds.
+the coverage of a matte (its mean alpha); PSNR and SSIM inside or outside a mask; and a bootstrap interval over
+samples and seeds.
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ def alpha_mae(pred: np.ndarray, truth: np.ndarray) -> float:
     """Mean absolute alpha error (0..1) over all pixels of all frames."""
     pred, truth = _pair(pred, truth)
     return float(np.abs(pred - truth).mean())
+
+
+def alpha_coverage(alpha: np.ndarray) -> float:
+    """Mean alpha (0..1) over all pixels of all frames: how much of the clip a matte covers (0 for no object)."""
+    return float(_as_clip(alpha).mean())
 
 
 # --- the video-matting benchmark measures (alpha in 0..1; the scaling is RVM's `evaluation_metrics.py`) ----------

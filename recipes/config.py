@@ -20,10 +20,16 @@ class ReproduceConfig:
         "generate": 1.0, "decompose": 3.0, "fg2bg": 1.0, "bg2fg": 1.0})
     sample_steps: int = 25
     cfg: float = 3.0
+    # eval: every held-out sample, all four tasks, each sampled model with `eval_seeds` noise seeds of `eval_steps`
+    # DDIM steps (fewer than `sample_steps`: 4 tasks x 2 models x 3 seeds per sample fit the time budget)
+    eval_steps: int = 8
+    eval_seeds: int = 3
+    min_heldout: int = 24  # fewer kept held-out samples than this and reproduce stops: no table from too few
     seed: int = 0
     no_ray: bool = False  # build without Ray (same stages, one process)
 
     def __post_init__(self) -> None:
-        for name in ("base_steps", "motion_steps", "content_steps", "batch_size", "sample_steps"):
+        for name in ("base_steps", "motion_steps", "content_steps", "batch_size", "sample_steps", "eval_steps",
+                     "eval_seeds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")

@@ -86,3 +86,12 @@ def test_the_family_of_a_group_is_its_part_before_the_first_slash():
     assert identity.family_of("a/b/c") == "a"
     assert identity.family_of("plain") == "plain"
     assert identity.family_of(None) == "unknown"
+
+
+def test_heldout_overlap_counts_val_samples_that_share_an_identity_with_training(built):
+    assert identity.heldout_overlap([("train", "o1", "b1"), ("val", "o2", "b2"), ("val", "o3", "b3")]) == 0
+    assert identity.heldout_overlap([("train", "o1", "b1"), ("val", "o1", "b2"), ("val", "o3", "b1")]) == 2
+    assert identity.heldout_overlap([("train", "o1", "b1"), ("val", None, None)]) == 1  # no identity: not held out
+    dataset, _ = built
+    rows = open_dataset(dataset).manifest(columns=[SPLIT, GROUP_FOREGROUND, GROUP_BACKGROUND]).to_pylist()
+    assert identity.heldout_overlap((r[SPLIT], r[GROUP_FOREGROUND], r[GROUP_BACKGROUND]) for r in rows) == 0

@@ -270,22 +270,26 @@ def test_run_task_gives_every_layer_and_keeps_the_input(dataset):
 
 def test_eval_reports_the_model_next_to_both_baselines(dataset, tmp_path):
     result = train(train_config(dataset, tmp_path / "run", steps=1), tiny(), progress=False)
-    report = evaluate(result.checkpoint, str(dataset), "val", SampleSettings(steps=2), limit=2, progress=False)
+    report = evaluate(result.checkpoint, str(dataset), "val", SampleSettings(steps=2), limit=2, seeds=1,
+                      progress=False)
     metrics = report.summary["metrics"]
-    assert report.summary["samples"] == 2
+    rows = read_rows(str(dataset), "val")[:2]
+    assert report.summary["samples"] == len(rows)
     # alpha = 0 never overlaps the foreground: it scores 1 on the frames where the true matte is empty, else 0
     config = tiny()
     store = ClipStore(str(dataset), config.height, config.width)
     empty = [np.mean([not foreground_mask(frame).any() for frame in
-                      data_module.crop(store.layers(row), 0, config.frames)[Layer.ALPHA]])
-             for row in read_rows(str(dataset), "val")[:2]]
-    assert metrics["trivial"]["alpha_iou"] == pytest.approx(np.mean(empty))
-    assert metrics["trivial"]["recompose_psnr"] is None  # a trivial predictor generates nothing
-    assert metrics["trivial"]["bg_psnr_outside"] > metrics["trivial"]["bg_psnr_inside"]
+                      data_module.crop(store.layers(row), 0, config.frames)[Layer.ALPHA]]) for row in rows]
+    trivial = metrics["trivial"]["decompose"]
+    assert trivial["alpha_iou"]["mean"] == pytest.approx(np.mean(empty))
+    assert "generate" not in metrics["trivial"]  # a trivial predictor generates nothing
+    assert trivial["bg_psnr_outside"]["mean"] > trivial["bg_psnr_inside"]["mean"]
     for model in ("trained", "untrained"):
-        assert all(metrics[model][name] is not None for name in metrics[model])
-    assert set(report.summary["beats"]["alpha_iou"]) == {"untrained", "trivial"}
-    assert "alpha_iou" in report.table()
+        for task, names in metrics[model].items():
+            # no text scorer was passed, so only text alignment is missing
+            assert all((stats["mean"] is None) == name.startswith("clip_") for name, stats in names.items()), task
+    assert set(report.summary["beats"]["decompose"]["alpha_iou"]) == {"untrained", "trivial"}
+    assert "decompose alpha_iou" in report.table()
 
 
 # The CLI --------------------------------------------------------------------------------------------------------
@@ -333,10 +337,11 @@ def test_cli_train_sample_and_eval(dataset, tmp_path, monkeypatch):
     assert (generated / "blended.mp4").exists()
 
     monkeypatch.setattr(cli, "console", cli.Console(stderr=True, width=200))
-    result = _cli(["eval", "--checkpoint", str(run), "--manifest", str(dataset), "--steps", "2", "--limit", "1"])
+    result = _cli(["eval", "--checkpoint", str(run), "--manifest", str(dataset), "--steps", "2", "--limit", "1",
+                   "--seeds", "1"])
     assert result.exit_code == 0, result.output
     line = [text for text in result.stdout.splitlines() if text.startswith("{")][-1]
-    assert json.loads(line)["samples"] == 1
+    assert json.loads(line)["samples"] == 1 and json.loads(line)["seeds"] == 1
 
 
 def test_cli_sample_errors_are_one_line(dataset, tmp_path):
