@@ -32,7 +32,9 @@ from manifests.schema import foreground_layers
 from manifests.video_io import quantise, read_layer
 
 H, W = 48, 64
-SMALL = BuildConfig(frames=2, fps=8.0, size=(32, 48), matting="given", captioner="sidecar", clip="none")
+# No val share: these tests are about the layouts, not about which input a held-out draw leaves without a background.
+SMALL = BuildConfig(frames=2, fps=8.0, size=(32, 48), matting="given", captioner="sidecar", clip="none",
+                    val_fraction=0.0)
 
 
 def disk(cx: float, cy: float, radius: float, height: int = H, width: int = W) -> np.ndarray:
@@ -465,7 +467,8 @@ def test_real_layered_build_reads_every_layout(tmp_path):
     data = layered_data()
     out = tmp_path / "ds"
     summary = build(str(data), out, BuildConfig(frames=2, fps=8.0, size=(32, 32), matting="given",
-                                                captioner="sidecar", clip="none"), LocalRunner(progress=False))
+                                                captioner="sidecar", clip="none", val_fraction=0.0),
+                    LocalRunner(progress=False))
     rows = io.read_manifest(out).to_pylist()
     adapters = Counter(row["adapter"] for row in rows)
     assert adapters["multilayer_folder"] == 4 and adapters["sibling_folders"] == 8
