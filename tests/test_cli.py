@@ -132,3 +132,9 @@ def test_build_defaults_come_from_the_config():
     params = {param.name: param for param in typer.main.get_command(cli.app).commands["build"].params}
     assert params["frames"].default == BuildConfig.frames and params["crf"].default == BuildConfig.crf
     assert params["size"].default == "x".join(map(str, BuildConfig.size))
+
+
+def test_demo_source_names_its_profiles_and_refuses_another(tmp_path, monkeypatch, capsys):
+    assert "heldout" in runner.invoke(cli.app, ["demo-source", "--help"]).output
+    code, output = run_main(monkeypatch, capsys, "demo-source", str(tmp_path / "x"), "--profile", "huge")
+    assert code == 2 and "must be one of default, heldout, got 'huge'" in output and not (tmp_path / "x").exists()
