@@ -141,6 +141,11 @@ def tiny_source(tmp_path: Path) -> Path:
     return root
 
 
+# The smallest `toy` model the tests train and sample (`preset("toy", **TINY)`): seconds per step on a CPU.
+TINY = {"depth": 2, "heads": 2, "head_dim": 8, "height": 16, "width": 16, "frames": 2, "text_tokens": 8,
+        "tiny_t5_d_model": 16, "tiny_t5_layers": 1, "motion_rank": 2, "content_rank": 4, "patch_size": 4,
+        "time_embed_dim": 16}
+
 TINY_CLIP_ARCH = "layerflow-test-tiny"
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY
 
 import layerflow_model.evaluate as evaluate_module
 from datagen.build import build as build_dataset
@@ -33,9 +34,6 @@ from manifests.layers import Layer
 from manifests.metrics import alpha_coverage
 from manifests.video_io import quantise
 
-TINY = {"depth": 2, "heads": 2, "head_dim": 8, "height": 16, "width": 16, "frames": 2, "text_tokens": 8,
-        "tiny_t5_d_model": 16, "tiny_t5_layers": 1, "motion_rank": 2, "content_rank": 4, "patch_size": 4,
-        "time_embed_dim": 16}
 LIMIT, SEEDS = 3, 2
 SETTINGS = SampleSettings(steps=2)
 

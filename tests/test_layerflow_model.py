@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from layerflow_model.components import build
 from layerflow_model.config import (
@@ -42,10 +43,6 @@ from layerflow_model.model import CONTENT, MOTION, transformer_kwargs
 from layerflow_model.sample import INPUT_LAYERS, run_task
 from layerflow_model.train import ema_decay, prompt_drop
 from manifests.layers import Layer
-
-TINY = {"depth": 2, "heads": 2, "head_dim": 8, "height": 16, "width": 16, "frames": 2, "text_tokens": 8,
-        "tiny_t5_d_model": 16, "tiny_t5_layers": 1, "motion_rank": 2, "content_rank": 4, "patch_size": 4,
-        "time_embed_dim": 16}
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
 from safetensors.torch import load_file
 from test_trainer_export import cogvideox_folder
@@ -35,9 +36,6 @@ from manifests.layers import Layer, SampleKind
 from manifests.metrics import foreground_mask
 from manifests.video_io import has_alpha, quantise, read_video, write_rgb_video
 
-TINY = {"depth": 2, "heads": 2, "head_dim": 8, "height": 16, "width": 16, "frames": 2, "text_tokens": 8,
-        "tiny_t5_d_model": 16, "tiny_t5_layers": 1, "motion_rank": 2, "content_rank": 4, "patch_size": 4,
-        "time_embed_dim": 16}
 ALL_TASKS = {t.value: 1.0 for t in Task}
 
 
