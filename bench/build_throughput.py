@@ -8,8 +8,9 @@ The workload is pinned: the demo source and `--kinds video_copy_paste,image_froz
 this bench's figures were first taken) with no `val` share (`val_fraction=0`: since the split holds out backgrounds too,
 a held-out foreground pairs only with held-out backgrounds, which would drop pairs of the pinned workload), so a new
 sample kind, a new split rule or a bigger demo does not move what it measures. Both
-runners run the same stage classes with the same thread settings (OpenCV and torch at their defaults in each
-process).
+runners run the same stage classes with the same thread settings: one intra-op thread for torch and OpenCV in each
+process (`threads`: a Ray task holds one CPU and its stages use that one; the sequential loop is pinned to the same,
+so `ratio` compares the runners per core and is bounded by the core count; the codecs are single-threaded in both).
 
     python bench/build_throughput.py [--copies 1] [--concurrency 2] [--size 256x256] [--frames 16]
 
@@ -37,6 +38,7 @@ from datagen.scheduling import Resources  # noqa: E402
 from manifests.layers import SampleKind  # noqa: E402
 
 PINNED_KINDS = (SampleKind.VIDEO_COPY_PASTE, SampleKind.IMAGE_FROZEN)
+THREADS = 1  # intra-op threads per process, both runners (see above)
 
 
 def timed_build(source: Path, out: Path, config: BuildConfig, runner, concurrency: int) -> dict:
@@ -59,7 +61,8 @@ def main() -> None:
         tmp = Path(tmp)
         for seed in range(args.copies):
             make_demo_source(tmp / "src" / f"demo_{seed}", seed=seed)
-        sequential = timed_build(tmp / "src", tmp / "seq", config, LocalRunner(progress=False), args.concurrency)
+        sequential = timed_build(tmp / "src", tmp / "seq", config, LocalRunner(progress=False, threads=THREADS),
+                                 args.concurrency)
 
         from datagen.ray_runner import RayRunner
 
@@ -80,6 +83,7 @@ def main() -> None:
         "frames": args.frames,
         "kinds": [kind.value for kind in PINNED_KINDS],
         "baseline": "sequential Python loop over the same stage classes (LocalRunner)",
+        "threads_per_process": THREADS,
         "sequential": sequential,
         "ray": {**distributed, "ray_init_seconds": round(ray_init, 2)},
         "ray_warm": warm,

@@ -21,16 +21,19 @@ class LocalRunner:
     name = "local"
     gpus = None  # no GPU scheduling: the stages run here, on --device
 
-    def __init__(self, batch_size: int = 1, progress: bool = True) -> None:
+    def __init__(self, batch_size: int = 1, progress: bool = True, threads: int | None = None) -> None:
+        """`threads`: intra-op threads of torch and OpenCV in this process (None: their defaults, one per core; the
+        throughput bench passes 1, the share of a Ray task, to compare the runners per core)."""
         self.batch_size = batch_size
         self.progress = progress
+        self.threads = threads
         self.cpus = os.cpu_count() or 1
 
     def run(self, rows: list[R], stages: list[StageSpec], desc: str) -> Iterator[list[R]]:
         if not rows:
             return
         row_type = type(rows[0])
-        instances = set_up(stages)
+        instances = set_up(stages, self.threads)
         with tqdm(total=len(rows), desc=desc, unit="row", disable=not self.progress) as bar:
             for start in range(0, len(rows), self.batch_size):
                 batch = to_batch(rows[start : start + self.batch_size])

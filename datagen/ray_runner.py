@@ -2,10 +2,12 @@
 
 CPU stages run as Ray tasks on Ray's pooled worker processes, each process setting a stage chain up
 once and reusing it for every later batch and phase (no actor start-up per stage and phase).
-Consecutive CPU stages with the same resources share one operator, like Ray Data's own fusion.
-A stage with a learned model (`StageSpec.actor`) is an operator of its own: a pool of actors that
-each load the model once and hold their GPU share (`num_gpus`) for the phase, so decoding and
-writing keep running on the CPUs beside them. Rows carry only JSON and file paths between stages.
+A phase of CPU stages only is a stream of Ray core tasks, each running the whole chain on a row or a few
+(`RayRunner._tasks`). A phase with a learned model on GPUs (`StageSpec.actor`) goes through Ray Data:
+consecutive CPU stages with the same resources share one operator, like Ray Data's own fusion, and the
+learned stage is an operator of its own, a pool of actors that each load the model once and hold their GPU
+share (`num_gpus`) for the phase, so decoding and writing keep running on the CPUs beside them. Rows carry
+only JSON and file paths between stages.
 
 A worker process that dies (a native crash, out of memory, a killed node) is not an exception a stage can catch.
 Ray retries its task, but Ray Data's default is to retry forever, so one poison input would stall the build: here
@@ -54,8 +56,9 @@ class StageChain:
     """
 
     def __init__(self, specs: list[StageSpec]) -> None:
+        threads = max(1, math.floor(min(spec.num_cpus for spec in specs)))  # the CPUs each copy holds, at least one
         try:
-            self.stages, self.setup_error = set_up(specs), None
+            self.stages, self.setup_error = set_up(specs, threads), None
         except StageSetupError as exc:
             self.stages, self.setup_error = [], str(exc)
 
@@ -69,6 +72,13 @@ class StageChain:
 
 
 MAX_ROWS_PER_TASK = 16
+TASKS_PER_CPU = 64  # Ray core tasks of a phase per CPU before a task carries more than one row
+
+
+def rows_per_task(rows: int, cpus: int) -> int:
+    """Rows per Ray core task: one (the best balance) until a phase has `TASKS_PER_CPU` tasks per CPU, then more,
+    up to `MAX_ROWS_PER_TASK`, so a million-row phase is not a million tasks."""
+    return min(MAX_ROWS_PER_TASK, max(1, math.ceil(rows / (TASKS_PER_CPU * cpus))))
 ATTEMPTS = 3  # tries of a task whose worker died, before its rows are isolated (and then, one by one, failed)
 _CHAINS: dict[str, StageChain] = {}  # per worker process: the chains it has set up
 
@@ -116,9 +126,12 @@ class RayRunner:
     def run(self, rows: list[R], stages: list[StageSpec], desc: str) -> Iterator[list[R]]:
         if not rows:
             return
+        if not any(spec.actor for spec in stages):
+            yield from self._tasks(rows, stages, desc)
+            return
         row_type = type(rows[0])
         items = [{KEY: row.key, ROW: encode(row)} for row in rows]
-        # A Ray task costs tens of milliseconds to schedule: give each a few rows (about four tasks per
+        # A Ray Data task costs tens of milliseconds to schedule: give each a few rows (about four tasks per
         # CPU per phase), but never so many that one slow task holds the whole phase up.
         rows_per_task = min(MAX_ROWS_PER_TASK, max(1, math.ceil(len(items) / (4 * self.cpus))))
         dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / rows_per_task))
@@ -159,6 +172,44 @@ class RayRunner:
             log.warning("%s: a worker died %d times (%s); running the %d unfinished rows one per task",
                         desc, ATTEMPTS, one_line(exc)[:200], len(left))
             yield from self._one_per_task(left, stages)
+
+    def _tasks(self, rows: list[R], stages: list[StageSpec], desc: str) -> Iterator[list[R]]:
+        """A phase of CPU stages only, on Ray core: each batch of rows is one task that runs the whole chain, with
+        as many tasks in flight as the chain's concurrency (capped by the CPUs), the next submitted as soon as one
+        returns.
+
+        Ray Data's streaming executor cost about 0.2 s between two tasks of a worker on 2 cores, so its tasks had to
+        carry several rows each, and one slow batch (six videos to matte) left the other worker idle for seconds at
+        the end of a phase. Here a task costs milliseconds, so it carries one row unless the phase is large
+        (`rows_per_task`). A batch whose worker died `ATTEMPTS` times has its rows run one per task (`crashed`).
+        """
+        size = rows_per_task(len(rows), self.cpus)
+        num_cpus = max(spec.num_cpus for spec in stages)
+        running = max(1, min(max(spec.concurrency for spec in stages), math.floor(self.cpus / num_cpus)))
+        task = ray.remote(run_chain).options(num_cpus=num_cpus, max_retries=ATTEMPTS - 1)
+        batches = iter([rows[start:start + size] for start in range(0, len(rows), size)])
+        pending: dict[ray.ObjectRef, list[R]] = {}
+
+        def submit() -> None:
+            batch = next(batches, None)
+            if batch is not None:
+                pending[task.remote(to_batch(batch), stages)] = batch
+
+        for _ in range(running):
+            submit()
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            batch = pending.pop(ref)
+            submit()
+            try:
+                yield from_batch(checked(ray.get(ref)), type(batch[0]))
+            except ray.exceptions.RayError as exc:
+                if len(batch) == 1:
+                    yield [crashed(batch[0], stages, exc)]
+                    continue
+                log.warning("%s: a worker died %d times (%s); running its %d rows one per task", desc, ATTEMPTS,
+                            one_line(exc)[:200], len(batch))
+                yield from self._one_per_task(batch, stages)
 
     def _one_per_task(self, rows: list[R], stages: list[StageSpec]) -> Iterator[list[R]]:
         """Each row in a task of its own, tried `ATTEMPTS` times; a row whose worker still dies is a failure row."""

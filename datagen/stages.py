@@ -27,7 +27,7 @@ from datagen.rows import Batch, Failure, InputRow, R, SampleRow, from_batch, to_
 from datagen.scheduling import StageName
 from datagen.video_clip import VideoClip
 from filters.alpha import alpha_quality
-from filters.ssim import temporal_ssim
+from filters.ssim import RememberedSSIM
 from manifests import video_io
 from manifests.errors import LayerflowError, StageSetupError, one_line
 from manifests.io import read_layers, resolve_media
@@ -42,15 +42,17 @@ from manifests.schema import (
     media_uri,
     plate_invented_uri,
 )
-from manifests.video_io import quantise
+from manifests.video_io import EncodeCache, quantise
 
 if TYPE_CHECKING:  # the runner contract, for type hints only
     from datagen.runner import StageSpec
 
 
-def set_up(specs: list[StageSpec]) -> list:
-    """The stages of `specs`, constructed (their models loaded). A stage that cannot be set up is no row's fault: it
-    raises `StageSetupError` (one line), which stops the build on every runner."""
+def set_up(specs: list[StageSpec], threads: int | None = None) -> list:
+    """The stages of `specs`, constructed (their models loaded), in a process whose numeric libraries use `threads`
+    threads each (`limit_threads`). A stage that cannot be set up is no row's fault: it raises `StageSetupError`
+    (one line), which stops the build on every runner."""
+    limit_threads(threads)
     stages = []
     for spec in specs:
         try:
@@ -58,6 +60,23 @@ def set_up(specs: list[StageSpec]) -> list:
         except Exception as exc:
             raise setup_error(spec.name, exc) from exc
     return stages
+
+
+def limit_threads(count: int | None) -> None:
+    """Cap the intra-op threads of torch and OpenCV in this process at `count` (None: their defaults, one per core).
+
+    A stage copy uses the CPUs it holds: a Ray task that holds one CPU but lets OpenCV and torch start a thread per
+    core oversubscribes the machine as soon as two tasks run. The codecs are single-threaded already (x264 for
+    identical bytes, decord by choice), so this is every pool a stage runs on.
+    """
+    if count is None:
+        return
+    import cv2
+    import torch
+
+    cv2.setNumThreads(count)
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
 
 
 def setup_error(stage: StageName, exc: Exception) -> StageSetupError:
@@ -235,6 +254,7 @@ class ComposeStage(RowStage[SampleRow]):
         self.config = config
         self.out_dir = Path(out_dir)
         self.remote = remote  # `--out` on object storage: the media are published from here
+        self.encoded = EncodeCache()  # a background behind several foregrounds is encoded once (same frames, bytes)
 
     def process(self, row: SampleRow) -> None:
         config = self.config
@@ -276,12 +296,13 @@ class ComposeStage(RowStage[SampleRow]):
         for layer in Layer:
             path = resolve_media(self.out_dir, media_uri(row.sample_id, layer))
             if layer == Layer.ALPHA:
-                video_io.write_alpha_video(path, layers.alpha, config.fps)
+                video_io.write_alpha_video(path, layers.alpha, config.fps, self.encoded)
             else:
-                video_io.write_rgb_video(path, layers.layer(layer), config.fps, config.crf)
+                video_io.write_rgb_video(path, layers.layer(layer), config.fps, config.crf, self.encoded)
         for index, (colour, alpha) in enumerate(foreground_layers):
-            video_io.write_rgb_video(self._layer_path(row, index, Layer.FOREGROUND), colour, config.fps, config.crf)
-            video_io.write_alpha_video(self._layer_path(row, index, Layer.ALPHA), alpha, config.fps)
+            video_io.write_rgb_video(self._layer_path(row, index, Layer.FOREGROUND), colour, config.fps, config.crf,
+                                     self.encoded)
+            video_io.write_alpha_video(self._layer_path(row, index, Layer.ALPHA), alpha, config.fps, self.encoded)
         if self.remote:
             upload_media(self.out_dir, self.remote, row.sample_id)
             if row.kind is SampleKind.VIDEO_DECOMPOSED:
@@ -336,6 +357,7 @@ class ScoreStage(RowStage[SampleRow]):
     def __init__(self, config: BuildConfig, out_dir: str, remote: str | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.remote = remote
+        self.temporal_ssim = RememberedSSIM()  # a background behind several foregrounds is scored once
 
     def process(self, row: SampleRow) -> None:
         layers = sample_layers(self.out_dir, self.remote, row.sample_id)
@@ -346,7 +368,7 @@ class ScoreStage(RowStage[SampleRow]):
         frames = {Layer.FOREGROUND: on_grey(layers[Layer.FOREGROUND], alpha),
                   Layer.BACKGROUND: layers[Layer.BACKGROUND], Layer.BLENDED: layers[Layer.BLENDED]}
         for layer, clip in frames.items():
-            ssim = temporal_ssim(clip)
+            ssim = self.temporal_ssim(clip)
             row.scores.update({f"ssim_{layer.value}_{stat}": value for stat, value in asdict(ssim).items()})
 
 

@@ -236,13 +236,19 @@ def resolve_clip(setting: str, access: Access | None = None, fetch_auto: bool = 
         return ClipChoice(unavailable="CLIP scoring is off (--clip none)")
     access = access or default_access()
     text = default_spec(Group.CLIP, device) if setting == "auto" else setting
+    if text in REGISTRY:
+        # The registry's CLIP specs are open_clip model names with pretrained tags (a test checks them against
+        # open_clip), so they need no parsing by open_clip: a build without CLIP weights never imports it (4 s).
+        _, arch, tag = text.split(":", 2)
+        cached_only = access.offline or (setting == "auto" and not fetch_auto)
+        try:
+            fetched = ensure(text, Access(offline=cached_only, pins=access.pins))
+        except ModelUnavailable as exc:
+            return ClipChoice(spec=text, unavailable=str(exc))
+        return ClipChoice(spec=text, arch=arch, weights=str(fetched.path), tag=tag, revision=fetched.pin.revision,
+                          sha256=fetched.pin.sha256)
     spec = ClipSpec.parse(text)
     try:
-        if text in REGISTRY:
-            cached_only = access.offline or (setting == "auto" and not fetch_auto)
-            fetched = ensure(text, Access(offline=cached_only, pins=access.pins))
-            return ClipChoice(spec=text, arch=spec.arch, weights=str(fetched.path), tag=spec.tag,
-                              revision=fetched.pin.revision, sha256=fetched.pin.sha256)
         weights = resolve_weights(spec, allow_download=setting != "auto" and not access.offline)
     except (ClipUnavailable, ModelUnavailable) as exc:
         return ClipChoice(spec=str(spec), unavailable=str(exc))

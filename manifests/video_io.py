@@ -3,12 +3,16 @@
 RGB layers are H.264 mp4 (yuv420p, `crf`); alpha is lossless FFV1 (gray, 8 bit) in Matroska.
 The same frames always give the same bytes (sample content hashes depend on it): x264 runs
 single-threaded and without mbtree (parallelism comes from running many samples at once), and the muxer is
-bitexact (no creation date or random Matroska segment id).
+bitexact (no creation date or random Matroska segment id). So a writer may keep its recent files by content
+(`EncodeCache`) and write the bytes again when the same frames come back with the same settings: the compose stage
+encodes one background clip behind several foregrounds once, not once per sample.
 Videos with alpha for sources and tests: VP9 with alpha (WebM) and ProRes 4444.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,19 +26,21 @@ def _rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
-def write_rgb_video(path: Path, frames: np.ndarray, fps: float, crf: int = 18) -> None:
-    """Write (T, H, W, 3) uint8 frames as H.264 mp4 (BT.601 yuv420p). H and W must be even."""
+def write_rgb_video(path: Path, frames: np.ndarray, fps: float, crf: int = 18, cache: EncodeCache | None = None
+                    ) -> None:
+    """Write (T, H, W, 3) uint8 frames as H.264 mp4 (BT.601 yuv420p). H and W must be even. With `cache`, frames
+    encoded before with the same settings are written from it."""
     # mbtree off: its SIMD code gave different bytes for the same frames from run to run (with it on,
     # 3 variants in 12 encodes of one clip; with it off, or with asm off, always one).
     _encode(path, frames, fps, "libx264", "yuv420p", "rgb24",
-            {"crf": str(crf), "preset": "medium", "x264-params": "mbtree=0"})
+            {"crf": str(crf), "preset": "medium", "x264-params": "mbtree=0"}, cache)
 
 
-def write_alpha_video(path: Path, alpha: np.ndarray, fps: float) -> None:
-    """Write (T, H, W) alpha (uint8, or float in [0, 1]) losslessly as FFV1 gray in .mkv."""
+def write_alpha_video(path: Path, alpha: np.ndarray, fps: float, cache: EncodeCache | None = None) -> None:
+    """Write (T, H, W) alpha (uint8, or float in [0, 1]) losslessly as FFV1 gray in .mkv (`cache`: as above)."""
     if alpha.dtype != np.uint8:
         alpha = quantise(alpha)
-    _encode(path, alpha, fps, "ffv1", "gray", "gray", {})
+    _encode(path, alpha, fps, "ffv1", "gray", "gray", {}, cache)
 
 
 def write_rgba_video(path: Path, rgba: np.ndarray, fps: float) -> None:
@@ -52,11 +58,53 @@ def quantise(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(values, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
+def content_key(array: np.ndarray, *settings: object) -> bytes:
+    """A digest of an array's values, shape and dtype and of `settings` (their repr): the key of a result that
+    depends on nothing else."""
+    digest = hashlib.sha256(np.ascontiguousarray(array).data)  # with the CPU's SHA extensions, 2x blake2b here
+    digest.update(repr((array.shape, array.dtype.str, settings)).encode())
+    return digest.digest()
+
+
+class EncodeCache:
+    """The encoded bytes of a writer's recent files, by a digest of the frames and every encoder setting; at most
+    `budget` bytes, least recently used first out. Exact, since the same frames give the same bytes."""
+
+    def __init__(self, budget: int = 64 << 20) -> None:
+        self.budget = budget
+        self._files: OrderedDict[bytes, bytes] = OrderedDict()
+        self._size = 0
+        self.hits = 0
+
+    def get(self, key: bytes) -> bytes | None:
+        data = self._files.get(key)
+        if data is not None:
+            self._files.move_to_end(key)
+            self.hits += 1
+        return data
+
+    def put(self, key: bytes, data: bytes) -> None:
+        if len(data) > self.budget // 4:  # one long clip must not flush every other entry
+            return
+        self._files[key] = data
+        self._size += len(data)
+        while self._size > self.budget:
+            _, old = self._files.popitem(last=False)
+            self._size -= len(old)
+
+
+
 def _encode(path: Path, frames: np.ndarray, fps: float, codec: str, pix_fmt: str, src_fmt: str,
-            options: dict[str, str]) -> None:
+            options: dict[str, str], cache: EncodeCache | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial{path.suffix}")
+    key = content_key(frames, path.suffix.lower(), _rate(fps), codec, pix_fmt, src_fmt, sorted(options.items()))
+    data = cache.get(key) if cache is not None else None
+    if data is not None:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return
     height, width = frames.shape[1:3]
     # bitexact: no creation date or random segment id in the container (Matroska has both), so a resumed build
     # writes the same bytes as an uninterrupted one
@@ -69,6 +117,8 @@ def _encode(path: Path, frames: np.ndarray, fps: float, codec: str, pix_fmt: str
             picture.pts, picture.time_base = index, Fraction(1) / _rate(fps)
             container.mux(stream.encode(picture))
         container.mux(stream.encode(None))
+    if cache is not None:
+        cache.put(key, tmp.read_bytes())
     tmp.replace(path)
 
 

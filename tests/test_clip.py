@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ from filters.clip import (
 from manifests.errors import ConfigError
 from manifests.layers import Layer
 from manifests.metrics import on_grey
+from manifests.models import REGISTRY, Group
 
 CAPTIONS = {"foreground": "a red ball", "background": "a brick wall", "blended": "a red ball before a brick wall"}
 
@@ -81,6 +85,22 @@ def test_spec_round_trips(tiny_spec: str) -> None:
     assert str(spec) == DEFAULT_CLIP
     local = ClipSpec.parse(tiny_spec)
     assert local.arch == TINY_CLIP_ARCH and local.tag is None and str(local) == tiny_spec
+
+
+@pytest.mark.parametrize("entry", [e.spec for e in REGISTRY.values() if e.group is Group.CLIP])
+def test_registry_clip_specs_are_open_clip_models_with_pretrained_tags(entry: str) -> None:
+    """`resolve_clip` takes a registry spec's arch and tag without asking open_clip (to keep it unimported)."""
+    spec = ClipSpec.parse(entry)
+    assert spec.tag == entry.split(":", 2)[2]
+
+
+def test_resolving_uncached_registry_clip_does_not_import_open_clip(tmp_path: Path) -> None:
+    code = ("import sys; from filters.clip import resolve_clip; from manifests.models import Access; "
+            "c = resolve_clip('auto', Access(offline=True)); "
+            "assert c.weights is None and 'not in the local cache' in c.unavailable, c; "
+            "assert 'open_clip' not in sys.modules and 'torch' not in sys.modules, 'imported'")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hub")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=Path(__file__).resolve().parents[1])
 
 
 @pytest.mark.parametrize("spec", [
