@@ -154,6 +154,65 @@ def test_fractional_gpu_actors_share_one_gpu_and_cpu_tasks_get_none(ray_with_one
     assert {row["cpu"][1] for row in seen} <= {None, ""}  # a CPU task is given no GPU
 
 
+def thread_probe() -> type:
+    """A stage that records, in each row, the process that ran it and the threads torch and OpenCV had there
+    (defined in a function so that Ray ships it by value)."""
+
+    class ThreadProbe:
+        def __init__(self, delay: float = 0.0) -> None:
+            self.delay = delay
+
+        def __call__(self, batch):
+            import cv2
+            import torch
+
+            time.sleep(self.delay)
+            rows = from_batch(batch, InputRow)
+            for row in rows:
+                row.devices["probe"] = json.dumps([os.getpid(), cv2.getNumThreads(), torch.get_num_threads()])
+            return to_batch(rows)
+
+    return ThreadProbe
+
+
+@pytest.mark.slow
+def test_a_cpu_phase_runs_one_row_a_task_on_both_workers_with_one_thread_each(ray_with_one_gpu):
+    """A phase of CPU stages only runs as Ray core tasks: each stage copy uses the one CPU its task holds (no
+    OpenCV or torch thread per core), and small phases go one row a task, so both workers share the rows."""
+    from datagen.ray_runner import RayRunner
+
+    rows = [InputRow.discovered(SourceItem(str(i), f"/data/{i}.mp4", InputKind.VIDEO)) for i in range(12)]
+    stages = [StageSpec(StageName.DECODE, thread_probe(), {"delay": 0.2}, concurrency=2)]
+    batches = list(RayRunner(progress=False).run(rows, stages, "probe"))
+    assert [len(batch) for batch in batches] == [1] * 12
+    seen = [json.loads(row.devices["probe"]) for batch in batches for row in batch]
+    assert {(cv, torch_threads) for _, cv, torch_threads in seen} == {(1, 1)}
+    assert len({pid for pid, _, _ in seen}) == 2
+
+
+def test_the_local_runner_sets_the_threads_it_is_given():
+    rows = [InputRow.discovered(SourceItem("0", "/data/0.mp4", InputKind.VIDEO))]
+    stages = [StageSpec(StageName.DECODE, thread_probe())]
+    import cv2
+    import torch
+
+    before = cv2.getNumThreads(), torch.get_num_threads()
+    try:
+        out = [row for batch in LocalRunner(progress=False, threads=1).run(rows, stages, "probe") for row in batch]
+        assert json.loads(out[0].devices["probe"])[1:] == [1, 1]
+    finally:
+        cv2.setNumThreads(before[0])
+        torch.set_num_threads(before[1])
+
+
+def test_rows_per_task_is_one_until_a_phase_is_large():
+    from datagen.ray_runner import MAX_ROWS_PER_TASK, TASKS_PER_CPU, rows_per_task
+
+    assert rows_per_task(54, 2) == 1 and rows_per_task(TASKS_PER_CPU * 2, 2) == 1
+    assert rows_per_task(TASKS_PER_CPU * 2 + 1, 2) == 2
+    assert rows_per_task(1_000_000, 2) == MAX_ROWS_PER_TASK
+
+
 @pytest.mark.slow
 def test_build_runs_learned_stages_as_gpu_actors_and_reports_the_real_device(
         ray_with_one_gpu, tiny_source, small_config, tiny_blip, tmp_path):  # noqa: F811

@@ -5,10 +5,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import torch
 from conftest import moving_disk, shared_data, texture
+from pytorch_msssim import ssim
 from skimage.metrics import structural_similarity
 
-from filters.ssim import TemporalSSIM, consecutive_ssim, temporal_ssim
+from filters.ssim import RememberedSSIM, TemporalSSIM, consecutive_ssim, temporal_ssim
 
 
 def skimage_pairs(frames: np.ndarray) -> np.ndarray:
@@ -100,3 +102,29 @@ def test_agrees_with_skimage_on_real_rgb_frames():
 def test_agrees_with_skimage_on_real_grey_frames():
     grey = np.stack([cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in real_clip()])
     np.testing.assert_allclose(consecutive_ssim(grey), skimage_pairs(grey), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(9, 64, 80, 3), (5, 40, 33), (30, 96, 96, 3)])
+def test_each_frame_filtered_once_gives_pytorch_msssims_scores_bit_for_bit(shape):
+    """The pairs' SSIM as pytorch_msssim computes it (5 filters a pair), in one chunk and across chunks."""
+    frames = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    frames[1:] = np.clip(frames[:-1] * 0.7 + frames[1:] * 0.3, 0, 255).astype(np.uint8)  # neighbours alike
+    x = torch.from_numpy(frames if frames.ndim == 4 else frames[..., None]).permute(0, 3, 1, 2).float()
+    expected = ssim(x[:-1], x[1:], data_range=255.0, size_average=False, win_size=11, win_sigma=1.5).double()
+    assert np.array_equal(consecutive_ssim(frames), expected.numpy())
+
+
+def test_remembered_ssim_scores_a_clip_once_by_content(monkeypatch):
+    import filters.ssim
+
+    calls = []
+    monkeypatch.setattr(filters.ssim, "temporal_ssim", lambda frames: calls.append(1) or temporal_ssim(frames))
+    remembered = RememberedSSIM(size=2)
+    clips = [np.stack([texture(32, 32, seed + t) for t in range(3)]) for seed in (0, 10, 20)]
+    first = remembered(clips[0])
+    assert remembered(clips[0].copy()) == first == temporal_ssim(clips[0]) and len(calls) == 1  # same values
+    assert remembered(clips[0][..., :2].copy()) != first  # other content, other result
+    remembered(clips[1]), remembered(clips[2])  # the oldest falls out (size 2)
+    calls.clear()
+    remembered(clips[0])
+    assert len(calls) == 1

@@ -42,3 +42,34 @@ def test_read_selected_frames_and_missing_frames(tmp_path):
 
     with pytest.raises(ValueError, match="frame 9 not in the video"):
         video_io.read_video(tmp_path / "v.mp4", indices=[9])
+
+
+def test_the_encode_cache_writes_the_bytes_an_encoder_would(tmp_path, monkeypatch):
+    frames = np.stack([texture(48, 64, seed) for seed in range(6)])
+    video_io.write_rgb_video(tmp_path / "plain.mp4", frames, 8.0)
+    cache = video_io.EncodeCache()
+    video_io.write_rgb_video(tmp_path / "first.mp4", frames, 8.0, cache=cache)
+    encodes = []
+    original = video_io.av.open
+    monkeypatch.setattr(video_io.av, "open", lambda *args, **kwargs: encodes.append(args) or original(*args, **kwargs))
+    video_io.write_rgb_video(tmp_path / "again.mp4", frames.copy(), 8.0, cache=cache)
+    assert encodes == [] and cache.hits == 1
+    assert (tmp_path / "again.mp4").read_bytes() == (tmp_path / "plain.mp4").read_bytes()
+    assert not list(tmp_path.glob(".*partial*"))
+    # another setting, other frames or another container is encoded anew
+    video_io.write_rgb_video(tmp_path / "crf.mp4", frames, 8.0, crf=30, cache=cache)
+    video_io.write_rgb_video(tmp_path / "fps.mp4", frames, 12.0, cache=cache)
+    video_io.write_rgb_video(tmp_path / "other.mp4", frames[::-1].copy(), 8.0, cache=cache)
+    video_io.write_alpha_video(tmp_path / "a.mkv", frames[..., 0], 8.0, cache=cache)
+    assert len(encodes) == 4 and cache.hits == 1
+    assert (tmp_path / "crf.mp4").read_bytes() != (tmp_path / "plain.mp4").read_bytes()
+
+
+def test_the_encode_cache_keeps_to_its_budget():
+    cache = video_io.EncodeCache(budget=100)
+    for index in range(10):
+        cache.put(bytes([index]), b"x" * 20)
+    assert cache.get(bytes([0])) is None and cache.get(bytes([9])) == b"x" * 20
+    assert sum(len(cache.get(bytes([i])) or b"") for i in range(10)) <= 100
+    cache.put(b"big", b"x" * 60)  # over a quarter of the budget: not kept
+    assert cache.get(b"big") is None
