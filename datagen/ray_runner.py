@@ -72,6 +72,7 @@ class StageChain:
 
 
 MAX_ROWS_PER_TASK = 16
+RESULT_ROWS = 8  # rows handed back to the build at a time (a manifest part each), as Ray Data's batches of 8 were
 TASKS_PER_CPU = 64  # Ray core tasks of a phase per CPU before a task carries more than one row
 
 
@@ -197,19 +198,24 @@ class RayRunner:
 
         for _ in range(running):
             submit()
+        done: list[R] = []  # rows back from their tasks, handed on `RESULT_ROWS` at a time (one manifest part each)
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             batch = pending.pop(ref)
             submit()
             try:
-                yield from_batch(checked(ray.get(ref)), type(batch[0]))
+                done.extend(from_batch(checked(ray.get(ref)), type(batch[0])))
             except ray.exceptions.RayError as exc:
                 if len(batch) == 1:
-                    yield [crashed(batch[0], stages, exc)]
-                    continue
-                log.warning("%s: a worker died %d times (%s); running its %d rows one per task", desc, ATTEMPTS,
-                            one_line(exc)[:200], len(batch))
-                yield from self._one_per_task(batch, stages)
+                    done.append(crashed(batch[0], stages, exc))
+                else:
+                    log.warning("%s: a worker died %d times (%s); running its %d rows one per task", desc, ATTEMPTS,
+                                one_line(exc)[:200], len(batch))
+                    for rows_back in self._one_per_task(batch, stages):
+                        done.extend(rows_back)
+            if len(done) >= RESULT_ROWS or not pending:
+                yield done
+                done = []
 
     def _one_per_task(self, rows: list[R], stages: list[StageSpec]) -> Iterator[list[R]]:
         """Each row in a task of its own, tried `ATTEMPTS` times; a row whose worker still dies is a failure row."""
