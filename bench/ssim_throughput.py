@@ -96,8 +96,8 @@ def main() -> None:
     log(f"frames from {frames_from}; torch threads {torch.get_num_threads()}")
 
     result = {"bench": "ssim_throughput", "baseline": "skimage.metrics.structural_similarity (loop over pairs)",
-              "library": "pytorch-msssim's Gaussian filter, each frame filtered once (float32, batched)", "frames_from": frames_from, "pairs": args.pairs,
-              "torch_threads": torch.get_num_threads()}
+              "library": "pytorch-msssim's Gaussian filter, each frame filtered once (float32, batched)",
+              "frames_from": frames_from, "pairs": args.pairs, "torch_threads": torch.get_num_threads()}
     for size in SIZES:
         frames = np.stack([square(image, size) for image in images])
         consecutive_ssim(frames[:3])  # warm-up
