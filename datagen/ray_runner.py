@@ -81,7 +81,8 @@ def rows_per_task(rows: int, cpus: int) -> int:
     up to `MAX_ROWS_PER_TASK`, so a million-row phase is not a million tasks."""
     return min(MAX_ROWS_PER_TASK, max(1, math.ceil(rows / (TASKS_PER_CPU * cpus))))
 ATTEMPTS = 3  # tries of a task whose worker died, before its rows are isolated (and then, one by one, failed)
-_CHAINS: dict[str, StageChain] = {}  # per worker process: the chains it has set up
+KEPT_CHAINS = 4  # the chains a worker keeps (a build's two phases, and the build before): each holds its models
+_CHAINS: dict[str, StageChain] = {}  # per worker process: the chains it has set up, oldest first
 
 
 def run_chain(batch: Batch, specs: list[StageSpec]) -> Batch:
@@ -89,6 +90,8 @@ def run_chain(batch: Batch, specs: list[StageSpec]) -> Batch:
     key = repr(specs)
     if key not in _CHAINS:
         _CHAINS[key] = StageChain(specs)
+        while len(_CHAINS) > KEPT_CHAINS:  # a long-lived driver's earlier builds: their models and caches go
+            del _CHAINS[next(iter(_CHAINS))]
     return _CHAINS[key](batch)
 
 

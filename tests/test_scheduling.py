@@ -285,3 +285,25 @@ def test_cli_takes_per_stage_settings_and_refuses_bad_ones_in_one_line(monkeypat
     assert code == 0, output
     summary = io.read_summary(tmp_path / "c")
     assert summary["scheduling"]["compose"]["concurrency"] == 3 and summary["scheduling"]["decode"]["concurrency"] == 2
+
+
+def test_a_worker_keeps_its_last_chains_only():
+    """A driver that builds again and again (a notebook) must not pile up stage chains, each with its models and
+    caches, in its long-lived Ray workers."""
+    import cv2
+    import torch
+
+    from datagen import ray_runner
+
+    rows = to_batch([InputRow.discovered(SourceItem("0", "/data/0.mp4", InputKind.VIDEO))])
+    specs = [[StageSpec(StageName.DECODE, thread_probe(), {"delay": index / 1000})] for index in range(6)]
+    threads = cv2.getNumThreads(), torch.get_num_threads()  # a chain sets them (one CPU): this process's to restore
+    ray_runner._CHAINS.clear()
+    try:
+        for chain in specs:
+            ray_runner.run_chain(rows, chain)
+        assert list(ray_runner._CHAINS) == [repr(chain) for chain in specs[-ray_runner.KEPT_CHAINS:]]
+    finally:
+        ray_runner._CHAINS.clear()
+        cv2.setNumThreads(threads[0])
+        torch.set_num_threads(threads[1])
