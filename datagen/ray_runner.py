@@ -74,15 +74,15 @@ class StageChain:
 MAX_ROWS_PER_TASK = 16
 RESULT_ROWS = 8  # rows handed back to the build at a time (a manifest part each), as Ray Data's batches of 8 were
 TASKS_PER_CPU = 64  # Ray core tasks of a phase per CPU before a task carries more than one row
+ATTEMPTS = 3  # tries of a task whose worker died, before its rows are isolated (and then, one by one, failed)
+KEPT_CHAINS = 4  # the chains a worker keeps (a build's two phases, and the build before): each holds its models
+_CHAINS: dict[str, StageChain] = {}  # per worker process: the chains it has set up, oldest first
 
 
 def rows_per_task(rows: int, cpus: int) -> int:
     """Rows per Ray core task: one (the best balance) until a phase has `TASKS_PER_CPU` tasks per CPU, then more,
     up to `MAX_ROWS_PER_TASK`, so a million-row phase is not a million tasks."""
     return min(MAX_ROWS_PER_TASK, max(1, math.ceil(rows / (TASKS_PER_CPU * cpus))))
-ATTEMPTS = 3  # tries of a task whose worker died, before its rows are isolated (and then, one by one, failed)
-KEPT_CHAINS = 4  # the chains a worker keeps (a build's two phases, and the build before): each holds its models
-_CHAINS: dict[str, StageChain] = {}  # per worker process: the chains it has set up, oldest first
 
 
 def run_chain(batch: Batch, specs: list[StageSpec]) -> Batch:
