@@ -79,10 +79,10 @@ KEPT_CHAINS = 4  # the chains a worker keeps (a build's two phases, and the buil
 _CHAINS: dict[str, StageChain] = {}  # per worker process: the chains it has set up, oldest first
 
 
-def rows_per_task(rows: int, cpus: int) -> int:
-    """Rows per Ray core task: one (the best balance) until a phase has `TASKS_PER_CPU` tasks per CPU, then more,
-    up to `MAX_ROWS_PER_TASK`, so a million-row phase is not a million tasks."""
-    return min(MAX_ROWS_PER_TASK, max(1, math.ceil(rows / (TASKS_PER_CPU * cpus))))
+def rows_per_task(rows: int, cpus: int, tasks_per_cpu: int | None = None) -> int:
+    """Rows per task: one (the best balance) until a phase has `tasks_per_cpu` (default `TASKS_PER_CPU`) tasks per
+    CPU, then more, up to `MAX_ROWS_PER_TASK`, so a million-row phase is not a million tasks."""
+    return min(MAX_ROWS_PER_TASK, max(1, math.ceil(rows / ((tasks_per_cpu or TASKS_PER_CPU) * cpus))))
 
 
 def run_chain(batch: Batch, specs: list[StageSpec]) -> Batch:
@@ -137,8 +137,8 @@ class RayRunner:
         items = [{KEY: row.key, ROW: encode(row)} for row in rows]
         # A Ray Data task costs tens of milliseconds to schedule: give each a few rows (about four tasks per
         # CPU per phase), but never so many that one slow task holds the whole phase up.
-        rows_per_task = min(MAX_ROWS_PER_TASK, max(1, math.ceil(len(items) / (4 * self.cpus))))
-        dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / rows_per_task))
+        size = rows_per_task(len(items), self.cpus, tasks_per_cpu=4)
+        dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / size))
         # Consecutive task stages with the same CPU need fuse into one operator; every actor stage stands alone.
         for _, group in groupby(stages, key=lambda spec: ("actor", id(spec)) if spec.actor else spec.num_cpus):
             group = list(group)
@@ -147,7 +147,7 @@ class RayRunner:
                 dataset = dataset.map_batches(
                     StageActor,
                     fn_constructor_kwargs={"specs": group},
-                    batch_size=rows_per_task,
+                    batch_size=size,
                     batch_format="numpy",
                     compute=ray.data.ActorPoolStrategy(size=spec.concurrency),
                     num_cpus=spec.num_cpus,
@@ -159,7 +159,7 @@ class RayRunner:
             dataset = dataset.map_batches(
                 run_chain,
                 fn_kwargs={"specs": group},
-                batch_size=rows_per_task,
+                batch_size=size,
                 batch_format="numpy",
                 compute=ray.data.TaskPoolStrategy(size=max(1, min(max(s.concurrency for s in group), self.cpus))),
                 num_cpus=group[0].num_cpus,

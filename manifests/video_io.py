@@ -93,14 +93,14 @@ class EncodeCache:
             self._size -= len(old)
 
 
-
 def _encode(path: Path, frames: np.ndarray, fps: float, codec: str, pix_fmt: str, src_fmt: str,
             options: dict[str, str], cache: EncodeCache | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial{path.suffix}")
-    key = content_key(frames, path.suffix.lower(), _rate(fps), codec, pix_fmt, src_fmt, sorted(options.items()))
-    data = cache.get(key) if cache is not None else None
+    key = None if cache is None else \
+        content_key(frames, path.suffix.lower(), _rate(fps), codec, pix_fmt, src_fmt, sorted(options.items()))
+    data = None if cache is None else cache.get(key)
     if data is not None:
         tmp.write_bytes(data)
         tmp.replace(path)
