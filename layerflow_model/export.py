@@ -39,7 +39,8 @@ EMBEDDINGS_FILE = "layerflow_embeddings.safetensors"
 CONFIG_FILE = "layerflow_config.json"
 ADAPTER_NAME = "layerflow"  # the name the pipeline loads the content adapter under
 _PREFIX = "transformer."
-_EMBEDDINGS = ("patch_embed.layers.", "patch_embed.given_embedding", "patch_embed.slot_embedding")
+_EMBEDDINGS = ("patch_embed.layers.", "patch_embed.given_embedding", "patch_embed.slot_embedding",
+               "patch_embed.given_projection")
 
 
 def diffusers_name(name: str) -> str:
@@ -112,7 +113,7 @@ def hook_layerflow(transformer: CogVideoXTransformer3DModel, config: ModelConfig
     """Add the export's embeddings to a bare transformer (its adapter already loaded) as a patch-embedding hook."""
     layers = LayerEmbedding(config.width_dim, len(PROMPT_LAYERS), config.text_tokens)
     signals = LayerPatchEmbed(transformer.patch_embed, layers, config.positions, len(slots_of(config.layout)),
-                              config.given_embedding)
+                              config.given_embedding, config.given_projection)
     missing, unexpected = signals.load_state_dict(load_file(Path(folder) / EMBEDDINGS_FILE), strict=False)
     missing = [k for k in missing if not k.startswith("inner.")]  # the transformer's own patch embedding
     if missing or unexpected:

@@ -53,7 +53,7 @@ class LayerPatchEmbed(nn.Module):
     """
 
     def __init__(self, inner: nn.Module, layers: LayerEmbedding, positions: Positions, slots: int,
-                 given_embedding: bool = True) -> None:
+                 given_embedding: bool = True, given_projection: bool = False) -> None:
         super().__init__()
         self.inner = inner
         self.layers = layers
@@ -66,6 +66,16 @@ class LayerPatchEmbed(nn.Module):
         # multi-task network knows which slots to copy from and which to generate. Zero at init: a fresh one (or a
         # pretrained transformer) starts unchanged.
         self.given_embedding = nn.Parameter(torch.zeros(inner.embed_dim)) if given_embedding else None
+        # Pixel-aligned conditioning (a deviation, `ModelConfig.given_projection`): the given slots' patch embeddings
+        # at one frame and pixel, side by side (zeros for slots not given), projected and added to the tokens of
+        # every slot at that frame and pixel, as image-conditioned diffusion models concatenate the condition on
+        # the channels. A model trained from scratch does not otherwise learn to route the given blend's pixels to
+        # the alpha slot within a CPU budget: attention must first single out 1 token of 560 (QK-norm caps its
+        # logits near sqrt(head_dim)). Zero at init, so a fresh projection leaves the model unchanged.
+        self.given_projection = nn.Linear(slots * inner.embed_dim, inner.embed_dim) if given_projection else None
+        if self.given_projection is not None:
+            nn.init.zeros_(self.given_projection.weight)
+            nn.init.zeros_(self.given_projection.bias)
         self.given: torch.Tensor | None = None  # (F,) bool of the current call; set by LayerFlow.forward
         self._table: dict[tuple[int, int, int], torch.Tensor] = {}
 
@@ -88,6 +98,7 @@ class LayerPatchEmbed(nn.Module):
         bare diffusers transformer by `export.LayerFlowPipeline`). image_embeds: the (B, F, C, h, w) input."""
         text = embeds[:, :text_len] + self.layers().to(embeds.dtype)  # (B, L_text, D)
         visual = embeds[:, text_len:]  # (B, N_visual, D)
+        projected = self._projected_given(visual, image_embeds.shape[1]) if self.given_projection is not None else 0
         if self.positions is Positions.PER_LAYER:
             frames, height, width = image_embeds.shape[1] // self.slots, image_embeds.shape[-2], image_embeds.shape[-1]
             table = self._per_layer_positions(frames, height, width).to(visual.device, visual.dtype)
@@ -96,7 +107,17 @@ class LayerPatchEmbed(nn.Module):
         if self.given_embedding is not None:
             visual = visual + given_tokens(self.given, image_embeds.shape[1], visual) * self.given_embedding.to(
                 visual.dtype)
-        return torch.cat([text, visual], dim=1)
+        return torch.cat([text, visual + projected], dim=1)
+
+    def _projected_given(self, visual: torch.Tensor, frames: int) -> torch.Tensor:
+        """(B, N_visual, D): the projection of the given slots' patch embeddings, the same for every slot."""
+        b, n, d = visual.shape
+        per_slot = visual.view(b, self.slots, n // self.slots, d)  # slots outermost, as `layout.pack` orders frames
+        mask = torch.zeros(frames) if self.given is None else self.given
+        given_slot = mask.to(visual.device, visual.dtype).view(self.slots, -1)[:, 0]  # (S,): a slot is given whole
+        side_by_side = (per_slot * given_slot.view(1, -1, 1, 1)).permute(0, 2, 1, 3).reshape(b, n // self.slots, -1)
+        projected = self.given_projection(side_by_side)  # (B, N_visual / S, D)
+        return projected.repeat(1, self.slots, 1)
 
 
 def given_tokens(given: torch.Tensor | None, frames: int, visual: torch.Tensor) -> torch.Tensor:
@@ -169,7 +190,8 @@ class LayerFlow(nn.Module):
                              f"{text_dim}-d")
         layers = LayerEmbedding(config.width_dim, len(PROMPT_LAYERS), config.text_tokens)
         transformer.patch_embed = LayerPatchEmbed(transformer.patch_embed, layers, config.positions,
-                                                  len(slots_of(config.layout)), config.given_embedding)
+                                                  len(slots_of(config.layout)), config.given_embedding,
+                                                  config.given_projection)
         for name, rank in ((MOTION, config.motion_rank), (CONTENT, config.content_rank)):
             # B starts at zero, so a fresh adapter leaves the model unchanged. rsLoRA: the scaling is
             # lora_alpha / sqrt(rank), so one learning rate suits every rank (see `ModelConfig.lora_alpha`).
@@ -222,7 +244,7 @@ class LayerFlow(nn.Module):
         named = dict(self.named_parameters())
         if stage is Stage.MOTION:
             return {n: p for n, p in named.items() if f".{MOTION}." in n}
-        embeddings = ("patch_embed.layers.", "patch_embed.given_embedding")
+        embeddings = ("patch_embed.layers.", "patch_embed.given_embedding", "patch_embed.given_projection")
         if stage is Stage.CONTENT:
             return {n: p for n, p in named.items() if f".{CONTENT}." in n or any(e in n for e in embeddings)}
         lora = re.compile(rf"\.({MOTION}|{CONTENT})\.")

@@ -17,7 +17,7 @@ class ReproduceConfig:
     base_lr: float = 1e-3
     lora_lr: float = 5e-4
     task_weights: dict[str, float] = field(default_factory=lambda: {
-        "generate": 1.0, "decompose": 3.0, "fg2bg": 1.0, "bg2fg": 1.0})
+        "generate": 1.0, "decompose": 6.0, "fg2bg": 1.0, "bg2fg": 1.0})
     sample_steps: int = 25
     cfg: float = 3.0
     # eval: every held-out sample, all four tasks, each sampled model with `eval_seeds` noise seeds of `eval_steps`

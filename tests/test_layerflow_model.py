@@ -216,6 +216,46 @@ def test_given_embedding_is_added_to_the_tokens_of_given_frames_only():
     assert "given_embedding" not in dict(build(tiny_config(given_embedding=False)).model.named_parameters())
 
 
+def test_given_projection_puts_the_given_slots_pixels_on_every_slot_at_the_same_frame_and_pixel():
+    parts = build(tiny_config(positions="continuous", given_embedding=False))
+    patch = parts.model.transformer.patch_embed
+    text = torch.randn(1, parts.config.text_length, parts.text.dim)
+    video = torch.randn(1, 4 * 2, 3, 16, 16)  # RGBA: 4 slots of 2 frames, 16 tokens a frame
+    given = condition_mask(Layout.RGBA, Task.DECOMPOSE, 2)  # the blend, the last slot
+    n = parts.config.text_length
+    with torch.no_grad():
+        patch.given = given
+        # zero at init: the visual tokens are the inner patch embedding's, as without the projection
+        assert torch.equal(patch(text, video)[:, n:], patch.inner(text, video)[:, n:])
+        patch.given_projection.weight.normal_()
+        marked = patch(text, video)
+        patch.given = None
+        plain = patch(text, video)
+        inner = patch.inner(text, video)[0, n:].view(4, 2, 16, -1)  # (slot, frame, token, D)
+    added = (marked - plain)[0, n:].view(4, 2, 16, -1)
+    weight = patch.given_projection.weight  # (D, 4 * D): the slots side by side, blend last
+    blend_part = weight[:, 3 * inner.shape[-1]:]
+    expected = inner[3] @ blend_part.T  # (frame, token, D): only the blend's own frame and pixel
+    for slot in range(4):  # the same on every slot, at that slot's frame and pixel
+        assert torch.allclose(added[slot], expected, atol=1e-4)
+    assert torch.equal(plain[0, n:].view(4, 2, 16, -1), inner)  # nothing given: nothing added (zero bias)
+    fg2bg = condition_mask(Layout.RGBA, Task.FG2BG, 2)  # foreground and alpha: both slots feed the projection
+    with torch.no_grad():
+        patch.given = fg2bg
+        two = (patch(text, video) - plain)[0, n:].view(4, 2, 16, -1)
+        patch.given = None
+    d = inner.shape[-1]
+    both = inner[0] @ weight[:, :d].T + inner[1] @ weight[:, d:2 * d].T
+    assert torch.allclose(two[2], both, atol=1e-4)
+    trains = parts.model.stage_parameters
+    assert "transformer.patch_embed.given_projection.weight" in trains(Stage.CONTENT)
+    assert "transformer.patch_embed.given_projection.weight" not in trains(Stage.MOTION)
+    assert not preset("cogvideox-2b").given_projection and preset("toy").given_projection
+    assert "given_projection" not in str(dict(build(tiny_config(given_projection=False)).model.named_parameters()))
+    older = {k: v for k, v in tiny_config().to_dict().items() if k != "given_projection"}
+    assert ModelConfig.from_dict(older).given_projection is False  # a checkpoint from before keeps its shape
+
+
 def test_adapters_are_scaled_by_alpha_over_the_square_root_of_their_rank():
     parts = build(tiny_config(motion_rank=4, content_rank=16, lora_alpha=2.0))
     layer = parts.model.adapter_layers()[0]
