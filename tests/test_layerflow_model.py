@@ -335,7 +335,8 @@ def test_only_the_stage_parameters_get_gradients(stage):
     if stage is Stage.MOTION:
         assert all(f".{MOTION}." in n for n in with_grad)
     elif stage is Stage.CONTENT:
-        assert all(f".{CONTENT}." in n or "patch_embed.layers." in n for n in with_grad)
+        assert all(f".{CONTENT}." in n or "patch_embed.layers." in n or "patch_embed.given_projection." in n
+                   for n in with_grad)
         assert any("patch_embed.layers." in n for n in with_grad)  # the layer embedding trains in content too
     else:
         assert not any(f".{MOTION}." in n or f".{CONTENT}." in n for n in with_grad)
