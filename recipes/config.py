@@ -10,7 +10,7 @@ from manifests.errors import ConfigError
 @dataclass(frozen=True)
 class ReproduceConfig:
     out: str
-    base_steps: int = 4000
+    base_steps: int = 3500
     motion_steps: int = 150
     content_steps: int = 250
     batch_size: int = 4

@@ -4,6 +4,8 @@ cogvideox-2b loading path, sampling outputs and eval."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +210,21 @@ def test_checkpoint_reloads_to_the_same_model(dataset, tmp_path):
     assert config["model"]["depth"] == 2 and config["train"]["stage"] == "base"
     optimizer = torch.load(result.checkpoint / OPTIMIZER_FILE, weights_only=True)
     assert tuple(optimizer["param_groups"][0]["betas"]) == (0.9, 0.95)
+
+
+def test_the_toy_sweep_bench_packs_a_dataset_and_reports_held_out_decomposition(dataset, tmp_path):
+    bench = Path(__file__).resolve().parents[1] / "bench" / "toy_sweep.py"
+    packed = tmp_path / "pack.pt"
+    counts = subprocess.run([sys.executable, str(bench), "pack", str(dataset), str(packed)], check=True,
+                            capture_output=True, text=True).stdout
+    assert json.loads(counts.strip().splitlines()[-1]) == {split: len(read_rows(dataset, split))
+                                                          for split in ("train", "val")}
+    out = subprocess.run([sys.executable, str(bench), "run", "smoke", "2", str(packed), "depth=1", "evals=1",
+                          "nseeds=1", "given_projection=False"], check=True, capture_output=True, text=True).stdout
+    record = json.loads(out.strip().splitlines()[-1])
+    assert record["step"] == 2 and record["options"] == ["depth=1", "evals=1", "nseeds=1", "given_projection=False"]
+    assert 0.0 <= record["val_alpha_iou"] <= 1.0 and 0.0 <= record["train_alpha_iou"] <= 1.0
+    assert record["val_bg_psnr_inside"] > 0
 
 
 def test_step_generators_keep_their_seeds():
