@@ -189,8 +189,10 @@ def test_stages_chain_and_train_only_their_adapter(dataset, tmp_path):
     changed = _changed(w_base, w_motion)
     assert changed and all(f".{MOTION}." in k for k in changed)
     changed = _changed(w_motion, w_content)
-    embeddings = {k for k in changed if "patch_embed.layers." in k or "patch_embed.given_embedding" in k}
+    embeddings = {k for k in changed if any(e in k for e in ("patch_embed.layers.", "patch_embed.given_embedding",
+                                                              "patch_embed.given_projection"))}
     assert embeddings and all(f".{CONTENT}." in k for k in changed - embeddings)  # content: adapter + embeddings
+    assert any("patch_embed.given_projection." in k for k in embeddings)  # the toy's projection is fine-tuned too
     assert motion.trained_parameters < content.trained_parameters < base.trained_parameters
 
 
