@@ -5,8 +5,8 @@
     python bench/toy_sweep.py run NAME STEPS PACK.pt [key=value ...]
 
 `run` trains the base stage as `reproduce` does (video kinds, tasks drawn with weights generate 1, decompose `dw`,
-fg2bg 1, bg2fg 1, random crops, per-layer and joint prompt dropout, AdamW with the trainer's betas, EMA 0.99) from
-the decoded clips, so it needs no video decoder and runs on a GPU machine without one. Every `STEPS / evals` steps
+fg2bg 1, bg2fg 1, random crops, and the trainer's own prompt dropout, warm-up, AdamW betas, gradient clipping and
+EMA) from the clips decoded once by `pack`, not from the media at every step. Every `STEPS / evals` steps
 it samples decomposition of every held-out clip (8 DDIM steps, cfg 3, `nseeds` seeds, EMA weights) and prints one
 JSON line: the held-out and training alpha IoU and the held-out background PSNR inside the object. key=value sets
 a `ModelConfig` field of the toy preset (`given_projection=False`, `depth=6`, `snr_shift=2.0`), or `lr`, `bs`,
@@ -26,9 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from layerflow_model.components import build  # noqa: E402
-from layerflow_model.config import Stage, preset  # noqa: E402
+from layerflow_model.config import Stage, TrainConfig, preset  # noqa: E402
 from layerflow_model.diffusion import Diffusion, autocast, sample  # noqa: E402
 from layerflow_model.layout import Task, condition_mask, pack, prompts_for, unpack  # noqa: E402
+from layerflow_model.train import ADAM_BETAS, ema_decay, learning_rate, prompt_drop  # noqa: E402
 from manifests.layers import Layer  # noqa: E402
 from manifests.metrics import alpha_iou, psnr  # noqa: E402
 
@@ -36,7 +37,7 @@ SIZE = 32  # the toy preset's
 
 
 def pack_dataset(dataset: str, out: str) -> None:
-    from layerflow_model.data import ClipStore, read_rows  # the video decoder: only here
+    from layerflow_model.data import ClipStore, read_rows
 
     packed = {}
     for split in ("train", "val"):
@@ -65,7 +66,7 @@ def run(name: str, steps: int, packed: str, options: list[str]) -> None:
     dw, evals, nseeds = float(opts.pop("dw", 6.0)), int(opts.pop("evals", 3)), int(opts.pop("nseeds", 2))
     config = preset("toy", **{k: value(v) for k, v in opts.items()})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = torch.load(packed)
+    data = torch.load(packed, weights_only=True)
     train = [r for r in data["train"] if r["kind"].startswith("video_")]
     val = data["val"]
 
@@ -77,7 +78,8 @@ def run(name: str, steps: int, packed: str, options: list[str]) -> None:
     model = parts.model
     trained = model.freeze_for(Stage.BASE)
     params = list(trained.values())
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    schedule = TrainConfig(manifest=packed, out="", lr=lr, batch_size=bs, ema=0.99, seed=seed)  # warm-up 50, clip 1
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=ADAM_BETAS, weight_decay=schedule.weight_decay)
     ema = {n: p.detach().clone() for n, p in trained.items()}
     diffusion = Diffusion(config.snr_shift)
     weights = {Task.GENERATE: 1.0, Task.DECOMPOSE: dw, Task.FG2BG: 1.0, Task.BG2FG: 1.0}
@@ -117,20 +119,19 @@ def run(name: str, steps: int, packed: str, options: list[str]) -> None:
         picks = [train[i] for i in rng.integers(0, len(train), bs)]
         clips = torch.stack([pack(layers(r, int(rng.integers(0, r["layers"]["alpha"].shape[0] - config.frames + 1))),
                                   config.layout) for r in picks]).to(device)
-        drop = ((torch.rand(bs, 3, generator=generator) < config.prompt_dropout)
-                | (torch.rand(bs, 1, generator=generator) < config.joint_prompt_dropout))
+        drop = prompt_drop(bs, config, generator)
         text = parts.encode_prompts([prompts_for(r["captions"], task) for r in picks], drop)
         t, noise = diffusion.draw(clips, generator)
         for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 50)
+            group["lr"] = learning_rate(schedule, step)
         loss = diffusion.loss(model, clips, text, condition_mask(config.layout, task, config.latent_frames),
                               drawn=(t, noise))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, schedule.grad_clip)
         optimizer.step()
         with torch.no_grad():
-            decay = min(0.99, (1 + step) / (10 + step))
+            decay = ema_decay(schedule, step)
             for n, p in trained.items():
                 ema[n].lerp_(p.detach(), 1 - decay)
         losses.append(loss.item())
