@@ -604,6 +604,7 @@ def eval_(
     split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "val",
     steps: Annotated[int, typer.Option(help="Denoising steps per sample.")] = SampleSettings.steps,
     cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = EVAL_CFG,
+    sampler: Annotated[Sampler, typer.Option(help="ddim, or dpm (DPM-Solver++ 2M).")] = SampleSettings.sampler,
     seed: Annotated[int, typer.Option(help="Base noise seed (hashed with each sample id).")] = SampleSettings.seed,
     seeds: Annotated[int | None, typer.Option(
         help="Sampling seeds per sample and task (default: `layerflow_model.evaluate.EVAL_SEEDS`).")] = None,
@@ -619,8 +620,8 @@ def eval_(
     """
     from layerflow_model.evaluate import EVAL_SEEDS, evaluate, write_eval
 
-    result = evaluate(checkpoint, manifest, split, SampleSettings(steps=steps, cfg=cfg, seed=seed), limit=limit,
-                      device=device.value, seeds=EVAL_SEEDS if seeds is None else seeds)
+    result = evaluate(checkpoint, manifest, split, SampleSettings(steps=steps, cfg=cfg, sampler=sampler, seed=seed),
+                      limit=limit, device=device.value, seeds=EVAL_SEEDS if seeds is None else seeds)
     if out:
         write_eval(result, out)
     console.print(result.table(), highlight=False)
@@ -635,7 +636,9 @@ def reproduce(
     content_steps: Annotated[int, typer.Option(
         help="Steps of the content LoRA stage.")] = ReproduceConfig.content_steps,
     seed: Annotated[int, typer.Option(help="Training and sampling seed.")] = ReproduceConfig.seed,
-    eval_steps: Annotated[int, typer.Option(help="DDIM steps of each eval sample.")] = ReproduceConfig.eval_steps,
+    eval_steps: Annotated[int, typer.Option(help="Sampler steps of each eval sample.")] = ReproduceConfig.eval_steps,
+    eval_sampler: Annotated[Sampler, typer.Option(
+        help="The sampler of the eval samples.")] = ReproduceConfig.eval_sampler,
     eval_seeds: Annotated[int, typer.Option(
         help="Sampling seeds per held-out sample (the intervals cover them).")] = ReproduceConfig.eval_seeds,
     no_ray: NoRayOption = ReproduceConfig.no_ray,
@@ -649,8 +652,8 @@ def reproduce(
     from recipes.reproduce import reproduce as run
 
     config = ReproduceConfig(out=str(out), base_steps=base_steps, motion_steps=motion_steps,
-                             content_steps=content_steps, seed=seed, eval_steps=eval_steps, eval_seeds=eval_seeds,
-                             no_ray=no_ray)
+                             content_steps=content_steps, seed=seed, eval_steps=eval_steps, eval_sampler=eval_sampler,
+                             eval_seeds=eval_seeds, no_ray=no_ray)
     record = run(config, log=_say)
     console.print(f"done in {record['seconds']['total']:.0f} s ({record['dataset']['heldout']} held-out samples, "
                   f"heldout_overlap {record['heldout_overlap']}): {out}/reproduce.json, {out}/eval/table.txt, "

@@ -110,7 +110,8 @@ def sample(model: Denoiser, text: torch.Tensor, shape: tuple[int, ...], *, given
 
     given: (F,) bool; where True the frames are `condition` (clean) at every step and in the result, bit for bit.
     The unconditional branch has all-zero prompt embeddings (notes §4.4); both branches see the condition.
-    cfg is constant over the steps (the original's DynamicCFG step-index quirk is not reproduced, notes §8).
+    cfg is constant over the steps (the original's DynamicCFG step-index quirk is not reproduced, notes §8); with
+    all-zero `text` (every prompt empty) it has no effect and the unconditional pass is skipped.
     """
     scheduler = make_scheduler(sampler, snr_shift)
     scheduler.set_timesteps(steps)
@@ -121,14 +122,17 @@ def sample(model: Denoiser, text: torch.Tensor, shape: tuple[int, ...], *, given
     condition = torch.zeros(shape, device=device, dtype=text.dtype) if condition is None else condition
     x = torch.randn(shape, generator=generator, device="cpu").to(device, text.dtype) * scheduler.init_noise_sigma
     unconditional = torch.zeros_like(text)
+    # With every prompt empty the conditional branch is the unconditional one (both all-zero embeddings), so
+    # guidance changes nothing: one pass a step instead of two (decomposition, whose blend has no prompt).
+    guided = cfg != 1.0 and bool(text.any())
     previous_x0 = None
     timesteps = scheduler.timesteps
     for i, t in enumerate(timesteps):
         x_in = torch.where(mask, condition, x)
-        both = torch.cat([x_in, x_in]) if cfg != 1.0 else x_in
-        prompts = torch.cat([unconditional, text]) if cfg != 1.0 else text
+        both = torch.cat([x_in, x_in]) if guided else x_in
+        prompts = torch.cat([unconditional, text]) if guided else text
         v = model(both, prompts, t.expand(both.shape[0]).to(device), given).to(x.dtype)  # float32 under autocast
-        if cfg != 1.0:
+        if guided:
             v_uncond, v_cond = v.chunk(2)
             v = v_uncond + cfg * (v_cond - v_uncond)
         if isinstance(scheduler, CogVideoXDPMScheduler):

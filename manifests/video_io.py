@@ -18,6 +18,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from manifests.layers import Layer
 
@@ -148,6 +149,9 @@ def read_video(path: Path, fmt: str = "rgb24", indices: list[int] | None = None)
     wanted = None if indices is None else set(indices)
     last = None if indices is None else max(indices, default=-1)
     out: dict[int, np.ndarray] = {}
+    # One converter for the whole clip: `frame.to_ndarray(format=...)` sets up a new swscale context for every frame,
+    # which cost more than decoding the frame (same conversion, same pixels).
+    reformatter = VideoReformatter()
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         decoder = _decoder_for(stream)
@@ -155,7 +159,7 @@ def read_video(path: Path, fmt: str = "rgb24", indices: list[int] | None = None)
             decoder.extradata = stream.codec_context.extradata
         for index, frame in enumerate(_frames(container, stream, decoder)):
             if wanted is None or index in wanted:
-                out[index] = frame.to_ndarray(format=fmt)
+                out[index] = reformatter.reformat(frame, format=fmt).to_ndarray()
             if last is not None and index >= last:
                 break
     order = sorted(out) if indices is None else indices

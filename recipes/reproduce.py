@@ -123,7 +123,7 @@ def reproduce(config: ReproduceConfig, progress: bool = True, log=print) -> dict
     classical = classical_decomposition(dataset, held_out, progress=progress)
     timed("classical")
     scorer, no_scorer = text_scorer()
-    eval_settings = replace(settings, steps=config.eval_steps)
+    eval_settings = replace(settings, steps=config.eval_steps, sampler=config.eval_sampler)
     result = evaluate(checkpoint, str(dataset), "val", eval_settings, progress=progress, seeds=config.eval_seeds,
                       predictions={"classical": ExternalPredictions(Task.DECOMPOSE, classical.predictions,
                                                                     classical.notes)},

@@ -248,8 +248,9 @@ def test_given_projection_puts_the_given_slots_pixels_on_every_slot_at_the_same_
     both = inner[0] @ weight[:, :d].T + inner[1] @ weight[:, d:2 * d].T
     assert torch.allclose(two[2], both, atol=1e-4)
     trains = parts.model.stage_parameters
-    assert "transformer.patch_embed.given_projection.weight" in trains(Stage.CONTENT)
+    assert "transformer.patch_embed.given_projection.weight" in trains(Stage.BASE)
     assert "transformer.patch_embed.given_projection.weight" not in trains(Stage.MOTION)
+    assert "transformer.patch_embed.given_projection.weight" not in trains(Stage.CONTENT)  # base only
     assert not preset("cogvideox-2b").given_projection and preset("toy").given_projection
     assert "given_projection" not in str(dict(build(tiny_config(given_projection=False)).model.named_parameters()))
     older = {k: v for k, v in tiny_config().to_dict().items() if k != "given_projection"}
@@ -335,8 +336,7 @@ def test_only_the_stage_parameters_get_gradients(stage):
     if stage is Stage.MOTION:
         assert all(f".{MOTION}." in n for n in with_grad)
     elif stage is Stage.CONTENT:
-        assert all(f".{CONTENT}." in n or "patch_embed.layers." in n or "patch_embed.given_projection." in n
-                   for n in with_grad)
+        assert all(f".{CONTENT}." in n or "patch_embed.layers." in n for n in with_grad)
         assert any("patch_embed.layers." in n for n in with_grad)  # the layer embedding trains in content too
     else:
         assert not any(f".{MOTION}." in n or f".{CONTENT}." in n for n in with_grad)
@@ -409,6 +409,30 @@ def test_condition_slots_of_the_output_equal_the_input_bit_for_bit(task, sampler
     assert torch.equal(out[:, given], condition[:, given])
     assert not torch.equal(out[:, ~given], condition[:, ~given])
     assert torch.isfinite(out).all()
+
+
+def test_guidance_with_every_prompt_empty_runs_one_pass_a_step_and_changes_nothing():
+    parts = build(tiny_config())
+    given = condition_mask(Layout.RGBA, Task.DECOMPOSE, 2)
+    condition = torch.rand(1, 8, 3, 16, 16) * 2 - 1
+    batches = []
+
+    def counted(x, text, t, mask):
+        batches.append(x.shape[0])
+        return parts.model(x, text, t, mask)
+
+    def run(prompts, cfg):
+        batches.clear()
+        out = sample(counted, parts.encode_prompts([prompts]), (1, 8, 3, 16, 16), given=given,
+                     condition=condition, steps=3, cfg=cfg, generator=torch.Generator().manual_seed(0))
+        return out, list(batches)
+
+    empty, passes = run(["", "", ""], 4.0)
+    assert passes == [1, 1, 1]  # no unconditional branch: it would be the same all-zero prompts
+    assert torch.equal(empty, run(["", "", ""], 1.0)[0])
+    guided, passes = run(["0, a", "", ""], 4.0)
+    assert passes == [2, 2, 2]  # one prompt given: both branches
+    assert not torch.equal(guided, run(["0, a", "", ""], 1.0)[0])
 
 
 def test_sampling_is_reproducible_with_a_seed():
