@@ -156,6 +156,9 @@ def build(
              "(`background_group`, else the background input's own). A sample is `val` when its object and its "
              "background both are; one that would straddle the line is not made.")] = BuildConfig.val_fraction,
     crf: Annotated[int, typer.Option(help="H.264 quality of the RGB layers (lower is better).")] = BuildConfig.crf,
+    x264_preset: Annotated[str, typer.Option(
+        help="x264 speed preset of the RGB layers (ultrafast ... veryslow): slower presets make slightly better or "
+             "smaller files at the same --crf.")] = BuildConfig.x264_preset,
     frame_folder_fps: FrameFolderFpsOption = BuildConfig.frame_folder_fps,
     frame_folders: Annotated[FrameFolders, typer.Option(
         help="What a folder of numbered images is: auto (a clip if they share one size and look like consecutive "
@@ -200,9 +203,9 @@ def build(
 
     config = BuildConfig(frames=frames, fps=fps, size=parse_size(size), matting=matting, captioner=captioner,
                          seed=seed, backgrounds_per_foreground=backgrounds_per_foreground, val_fraction=val_fraction,
-                         crf=crf, frame_folder_fps=frame_folder_fps, max_pixels=int(max_megapixels * MEGA), clip=clip,
-                         device=device.value, offline=offline, kinds=kinds, clean_plate=clean_plate,
-                         frame_folders=frame_folders)
+                         crf=crf, x264_preset=x264_preset, frame_folder_fps=frame_folder_fps,
+                         max_pixels=int(max_megapixels * MEGA), clip=clip, device=device.value, offline=offline,
+                         kinds=kinds, clean_plate=clean_plate, frame_folders=frame_folders)
     resources = Resources.from_options(gpus, concurrency or [], gpus_per_actor or [])
     summary = build_dataset(BuildJob(out, source, config, backgrounds, policy, overwrite, keep_work, resources, no_ray,
                                      ray_address, num_cpus), log=_say)

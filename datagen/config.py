@@ -11,6 +11,7 @@ from manifests.device import DEVICES
 from manifests.errors import ConfigError
 from manifests.layers import SampleKind
 from manifests.models import Access
+from manifests.video_io import X264_PRESETS
 
 
 def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
@@ -63,6 +64,8 @@ SELECTION_FIELDS = ("kinds",)
 RUNTIME_FIELDS = ("device", "offline", "access")
 # What decides which inputs there are, not what a sample of them holds: out of the fingerprint, in the build record.
 DISCOVERY_FIELDS = ("frame_folders",)
+# How the layers are stored, not what they show: out of the fingerprint, in the build record.
+ENCODING_FIELDS = ("x264_preset",)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,10 @@ class BuildConfig:
     val_fraction: float = 0.1
     scale_range: tuple[float, float] = (0.6, 1.0)  # foreground scale relative to the largest that fits
     crf: int = 17  # H.264 quality of the RGB layers (alpha is lossless); 18 left dense real texture near 35 dB
+    # x264's speed preset for the RGB layers: how hard it works for that quality, not what a sample shows (out of
+    # the fingerprint, so sample ids do not move with it; in the build record, so a resume must match). veryfast:
+    # 3x medium's speed at the same crf, 0.25 dB lower PSNR, about the same size (bench/RESULTS.md).
+    x264_preset: str = "veryfast"
     frame_folder_fps: float = 24.0  # frame rate assumed for frame folders (sidecar "fps" overrides)
     max_pixels: int = 50_000_000  # larger images are refused before they are decoded
     # The sample kinds to make (default: every kind; each is made where the inputs allow it).
@@ -123,6 +130,8 @@ class BuildConfig:
             raise ConfigError(f"scale_range: need 0.05 <= low <= high <= 1, got {self.scale_range}")
         if not 0 <= self.crf <= 51:
             raise ConfigError(f"crf: must be in 0..51, got {self.crf}")
+        if self.x264_preset not in X264_PRESETS:
+            raise ConfigError(f"x264_preset: one of {', '.join(X264_PRESETS)}, got {self.x264_preset!r}")
         object.__setattr__(self, "kinds", parse_kinds(self.kinds))  # from JSON (a resumed build): enums again
         if self.device not in DEVICES:
             raise ConfigError(f"device: one of {', '.join(DEVICES)}, got {self.device!r}")
@@ -135,6 +144,6 @@ class BuildConfig:
 
     def fingerprint(self) -> str:
         """A short hash of everything that changes the samples (goes into sample ids)."""
-        left_out = SCORING_FIELDS + RUNTIME_FIELDS + DISCOVERY_FIELDS + SELECTION_FIELDS
+        left_out = SCORING_FIELDS + RUNTIME_FIELDS + DISCOVERY_FIELDS + SELECTION_FIELDS + ENCODING_FIELDS
         fields = {k: v for k, v in self.to_dict().items() if k not in left_out}
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]

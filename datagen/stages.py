@@ -298,10 +298,11 @@ class ComposeStage(RowStage[SampleRow]):
             if layer == Layer.ALPHA:
                 video_io.write_alpha_video(path, layers.alpha, config.fps, self.encoded)
             else:
-                video_io.write_rgb_video(path, layers.layer(layer), config.fps, config.crf, self.encoded)
+                video_io.write_rgb_video(path, layers.layer(layer), config.fps, config.crf, self.encoded,
+                                         config.x264_preset)
         for index, (colour, alpha) in enumerate(foreground_layers):
             video_io.write_rgb_video(self._layer_path(row, index, Layer.FOREGROUND), colour, config.fps, config.crf,
-                                     self.encoded)
+                                     self.encoded, config.x264_preset)
             video_io.write_alpha_video(self._layer_path(row, index, Layer.ALPHA), alpha, config.fps, self.encoded)
         if self.remote:
             upload_media(self.out_dir, self.remote, row.sample_id)

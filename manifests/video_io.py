@@ -27,14 +27,21 @@ def _rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
 
-def write_rgb_video(path: Path, frames: np.ndarray, fps: float, crf: int = 18, cache: EncodeCache | None = None
-                    ) -> None:
-    """Write (T, H, W, 3) uint8 frames as H.264 mp4 (BT.601 yuv420p). H and W must be even. With `cache`, frames
-    encoded before with the same settings are written from it."""
+# x264's speed presets, fastest first (`write_rgb_video(preset=...)`, `BuildConfig.x264_preset`).
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+
+
+def write_rgb_video(path: Path, frames: np.ndarray, fps: float, crf: int = 18, cache: EncodeCache | None = None,
+                    preset: str = "medium") -> None:
+    """Write (T, H, W, 3) uint8 frames as H.264 mp4 (BT.601 yuv420p) with x264's `preset`. H and W must be even.
+    With `cache`, frames encoded before with the same settings are written from it."""
+    if preset not in X264_PRESETS:
+        raise ValueError(f"x264 preset: one of {', '.join(X264_PRESETS)}, got {preset!r}")
     # mbtree off: its SIMD code gave different bytes for the same frames from run to run (with it on,
     # 3 variants in 12 encodes of one clip; with it off, or with asm off, always one).
     _encode(path, frames, fps, "libx264", "yuv420p", "rgb24",
-            {"crf": str(crf), "preset": "medium", "x264-params": "mbtree=0"}, cache)
+            {"crf": str(crf), "preset": preset, "x264-params": "mbtree=0"}, cache)
 
 
 def write_alpha_video(path: Path, alpha: np.ndarray, fps: float, cache: EncodeCache | None = None) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,6 +119,24 @@ def test_existing_dataset_is_not_overwritten_by_accident(built, tiny_source, sma
     with pytest.raises(ConfigError, match=r"holds a build of something else \(frames: 4 -> 6\).*--overwrite"):
         run(tiny_source, out, replace(small_config, frames=6))
     assert run(tiny_source, out, replace(small_config, frames=6), overwrite=True)["samples"]["total"] == 8
+
+
+def test_the_x264_preset_changes_how_the_layers_are_stored_not_which_samples_there_are(built, tiny_source,
+                                                                                       small_config):
+    out, _ = built  # small_config: the default preset
+    other = Path(run(tiny_source, out.parent / "medium", replace(small_config, x264_preset="medium"))["out"])
+    mine, theirs = (io.read_manifest(path).sort_by("sample_id").to_pylist() for path in (out, other))
+    assert [r["sample_id"] for r in mine] == [r["sample_id"] for r in theirs]  # the same samples, the same ids
+    assert [r["placement"] for r in mine] == [r["placement"] for r in theirs]
+    for a, b in zip(mine, theirs):
+        assert (out / a["uri_alpha"]).read_bytes() == (other / b["uri_alpha"]).read_bytes()  # lossless either way
+        assert (out / a["uri_blended"]).read_bytes() != (other / b["uri_blended"]).read_bytes()
+        blends = (read_layers(root, row["sample_id"])[Layer.BLENDED] for root, row in ((out, a), (other, b)))
+        assert psnr(*blends) > 30  # two encodings of one busy synthetic texture
+    with pytest.raises(ConfigError, match=r"x264_preset: 'veryfast' -> 'medium'"):  # a resume must match
+        run(tiny_source, out, replace(small_config, x264_preset="medium"))
+    with pytest.raises(ConfigError, match="x264_preset: one of"):
+        replace(small_config, x264_preset="quick")
 
 
 def test_separate_background_pool(tmp_path, small_config):

@@ -65,6 +65,34 @@ def test_the_encode_cache_writes_the_bytes_an_encoder_would(tmp_path, monkeypatc
     assert (tmp_path / "crf.mp4").read_bytes() != (tmp_path / "plain.mp4").read_bytes()
 
 
+def test_each_x264_preset_is_deterministic_and_the_cache_tells_them_apart(tmp_path):
+    frames = np.stack([texture(48, 64, seed) for seed in range(6)])
+    cache = video_io.EncodeCache()
+    for preset in ("veryfast", "medium"):
+        video_io.write_rgb_video(tmp_path / f"{preset}.mp4", frames, 8.0, preset=preset)
+        video_io.write_rgb_video(tmp_path / f"{preset}-again.mp4", frames.copy(), 8.0, preset=preset)
+        video_io.write_rgb_video(tmp_path / f"{preset}-cached.mp4", frames, 8.0, cache=cache, preset=preset)
+        assert len({(tmp_path / f"{preset}{tail}.mp4").read_bytes() for tail in ("", "-again", "-cached")}) == 1
+    assert cache.hits == 0  # the second preset was encoded, not taken from the first's entry
+    assert (tmp_path / "veryfast.mp4").read_bytes() != (tmp_path / "medium.mp4").read_bytes()
+    fast, medium = (video_io.read_video(tmp_path / f"{p}.mp4").astype(int) for p in ("veryfast", "medium"))
+    assert np.abs(fast - medium).mean() < 3
+    import pytest
+
+    with pytest.raises(ValueError, match="x264 preset: one of"):
+        video_io.write_rgb_video(tmp_path / "x.mp4", frames, 8.0, preset="quick")
+
+
+def test_reading_converts_every_frame_as_pyav_does_frame_by_frame(tmp_path):
+    frames = np.stack([texture(48, 64, seed) for seed in range(5)])
+    video_io.write_rgb_video(tmp_path / "v.mp4", frames, 8.0)
+    video_io.write_alpha_video(tmp_path / "a.mkv", frames[..., 1], 8.0)
+    for path, fmt in ((tmp_path / "v.mp4", "rgb24"), (tmp_path / "v.mp4", "gray"), (tmp_path / "a.mkv", "gray")):
+        with video_io.av.open(str(path)) as container:
+            each = np.stack([frame.to_ndarray(format=fmt) for frame in container.decode(video=0)])
+        assert np.array_equal(video_io.read_video(path, fmt), each)
+
+
 def test_the_encode_cache_keeps_to_its_budget():
     cache = video_io.EncodeCache(budget=100)
     for index in range(10):
