@@ -20,8 +20,14 @@ FOREGROUND_THRESHOLD = 0.5  # a pixel is foreground where alpha >= this (alpha i
 
 def recompose(foreground: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
     """Float recomposition in 0..255 from uint8 layers ((T,H,W,3), (T,H,W), (T,H,W,3))."""
-    a = alpha.astype(np.float32)[..., None] / 255.0
-    return a * foreground.astype(np.float32) + (1.0 - a) * background.astype(np.float32)
+    a = alpha.astype(np.float32)[..., None]
+    a /= 255.0
+    out = foreground.astype(np.float32)
+    out *= a  # in place: the same arithmetic as a * fg + (1 - a) * bg, with three fewer temporary clips
+    rest = background.astype(np.float32)
+    rest *= 1.0 - a
+    out += rest
+    return out
 
 
 def on_grey(foreground: np.ndarray, alpha: np.ndarray) -> np.ndarray:

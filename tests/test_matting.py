@@ -12,7 +12,7 @@ from datagen.matting import AutoMatting, load_matting
 from datagen.matting.bgsub import BackgroundSubtraction
 from datagen.matting.chroma import ChromaKey
 from datagen.matting.given import GivenAlpha
-from datagen.matting.refine import disk, guided_filter, keep_large_components, soft_edge
+from datagen.matting.refine import disk, fill_holes, guided_filter, keep_large_components, soft_edge
 from datagen.video_clip import VideoClip
 from manifests.errors import ConfigError, InputError
 from manifests.metrics import alpha_iou, alpha_mae
@@ -370,3 +370,18 @@ def test_iou_is_averaged_over_frames():
     pred[0, 0, 0] = gt[0, 0, 0] = 1.0  # frame 0: a 1-px object found exactly
     gt[1] = 1.0  # frame 1: a 16-px object missed
     assert alpha_iou(pred, gt) == pytest.approx(0.5)  # per frame 1 and 0, not the pooled 1 / 17
+
+
+def test_fill_holes_fills_what_scipy_fills():
+    rng = np.random.default_rng(7)
+    for case in range(200):
+        height, width = rng.integers(1, 48, 2)
+        mask = rng.random((height, width)) < rng.uniform(0.1, 0.9)
+        if case % 2:
+            mask = ndimage.binary_dilation(mask)  # larger shapes with real holes
+        for given in (mask, mask.astype(np.uint8)):
+            assert np.array_equal(fill_holes(given), ndimage.binary_fill_holes(given))
+    ring = np.zeros((9, 9), bool)
+    ring[2:7, 2:7], ring[3:6, 3:6] = True, False
+    assert fill_holes(ring)[4, 4] and not fill_holes(ring)[0, 0]
+    assert fill_holes(np.ones((3, 3), bool)).all() and not fill_holes(np.zeros((3, 3), bool)).any()

@@ -9,12 +9,11 @@ from typing import ClassVar
 
 import cv2
 import numpy as np
-from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold, threshold_otsu
 
 from datagen.matting.base import BackendInfo, Matte
 from datagen.matting.camera import CameraMotion, MotionEstimator, residual_motion
-from datagen.matting.refine import disk, keep_large_components, soft_edge
+from datagen.matting.refine import disk, fill_holes, keep_large_components, soft_edge
 from datagen.video_clip import VideoClip
 from manifests.errors import InputError, one_line
 
@@ -181,7 +180,7 @@ class BackgroundSubtraction:
         other = _partner(motion.path, t, self.moving_baseline * longest)
         cut = max(self.moving_floor * longest,
                   self.moving_ratio * float(np.linalg.norm(motion.path[other] - motion.path[t])))
-        return ndimage.binary_fill_holes(residual_motion(frames, motion, [(t, other)])[0] >= cut)
+        return fill_holes(residual_motion(frames, motion, [(t, other)])[0] >= cut)
 
     def _canvas(self, matrices: np.ndarray, height: int, width: int) -> tuple[np.ndarray, tuple[int, int]]:
         """The translation onto a canvas that holds every warped frame (at most `max_canvas` frames wide and high),
@@ -212,7 +211,7 @@ class BackgroundSubtraction:
             mask_u8 = cv2.morphologyEx(mask_u8, cv2.MORPH_OPEN, disk(self.open_px))
         if self.close_px > 0:
             mask_u8 = cv2.morphologyEx(mask_u8, cv2.MORPH_CLOSE, disk(self.close_px))
-        return keep_large_components(ndimage.binary_fill_holes(mask_u8), self.min_area)
+        return keep_large_components(fill_holes(mask_u8), self.min_area)
 
 
 def _partner(path: np.ndarray, t: int, distance: float) -> int:
