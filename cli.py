@@ -648,7 +648,7 @@ def reproduce(
 ) -> None:
     """The whole system on its embedded defaults: held-out demo source -> build -> filter -> train base, motion,
     content -> sample all four tasks -> classical baseline -> eval on the held-out objects and backgrounds (all four
-    tasks, intervals, per family) -> report. About 20 minutes on 2 CPU cores (measured), no network.
+    tasks, intervals, per family) -> report. About 16 minutes on 2 CPU cores (measured), no network.
 
     Example: `layerflow-data reproduce --out ./repro`
     """

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from skimage.metrics import structural_similarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -93,11 +92,11 @@ def main() -> None:
         images, frames_from = found
     else:
         images, frames_from = synthetic_frames(count), "synthetic smooth-noise video (no real frames found)"
-    log(f"frames from {frames_from}; torch threads {torch.get_num_threads()}")
+    log(f"frames from {frames_from}; OpenCV threads {cv2.getNumThreads()}")
 
     result = {"bench": "ssim_throughput", "baseline": "skimage.metrics.structural_similarity (loop over pairs)",
               "library": "OpenCV's separable Gaussian filter, each frame filtered once (float32, frame by frame)",
-              "frames_from": frames_from, "pairs": args.pairs, "torch_threads": torch.get_num_threads()}
+              "frames_from": frames_from, "pairs": args.pairs, "opencv_threads": cv2.getNumThreads()}
     for size in SIZES:
         frames = np.stack([square(image, size) for image in images])
         consecutive_ssim(frames[:3])  # warm-up

@@ -34,7 +34,10 @@ class ReproduceConfig:
     no_ray: bool = False  # build without Ray (same stages, one process)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "eval_sampler", Sampler(self.eval_sampler))
+        try:
+            object.__setattr__(self, "eval_sampler", Sampler(self.eval_sampler))
+        except ValueError:
+            raise ConfigError(f"eval_sampler: ddim or dpm, got {self.eval_sampler!r}") from None
         for name in ("base_steps", "motion_steps", "content_steps", "batch_size", "sample_steps", "eval_steps",
                      "eval_seeds"):
             if getattr(self, name) < 1:

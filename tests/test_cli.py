@@ -132,6 +132,12 @@ def test_build_defaults_come_from_the_config():
     params = {param.name: param for param in typer.main.get_command(cli.app).commands["build"].params}
     assert params["frames"].default == BuildConfig.frames and params["crf"].default == BuildConfig.crf
     assert params["size"].default == "x".join(map(str, BuildConfig.size))
+    assert params["x264_preset"].default == BuildConfig.x264_preset == "veryfast"
+    from recipes.config import ReproduceConfig
+
+    reproduce = {param.name: param for param in typer.main.get_command(cli.app).commands["reproduce"].params}
+    assert reproduce["eval_sampler"].default == ReproduceConfig.eval_sampler
+    assert reproduce["eval_steps"].default == ReproduceConfig.eval_steps
 
 
 def test_demo_source_names_its_profiles_and_refuses_another(tmp_path, monkeypatch, capsys):

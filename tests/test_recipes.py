@@ -27,6 +27,7 @@ def test_reproduce_runs_every_step_and_records_each(tmp_path):
     pairs = {(r["group_foreground"], r["group_background"]) for r in per_sample}
     assert len({group for pair in pairs for group in pair}) > 2
     assert record["eval"]["models"] == ["trained", "untrained", "trivial", "classical"]
+    assert (record["eval"]["sampler"], record["eval"]["steps"]) == ("dpm", 1)  # ReproduceConfig.eval_sampler
     assert set(record["eval"]["metrics"]["trained"]) == {"generate", "decompose", "fg2bg", "bg2fg"}
     assert set(record["samples"]) == {"generate", "decompose", "fg2bg", "bg2fg"}
     assert json.loads((out / "reproduce.json").read_text())["eval"]["split"] == "val"
