@@ -135,3 +135,23 @@ def test_batches_round_trip_as_json_into_the_same_dataclasses():
     assert from_batch(to_batch([plan]), SampleRow) == [plan]
     assert json.loads(to_batch([row])["row"][0])["item"]["caption"] == "é"
     assert to_batch([row, plan])["key"] == ["x", "s"]
+
+
+@pytest.mark.parametrize("torch_first", [False, True])
+def test_limit_threads_caps_torch_without_importing_it(torch_first):
+    """A stage copy's thread cap reaches torch whether a stage imported it before the cap or imports it after, and
+    a chain that never uses torch does not pay for importing it (a fresh interpreter each)."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import sys\n"
+             + ("import torch\n" if torch_first else "")
+             + "from datagen.stages import limit_threads\n"
+             "limit_threads(1)\n"
+             "imported = 'torch' in sys.modules\n"
+             "import cv2, torch\n"
+             "print(imported, torch.get_num_threads(), cv2.getNumThreads())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.split() == [str(torch_first), "1", "1"]
