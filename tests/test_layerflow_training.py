@@ -449,7 +449,9 @@ def test_the_2b_path_with_bf16_encoders_precompute_accumulation_and_checkpointin
     """The cogvideox-2b geometry at 2 blocks and 32x32, 1 frame per layer: bf16 T5 and VAE, precomputed posteriors
     and embeddings, 2 micro-batches of 2 and gradient checkpointing, against fp32 encoders, no cache and one batch
     of 4. Measured differences (from the bf16 encoders' rounding): loss and grad norm 5e-5 relative, weight updates
-    3% (Adam's first steps normalise each gradient entry), sampled pixels 0.012; the bounds leave room above."""
+    2.4 % over the whole model and up to 4 % per tensor, but 10 % for a tensor whose gradient entries are near zero
+    (Adam's first steps normalise each entry, so rounding that flips a tiny gradient's sign flips its update:
+    attn1.norm_q.bias on the test dataset), sampled pixels 0.012; the bounds leave room above."""
     folder = cogvideox_folder(tmp_path / "CogVideoX-2b")
     two_b = {"pretrained": str(folder), "depth": 2, "height": 32, "width": 32, "frames": 1, "text_tokens": 8}
     fitted = preset("cogvideox-2b", **two_b)
@@ -465,9 +467,12 @@ def test_the_2b_path_with_bf16_encoders_precompute_accumulation_and_checkpointin
         assert np.allclose(*([r[key] for r in log] for log in logs), rtol=1e-3), key
     (a, _), (b, _) = _weights_and_losses(plain), _weights_and_losses(fit)
     fresh = build(plain_model).model.saved_state()
+    apart, moved = 0.0, 0.0
     for k in filter(lambda k: not _float_noise(k), a):
         update_a, update_b = a[k] - fresh[k], b[k] - fresh[k]
-        assert (update_a - update_b).norm() <= 0.1 * update_a.norm() + 1e-8, k
+        assert (update_a - update_b).norm() <= 0.2 * update_a.norm() + 1e-8, k
+        apart, moved = apart + float((update_a - update_b).square().sum()), moved + float(update_a.square().sum())
+    assert apart ** 0.5 <= 0.1 * moved ** 0.5  # the whole update: 2.4 % apart on the test dataset
     settings = SampleSettings(steps=2, cfg=1.0, precision="fp32")
     outputs = [run_task(load_checkpoint(r.checkpoint)[0], Task.GENERATE, {Layer.FOREGROUND: "a cat"}, None, settings)
                for r in (plain, fit)]
