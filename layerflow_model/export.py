@@ -28,7 +28,7 @@ from layerflow_model.components import ENCODER_DTYPES, TEXT_FILE, Components, lo
 from layerflow_model.config import ConfigError, ModelConfig, SampleSettings, Space, TextModel
 from layerflow_model.latents import CogVideoXLatents, PixelSpace
 from layerflow_model.layout import PROMPT_LAYERS, Task, slots_of
-from layerflow_model.model import CONTENT, MOTION, LayerEmbedding, LayerPatchEmbed, bare_transformer
+from layerflow_model.model import CONTENT, EMBEDDINGS, MOTION, LayerEmbedding, LayerPatchEmbed, bare_transformer
 from layerflow_model.sample import run_task, split_prompts
 from layerflow_model.text import TextEncoder
 from manifests.layers import Layer
@@ -39,8 +39,6 @@ EMBEDDINGS_FILE = "layerflow_embeddings.safetensors"
 CONFIG_FILE = "layerflow_config.json"
 ADAPTER_NAME = "layerflow"  # the name the pipeline loads the content adapter under
 _PREFIX = "transformer."
-_EMBEDDINGS = ("patch_embed.layers.", "patch_embed.given_embedding", "patch_embed.slot_embedding",
-               "patch_embed.given_projection")
 
 
 def diffusers_name(name: str) -> str:
@@ -63,7 +61,7 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, use_ema: bool = T
             if ".lora_B." in name:  # fold the rsLoRA scaling into B: loaders apply a scaling of 1 (alpha = rank)
                 tensor = tensor * model.transformer.get_submodule(module).scaling[CONTENT]
             lora[name.replace(f".{CONTENT}.", ".")] = tensor  # transformer.<module>.lora_A.weight
-        elif any(e in name for e in _EMBEDDINGS):
+        elif any(e in name for e in EMBEDDINGS):
             embeddings[name.removeprefix(f"{_PREFIX}patch_embed.")] = tensor
         else:
             weights[diffusers_name(name)] = tensor

@@ -22,6 +22,10 @@ from layerflow_model.text import require_subfolder
 
 MOTION, CONTENT = "motion", "content"  # adapter names
 ADAPTER_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # attention projections of every block (notes §7)
+# The parameters LayerFlow adds to the patch embedding (none of them is in a bare CogVideoX transformer): the base
+# stage trains them all, the content stage the first two (`LayerFlow.stage_parameters`), the export carries them all.
+CONTENT_EMBEDDINGS = ("patch_embed.layers.", "patch_embed.given_embedding")
+EMBEDDINGS = (*CONTENT_EMBEDDINGS, "patch_embed.slot_embedding", "patch_embed.given_projection")
 
 
 class LayerEmbedding(nn.Module):
@@ -246,10 +250,8 @@ class LayerFlow(nn.Module):
         named = dict(self.named_parameters())
         if stage is Stage.MOTION:
             return {n: p for n, p in named.items() if f".{MOTION}." in n}
-        embeddings = ("patch_embed.layers.", "patch_embed.given_embedding")
         if stage is Stage.CONTENT:
-            return {n: p for n, p in named.items() if f".{CONTENT}." in n or any(e in n for e in embeddings)}
-        embeddings = (*embeddings, "patch_embed.given_projection")
+            return {n: p for n, p in named.items() if f".{CONTENT}." in n or any(e in n for e in CONTENT_EMBEDDINGS)}
         lora = re.compile(rf"\.({MOTION}|{CONTENT})\.")
         block = re.compile(r"transformer_blocks\.(\d+)\.")
         blocks = set(every_nth_block(self.config.depth, self.config.base_every))
@@ -257,7 +259,7 @@ class LayerFlow(nn.Module):
         def trains(name: str) -> bool:
             if lora.search(name):
                 return False
-            if self.config.base_every == 1 or any(e in name for e in (*embeddings, "patch_embed.slot_embedding")):
+            if self.config.base_every == 1 or any(e in name for e in EMBEDDINGS):
                 return True
             match = block.search(name)
             return bool(match) and int(match.group(1)) in blocks
